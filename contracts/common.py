@@ -1,0 +1,44 @@
+"""Messages every object kind shares: the error reply and the command envelope."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Contract(BaseModel):
+    """Base of every bus message: strict about unknown keys, immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Command(Contract):
+    command_id: UUID = Field(
+        default_factory=uuid4,
+        description="Chosen by the sender; a retry carries the same id and is applied once.",
+    )
+
+
+class ErrorCode(StrEnum):
+    BAD_REQUEST = "bad_request"
+    NOT_FOUND = "not_found"
+    NOT_MEMBER = "not_member"
+    TOO_LONG = "too_long"
+    OVERLOADED = "overloaded"
+    CONFLICT = "conflict"
+    UNAVAILABLE = "unavailable"
+
+
+class ErrorReply(Contract):
+    """An object refused a command; `message` says why in words a user can read."""
+
+    type: Literal["error"] = "error"
+    code: ErrorCode
+    message: str = Field(examples=["Message too long."])
+
+    @property
+    def retryable(self) -> bool:
+        return self.code in (ErrorCode.OVERLOADED, ErrorCode.CONFLICT, ErrorCode.UNAVAILABLE)

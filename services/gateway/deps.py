@@ -1,0 +1,28 @@
+"""What request handlers need from the running gateway, as a FastAPI dependency."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends
+from nats.aio.client import Client as NATS
+from starlette.requests import HTTPConnection
+
+from services.gateway.rooms import RoomClient, RoomFanouts
+from services.gateway.settings import GatewaySettings
+
+
+@dataclass
+class GatewayState:
+    settings: GatewaySettings
+    nc: NATS
+    rooms: RoomClient
+    fanouts: RoomFanouts
+
+
+def _gateway_state(connection: HTTPConnection) -> GatewayState:
+    return connection.app.state.gateway
+
+
+Gateway = Annotated[GatewayState, Depends(_gateway_state)]

@@ -1,0 +1,74 @@
+"""The gateway process: FastAPI app serving the web client, the HTTP API and the WebSockets."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
+
+from services.gateway import api, websocket
+from services.gateway.deps import GatewayState
+from services.gateway.rooms import RoomClient, RoomFanouts
+from services.gateway.settings import GatewaySettings
+from services.runtime.service import connect
+
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        nc = await connect(settings, "durachat-gateway")
+        app.state.gateway = GatewayState(
+            settings=settings,
+            nc=nc,
+            rooms=RoomClient(nc, timeout=settings.request_timeout),
+            fanouts=RoomFanouts(nc),
+        )
+        try:
+            yield
+        finally:
+            await nc.drain()
+
+    app = FastAPI(
+        title="durachat gateway",
+        summary="Durable-Objects-style chat rooms on NATS; the workers-chat-demo protocol.",
+        lifespan=lifespan,
+    )
+    app.include_router(api.router)
+    app.include_router(websocket.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.api_route("/api/{rest:path}", methods=["GET", "POST", "PUT", "DELETE"], include_in_schema=False)
+    async def unknown_api(rest: str) -> PlainTextResponse:
+        return PlainTextResponse("Not found", status_code=404)
+
+    return app
+
+
+def main() -> None:
+    settings = GatewaySettings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        ws_max_size=settings.ws_max_size,
+        log_level="info",
+        timeout_graceful_shutdown=5,
+    )
+
+
+if __name__ == "__main__":
+    main()

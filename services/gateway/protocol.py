@@ -1,0 +1,123 @@
+"""The client side of the wire protocol of Cloudflare's workers-chat-demo, validated.
+
+Client frames are `{"name": ...}` first, then `{"message": ...}`. Anything else gets a
+clear `{"error": ...}` frame and changes nothing; only an over-long name also closes the
+socket (code 1009), as the demo does.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from contracts.room import MAX_MESSAGE_LENGTH, MAX_NAME_LENGTH, ChatMessage, RoomUpdate
+
+CLOSE_TOO_BIG = 1009
+ANONYMOUS = "anonymous"
+
+
+class FrameError(Exception):
+    """A client frame that is refused; str(exc) is the text of the error frame."""
+
+    def __init__(self, message: str, close_code: int | None = None) -> None:
+        super().__init__(message)
+        self.close_code = close_code
+
+
+@dataclass(frozen=True)
+class NameFrame:
+    name: str
+
+
+@dataclass(frozen=True)
+class MessageFrame:
+    text: str
+
+
+def _decode(text: str | None, data: bytes | None, max_bytes: int) -> dict:
+    if text is None:
+        raise FrameError("Binary frames are not supported; send JSON text frames.")
+    if len(text) > max_bytes or len(text.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise FrameError(f"Frame too large: at most {max_bytes} bytes.")
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise FrameError("Frame is nested too deeply.") from None
+    except ValueError:
+        raise FrameError("Frame is not valid JSON.") from None
+    if not isinstance(value, dict):
+        raise FrameError("Frame must be a JSON object.")
+    return value
+
+
+def _only(frame: dict, allowed: str, hint: str) -> None:
+    unknown = sorted(set(frame) - {allowed})
+    if unknown:
+        raise FrameError(f"Unknown key(s) {', '.join(map(json.dumps, unknown))[:100]}; {hint}")
+
+
+def parse_name_frame(text: str | None, data: bytes | None, max_bytes: int) -> NameFrame:
+    """The first frame: `{"name": ...}`; a missing or empty name is 'anonymous'."""
+    frame = _decode(text, data, max_bytes)
+    _only(frame, "name", 'the first frame is {"name": "..."}.')
+    name = frame.get("name")
+    if name is None or name == "":
+        return NameFrame(ANONYMOUS)
+    if not isinstance(name, str):
+        raise FrameError("name must be a string.")
+    if len(name) > MAX_NAME_LENGTH:
+        raise FrameError("Name too long.", close_code=CLOSE_TOO_BIG)
+    return NameFrame(name)
+
+
+def parse_message_frame(text: str | None, data: bytes | None, max_bytes: int) -> MessageFrame:
+    """A later frame: `{"message": ...}`."""
+    frame = _decode(text, data, max_bytes)
+    _only(frame, "message", 'send {"message": "..."}.')
+    if "message" not in frame:
+        raise FrameError('Expected {"message": "..."}.')
+    message = frame["message"]
+    if not isinstance(message, str):
+        raise FrameError("message must be a string.")
+    if len(message) > MAX_MESSAGE_LENGTH:
+        raise FrameError("Message too long.")
+    if not message:
+        raise FrameError("Message is empty.")
+    return MessageFrame(message)
+
+
+# --- server frames ----------------------------------------------------------------------------
+
+
+def encode(frame: dict) -> str:
+    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+
+
+def message_frame(message: ChatMessage) -> str:
+    """A chat message as the demo sends it, plus its id (an extension old clients ignore)."""
+    return encode(
+        {
+            "name": message.name,
+            "message": message.message,
+            "timestamp": message.timestamp,
+            "id": message.id,
+        }
+    )
+
+
+def update_frame(update: RoomUpdate) -> str:
+    match update.type:
+        case "joined":
+            return encode({"joined": update.name})
+        case "quit":
+            return encode({"quit": update.name})
+        case "message":
+            return message_frame(update.message)
+    raise AssertionError(update)
+
+
+def error_frame(message: str) -> str:
+    return encode({"error": message})
+
+
+READY = encode({"ready": True})

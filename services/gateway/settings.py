@@ -1,0 +1,21 @@
+"""The gateway's settings, read once from DURACHAT_* environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from services.runtime.settings import RuntimeSettings
+
+
+class GatewaySettings(RuntimeSettings):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_frame_bytes: int = Field(
+        4096, description="A text frame above this is refused with an error frame."
+    )
+    ws_max_size: int = Field(
+        1 << 20, description="Protocol limit: a frame above this closes the socket with 1009."
+    )
+    send_queue_limit: int = Field(
+        1000, description="Frames queued for one socket before it is closed as too slow."
+    )

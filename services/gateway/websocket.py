@@ -1,0 +1,169 @@
+"""One chat WebSocket: the demo protocol in front of a room object."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Request, WebSocket
+from fastapi.responses import PlainTextResponse
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from contracts.common import ErrorReply
+from contracts.keys import is_private_room_id
+from contracts.room import MAX_NAME_LENGTH, GetRoom, JoinRoom, LeaveRoom, PostMessage, RoomState
+from services.gateway import protocol
+from services.gateway.deps import Gateway
+from services.gateway.protocol import FrameError
+from services.gateway.rooms import RoomFanout
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["rooms"])
+
+CLOSE_POLICY = 1008
+CLOSE_TOO_SLOW = 1008
+CLOSE_TRY_AGAIN = 1013
+
+
+def room_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a room, in the demo's words, or None when it can."""
+    if is_private_room_id(name) or len(name) <= MAX_NAME_LENGTH:
+        return None
+    return "Name too long"
+
+
+@router.get("/api/room/{name}/websocket", response_class=PlainTextResponse)
+async def websocket_over_http(name: str, request: Request) -> PlainTextResponse:
+    """Only WebSocket upgrades are served here."""
+    if problem := room_name_problem(name):
+        return PlainTextResponse(problem, status_code=404)
+    return PlainTextResponse("expected websocket", status_code=400)
+
+
+@dataclass(frozen=True)
+class Close:
+    code: int
+    reason: str
+
+
+class ChatSession:
+    """A socket in a room: frames held until the name frame, then sent in order by one writer."""
+
+    def __init__(self, ws: WebSocket, room: str, queue_limit: int) -> None:
+        self.ws = ws
+        self.room = room
+        self.id = secrets.token_urlsafe(12)
+        self.name: str | None = None
+        self.min_version = 0  # broadcasts at or below this are already in the history sent
+        self.blocked: list[str] = []  # frames held until the client has sent its name
+        self.outbox: asyncio.Queue[str | Close] = asyncio.Queue(maxsize=queue_limit)
+        self.closing = False
+
+    def deliver(self, version: int, frame: str) -> None:
+        """Take one broadcast of the room (called by the room's fan-out)."""
+        if version <= self.min_version:
+            return
+        if self.name is None:
+            self.blocked.append(frame)
+        else:
+            self.send(frame)
+
+    def send(self, frame: str) -> None:
+        if self.closing:
+            return
+        try:
+            self.outbox.put_nowait(frame)
+        except asyncio.QueueFull:
+            # The client does not read: disconnect it rather than buffer without bound.
+            self.outbox = asyncio.Queue()
+            self.close(CLOSE_TOO_SLOW, "Too slow: frames were not being read.")
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the socket after the frames already queued."""
+        if not self.closing:
+            self.closing = True
+            self.outbox.put_nowait(Close(code, reason))
+
+    async def write(self) -> None:
+        try:
+            while True:
+                item = await self.outbox.get()
+                if isinstance(item, Close):
+                    await self.ws.close(item.code, item.reason)
+                    return
+                await self.ws.send_text(item)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            return  # the client went away; the reader sees the disconnect
+
+
+@router.websocket("/api/room/{name}/websocket")
+async def chat_socket(ws: WebSocket, name: str, gateway: Gateway) -> None:
+    if problem := room_name_problem(name):
+        await ws.send_denial_response(PlainTextResponse(problem, status_code=404))
+        return
+    await ws.accept()
+    session = ChatSession(ws, name, gateway.settings.send_queue_limit)
+    writer = asyncio.create_task(session.write())
+    fanout = await gateway.fanouts.attach(name, id(session), session.deliver)
+    try:
+        state = await gateway.rooms.send(name, GetRoom())
+        if isinstance(state, ErrorReply):
+            session.send(protocol.error_frame(state.message))
+            session.close(CLOSE_TRY_AGAIN if state.retryable else CLOSE_POLICY, state.message[:120])
+        else:
+            assert isinstance(state, RoomState)
+            session.min_version = state.version
+            session.blocked[:0] = [
+                protocol.encode({"joined": member}) for member in state.members
+            ] + [protocol.message_frame(message) for message in state.messages]
+            await converse(session, gateway, fanout)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        await gateway.fanouts.detach(name, id(session))
+        if session.name is not None:
+            await gateway.rooms.send(name, LeaveRoom(session_id=session.id))
+        if session.closing:
+            # Let the writer flush the error frame and close with its code.
+            await asyncio.wait({writer}, timeout=gateway.settings.request_timeout)
+        writer.cancel()
+
+
+async def converse(session: ChatSession, gateway: Gateway, fanout: RoomFanout) -> None:
+    """Read the client's frames until it goes away or is closed."""
+    ws = session.ws
+    limit = gateway.settings.max_frame_bytes
+    rooms = gateway.rooms
+    while not session.closing:
+        incoming = await ws.receive()
+        if incoming["type"] == "websocket.disconnect":
+            return
+        text, data = incoming.get("text"), incoming.get("bytes")
+        try:
+            if session.name is None:
+                frame = protocol.parse_name_frame(text, data, limit)
+                reply = await rooms.send(
+                    session.room, JoinRoom(session_id=session.id, name=frame.name)
+                )
+                if isinstance(reply, ErrorReply):
+                    raise FrameError(reply.message)
+                session.name = frame.name
+                for queued in session.blocked:
+                    session.send(queued)
+                session.blocked.clear()
+                # The client sees its own {"joined"} before {"ready"}, as in the demo.
+                await fanout.delivered(reply.version, timeout=gateway.settings.request_timeout)
+                session.send(protocol.READY)
+            else:
+                frame = protocol.parse_message_frame(text, data, limit)
+                reply = await rooms.send(
+                    session.room, PostMessage(session_id=session.id, text=frame.text)
+                )
+                if isinstance(reply, ErrorReply):
+                    raise FrameError(reply.message)
+        except FrameError as exc:
+            session.send(protocol.error_frame(str(exc)))
+            if exc.close_code is not None:
+                session.close(exc.close_code, str(exc))

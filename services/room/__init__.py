@@ -1,0 +1,1 @@
+"""The ChatRoom object: members, messages, history on join."""

@@ -1,0 +1,117 @@
+"""The Room aggregate. Pure domain: no NATS, no I/O; rebuilt from its events."""
+
+from __future__ import annotations
+
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+from contracts.keys import is_private_room_id
+from contracts.room import HISTORY_LENGTH, MAX_MESSAGE_LENGTH, MAX_NAME_LENGTH
+
+ROOM_NAMESPACE = uuid5(NAMESPACE_URL, "durachat:room")
+
+
+class RoomError(Exception):
+    """A command the room refuses."""
+
+
+class NotAMember(RoomError):
+    """The session has not joined the room (or has left it)."""
+
+
+class NameTooLong(RoomError):
+    """A member name longer than the room allows."""
+
+
+class MessageTooLong(RoomError):
+    """A message longer than the room allows."""
+
+
+class NoSuchRoom(RoomError):
+    """A private room id that was never created."""
+
+
+class AlreadyExists(RoomError):
+    """The room was created before."""
+
+
+def room_id(name: str) -> UUID:
+    """The aggregate id of room `name`: the same on every replica, as idFromName is."""
+    return uuid5(ROOM_NAMESPACE, name)
+
+
+class Room(Aggregate):
+    """One chat room: who is present and the recent messages."""
+
+    @staticmethod
+    def create_id(name: str, private: bool) -> UUID:
+        return room_id(name)
+
+    @event("Created")
+    def __init__(self, name: str, private: bool) -> None:
+        self.name = name
+        self.private = private
+        self.members: dict[str, str] = {}  # session id -> name, in joining order
+        self.messages: list[dict] = []  # the last HISTORY_LENGTH, oldest first
+        self.last_timestamp = 0
+
+    @classmethod
+    def open_public(cls, name: str) -> Room:
+        if is_private_room_id(name):
+            raise RoomError("a 64-hex name is a private room id; create it as private")
+        return cls(name=name, private=False)
+
+    @classmethod
+    def create_private(cls, room_key: str) -> Room:
+        if not is_private_room_id(room_key):
+            raise RoomError("a private room id is 64 lowercase hex")
+        return cls(name=room_key, private=True)
+
+    # --- commands: check, then record the event -------------------------------------------
+
+    def join(self, session_id: str, name: str) -> None:
+        if len(name) > MAX_NAME_LENGTH:
+            raise NameTooLong("Name too long.")
+        self._member_joined(session_id=session_id, member_name=name)
+
+    def post(self, message_id: str, session_id: str, text: str, now_ms: int) -> dict:
+        """Post `text`; the timestamp is `now_ms`, bumped past the last one if needed."""
+        if session_id not in self.members:
+            raise NotAMember("Join the room before posting.")
+        if len(text) > MAX_MESSAGE_LENGTH:
+            raise MessageTooLong("Message too long.")
+        timestamp = max(now_ms, self.last_timestamp + 1)
+        self._message_posted(
+            message_id=message_id,
+            member_name=self.members[session_id],
+            text=text,
+            posted_at=timestamp,
+        )
+        return self.messages[-1]
+
+    def leave(self, session_id: str) -> str:
+        """Remove the session; returns the name it had."""
+        if session_id not in self.members:
+            raise NotAMember("Not in the room.")
+        name = self.members[session_id]
+        self._member_left(session_id=session_id)
+        return name
+
+    # --- events: how each one changes the state -------------------------------------------
+
+    @event("MemberJoined")
+    def _member_joined(self, session_id: str, member_name: str) -> None:
+        self.members[session_id] = member_name
+
+    @event("MessagePosted")
+    def _message_posted(self, message_id: str, member_name: str, text: str, posted_at: int) -> None:
+        self.messages.append(
+            {"id": message_id, "name": member_name, "message": text, "timestamp": posted_at}
+        )
+        del self.messages[:-HISTORY_LENGTH]
+        self.last_timestamp = posted_at
+
+    @event("MemberLeft")
+    def _member_left(self, session_id: str) -> None:
+        del self.members[session_id]

@@ -1,0 +1,121 @@
+"""The room's command handlers: validate, call the Room aggregate, say what to reply and broadcast."""
+
+from __future__ import annotations
+
+import time
+from functools import singledispatchmethod
+
+from contracts.common import ErrorCode, ErrorReply
+from contracts.keys import is_private_room_id
+from contracts.room import (
+    Accepted,
+    ChatMessage,
+    CreatePrivateRoom,
+    GetRoom,
+    JoinRoom,
+    LeaveRoom,
+    MemberJoined,
+    MemberQuit,
+    MessagePosted,
+    PostMessage,
+    RoomState,
+    room_command,
+)
+from contracts.subjects import ROOM
+from services.room.domainmodel import (
+    AlreadyExists,
+    MessageTooLong,
+    NameTooLong,
+    NoSuchRoom,
+    NotAMember,
+    Room,
+    RoomError,
+)
+from services.runtime.host import Decision
+
+ERROR_CODES = {
+    NotAMember: ErrorCode.NOT_MEMBER,
+    NameTooLong: ErrorCode.TOO_LONG,
+    MessageTooLong: ErrorCode.TOO_LONG,
+    AlreadyExists: ErrorCode.CONFLICT,
+    NoSuchRoom: ErrorCode.NOT_FOUND,
+}
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class RoomBehaviour:
+    """How the room service hosts Room objects."""
+
+    kind = ROOM
+    aggregate_type = Room
+
+    def parse(self, data: bytes):
+        return room_command.validate_json(data)
+
+    def decide(self, key: str, room: Room | None, command) -> tuple[Room | None, Decision]:
+        try:
+            return self._decide(command, key, room)
+        except RoomError as exc:
+            code = ERROR_CODES.get(type(exc), ErrorCode.BAD_REQUEST)
+            return room, Decision(ErrorReply(code=code, message=str(exc)))
+
+    @staticmethod
+    def _existing(key: str, room: Room | None) -> Room:
+        """The room to act on: a public room opens on first use, a private one must exist."""
+        if room is not None:
+            return room
+        if is_private_room_id(key):
+            raise NoSuchRoom("No such room.")
+        return Room.open_public(key)
+
+    @singledispatchmethod
+    def _decide(self, command, key: str, room: Room | None) -> tuple[Room | None, Decision]:
+        raise TypeError(f"no handler for {type(command).__name__}")
+
+    @_decide.register
+    def _(self, command: CreatePrivateRoom, key: str, room: Room | None):
+        if room is not None:
+            raise AlreadyExists("The room already exists.")
+        room = Room.create_private(key)
+        return room, Decision(Accepted(version=room.version))
+
+    @_decide.register
+    def _(self, command: GetRoom, key: str, room: Room | None):
+        if room is None and is_private_room_id(key):
+            raise NoSuchRoom("No such room.")
+        if room is None:  # a public room nobody has used yet: empty, and nothing appended
+            return None, Decision(RoomState(version=0, private=False, members=[], messages=[]))
+        state = RoomState(
+            version=room.version,
+            private=room.private,
+            members=list(room.members.values()),
+            messages=[ChatMessage(**m) for m in room.messages],
+        )
+        return room, Decision(state)
+
+    @_decide.register
+    def _(self, command: JoinRoom, key: str, room: Room | None):
+        room = self._existing(key, room)
+        room.join(command.session_id, command.name)
+        update = MemberJoined(version=room.version, name=command.name)
+        return room, Decision(Accepted(version=room.version), [update])
+
+    @_decide.register
+    def _(self, command: PostMessage, key: str, room: Room | None):
+        room = self._existing(key, room)
+        message = ChatMessage(
+            **room.post(str(command.command_id), command.session_id, command.text, now_ms())
+        )
+        return room, Decision(
+            Accepted(version=room.version, message=message),
+            [MessagePosted(version=room.version, message=message)],
+        )
+
+    @_decide.register
+    def _(self, command: LeaveRoom, key: str, room: Room | None):
+        room = self._existing(key, room)
+        name = room.leave(command.session_id)
+        return room, Decision(Accepted(version=room.version), [MemberQuit(version=room.version, name=name)])

@@ -1,0 +1,1 @@
+"""The object runtime shared by every service: partitions, mailboxes, event store, output gate."""

@@ -1,0 +1,195 @@
+"""Object event streams in JetStream.
+
+Each object's events live on one subject, `evt.<kind>.<key>`. One JetStream message is one
+commit: the events a group commit appended for that object, in order. Appends name the
+subject sequence they expect to follow (`Nats-Expected-Last-Subject-Sequence`), so a stale
+or concurrent writer is refused, and carry a `Nats-Msg-Id` so a republished commit is
+stored once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import nats.js.errors
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import (
+    DatetimeAsISO,
+    DecimalAsStr,
+    JSONTranscoder,
+    Mapper,
+    StoredEvent,
+    UUIDAsHex,
+)
+from nats.aio.client import Client as NATS
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+from contracts.subjects import event_stream, event_subject
+
+WRONG_LAST_SEQUENCE = 10071
+MSG_ID = "Nats-Msg-Id"
+LOAD_BATCH = 1000
+
+
+class AppendConflict(Exception):
+    """Someone else appended to the object since we read it: our copy is stale."""
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One stored commit: its stream sequence and the domain events in it."""
+
+    sequence: int
+    events: list[Any]
+
+
+def new_mapper() -> Mapper:
+    transcoder = JSONTranscoder()
+    transcoder.register(UUIDAsHex())
+    transcoder.register(DecimalAsStr())
+    transcoder.register(DatetimeAsISO())
+    return Mapper(transcoder=transcoder)
+
+
+class ObjectEventStore:
+    """Reads and appends the event streams of one object kind."""
+
+    def __init__(self, nc: NATS, kind: str, replicas: int = 1) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.kind = kind
+        self.stream = event_stream(kind)
+        self.replicas = replicas
+        self.mapper = new_mapper()
+
+    async def ensure_stream(self) -> None:
+        """Create the kind's stream if it does not exist (idempotent across replicas)."""
+        config = StreamConfig(
+            name=self.stream,
+            subjects=[f"evt.{self.kind}.>"],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.OLD,
+            num_replicas=self.replicas,
+            allow_direct=True,
+            duplicate_window=120.0,
+        )
+        try:
+            await self.js.stream_info(self.stream)
+        except nats.js.errors.NotFoundError:
+            try:
+                await self.js.add_stream(config)
+            except nats.js.errors.BadRequestError:
+                await self.js.stream_info(self.stream)  # another replica won the race
+
+    # --- encoding ------------------------------------------------------------------------------
+
+    def encode(self, events: Sequence[Any]) -> bytes:
+        stored = [self.mapper.to_stored_event(e) for e in events]
+        return json.dumps(
+            {
+                "id": str(stored[0].originator_id),
+                "events": [
+                    [s.topic, s.originator_version, s.state.decode()] for s in stored
+                ],
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    def decode(self, data: bytes) -> list[Any]:
+        body = json.loads(data)
+        originator_id = UUID(body["id"])
+        return [
+            self.mapper.to_domain_event(
+                StoredEvent(
+                    originator_id=originator_id,
+                    originator_version=version,
+                    topic=topic,
+                    state=state.encode(),
+                )
+            )
+            for topic, version, state in body["events"]
+        ]
+
+    # --- reading ------------------------------------------------------------------------------
+
+    async def read(self, key: str, after: int = 0) -> list[Commit]:
+        """Every commit of object `key` with a stream sequence above `after`, in order.
+
+        Uses batched direct gets: no consumer is created, so waking an object is cheap.
+        """
+        subject = event_subject(self.kind, key)
+        commits: list[Commit] = []
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        try:
+            start = after + 1
+            while True:
+                request = {"seq": start, "next_by_subj": subject, "batch": LOAD_BATCH}
+                await self.nc.publish(
+                    f"$JS.API.DIRECT.GET.{self.stream}",
+                    json.dumps(request).encode(),
+                    reply=inbox,
+                )
+                pending = 0
+                got = 0
+                while True:
+                    msg = await sub.next_msg(timeout=5)
+                    headers = msg.headers or {}
+                    status = headers.get("Status")
+                    if status is not None:
+                        if status in ("204", "404"):  # end of batch / nothing (more) there
+                            break
+                        raise RuntimeError(f"direct get of {subject} failed: {headers}")
+                    sequence = int(headers["Nats-Sequence"])
+                    commits.append(Commit(sequence, self.decode(msg.data)))
+                    pending = int(headers.get("Nats-Num-Pending", "0"))
+                    start = sequence + 1
+                    got += 1
+                if got == 0 or pending == 0:
+                    return commits
+        finally:
+            await sub.unsubscribe()
+
+    async def load(self, key: str, cls: type[Aggregate]) -> tuple[Aggregate | None, int]:
+        """Rebuild object `key` from its stream: (aggregate or None, last subject sequence)."""
+        aggregate = None
+        last = 0
+        for commit in await self.read(key):
+            for domain_event in commit.events:
+                aggregate = domain_event.mutate(aggregate)
+            last = commit.sequence
+        return aggregate, last
+
+    # --- appending -------------------------------------------------------------------------------
+
+    async def append(self, key: str, events: Sequence[Any], expected: int, commit_id: str) -> int:
+        """Append `events` as one commit after subject sequence `expected`; returns its sequence.
+
+        Raises AppendConflict when the subject has moved on (another writer got there first).
+        """
+        subject = event_subject(self.kind, key)
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(expected), MSG_ID: commit_id}
+        try:
+            ack = await self.js.publish(subject, self.encode(events), headers=headers)
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                # Our own earlier attempt may have been stored even though its ack was lost.
+                last = await self._last_message(subject)
+                if last is not None and (last.headers or {}).get(MSG_ID) == commit_id:
+                    return last.seq
+                raise AppendConflict(f"{subject} moved past {expected}") from exc
+            raise
+        if ack.duplicate:
+            raise AppendConflict(f"{subject}: commit {commit_id} was already stored")
+        return ack.seq
+
+    async def _last_message(self, subject: str):
+        try:
+            return await self.js.get_last_msg(self.stream, subject, direct=True)
+        except nats.js.errors.NotFoundError:
+            return None

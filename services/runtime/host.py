@@ -1,0 +1,266 @@
+"""Hosting objects: partition subscriptions, one mailbox per key, group commit, output gate.
+
+A service gives an `ObjectBehaviour` (parse a command, decide against the aggregate); the
+`ObjectHost` does the rest:
+
+- it subscribes to the partitions it owns (`cmd.<kind>.<partition>.*`);
+- every key gets a mailbox, processed by one task, one batch at a time, so an object never
+  runs two commands at once while other objects proceed;
+- a batch is every command waiting in the mailbox (up to `max_batch`): each is decided in
+  order, then all their events are appended as ONE commit (group commit);
+- only after JetStream acknowledges the commit are the broadcasts published and the replies
+  sent (the output gate), in command order;
+- a full mailbox answers `overloaded` at once instead of queueing without bound;
+- an idle mailbox is dropped with its aggregate (hibernation), rebuilt on the next command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+from uuid import NAMESPACE_OID, uuid5
+
+from eventsourcing.domain import Aggregate
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from pydantic import BaseModel, ValidationError
+
+from contracts.common import ErrorCode, ErrorReply
+from contracts.keys import InvalidKey, key_from_token
+from contracts.subjects import out_subject, partition_filter
+from services.runtime.eventstore import AppendConflict, ObjectEventStore
+
+log = logging.getLogger(__name__)
+
+A = TypeVar("A", bound=Aggregate)
+
+
+@dataclass
+class Decision:
+    """What deciding one command produced: the reply, and what to broadcast once durable."""
+
+    reply: BaseModel
+    updates: list[BaseModel] = field(default_factory=list)
+
+
+class ObjectBehaviour(Protocol[A]):
+    """The domain side of an object kind: all a service writes to host its objects."""
+
+    kind: str
+    aggregate_type: type[A]
+
+    def parse(self, data: bytes) -> Any:
+        """Validate a command's bytes into a contract (raises pydantic's ValidationError)."""
+
+    def decide(self, key: str, aggregate: A | None, command: Any) -> tuple[A | None, Decision]:
+        """Apply `command` to the object; return the (possibly new) aggregate and a decision."""
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming each field that was wrong and why."""
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error["loc"]) or "message"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def error_bytes(code: ErrorCode, message: str) -> bytes:
+    return ErrorReply(code=code, message=message).model_dump_json().encode()
+
+
+class ObjectMailbox(Generic[A]):
+    """One object's queue and cached state; one task drains it, a batch at a time."""
+
+    def __init__(self, host: ObjectHost[A], key: str) -> None:
+        self.host = host
+        self.key = key
+        self.out_subject = out_subject(host.behaviour.kind, key)
+        self.queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=host.mailbox_limit)
+        self.aggregate: A | None = None
+        self.sequence = 0  # last subject sequence of the object's stream that we have applied
+        self.loaded = False
+        self.task = asyncio.create_task(self._run(), name=f"mailbox {host.behaviour.kind}/{key}")
+
+    async def _run(self) -> None:
+        host = self.host
+        while True:
+            try:
+                first = await asyncio.wait_for(self.queue.get(), timeout=host.idle_after)
+            except TimeoutError:
+                if self.queue.empty():  # no await between this check and the removal
+                    host._mailboxes.pop(self.key, None)
+                    return
+                continue
+            batch = [first]
+            while len(batch) < host.max_batch and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            try:
+                await self._process(batch)
+            except Exception:
+                log.exception("mailbox %s/%s failed a batch", host.behaviour.kind, self.key)
+                self._forget()
+                for msg in batch:
+                    await host.reply(msg, error_bytes(ErrorCode.UNAVAILABLE, "Try again."))
+            finally:
+                for _ in batch:
+                    self.queue.task_done()
+
+    def _forget(self) -> None:
+        """Drop the cached state; the next command rebuilds it from the stream."""
+        self.aggregate = None
+        self.sequence = 0
+        self.loaded = False
+
+    async def _process(self, batch: list[Msg]) -> None:
+        host = self.host
+        behaviour = host.behaviour
+        if not self.loaded:
+            self.aggregate, self.sequence = await host.store.load(self.key, behaviour.aggregate_type)
+            self.loaded = True
+
+        events: list[Any] = []
+        outcomes: list[tuple[Msg, bytes, list[BaseModel]]] = []
+        command_ids: list[str] = []
+        broken = False
+        for msg in batch:
+            if broken:
+                outcomes.append((msg, error_bytes(ErrorCode.UNAVAILABLE, "Try again."), []))
+                continue
+            try:
+                command = behaviour.parse(msg.data)
+            except ValidationError as exc:
+                reply = error_bytes(ErrorCode.BAD_REQUEST, describe_validation_error(exc))
+                outcomes.append((msg, reply, []))
+                continue
+            try:
+                self.aggregate, decision = behaviour.decide(self.key, self.aggregate, command)
+            except Exception:
+                # The aggregate may be half-changed: keep what earlier commands decided,
+                # drop this command's events, and rebuild the object after this batch.
+                log.exception("%s/%s: deciding %r failed", behaviour.kind, self.key, command)
+                if self.aggregate is not None:
+                    self.aggregate.collect_events()
+                broken = True
+                outcomes.append((msg, error_bytes(ErrorCode.UNAVAILABLE, "Try again."), []))
+                continue
+            if self.aggregate is not None:
+                new_events = self.aggregate.collect_events()
+                if new_events:
+                    events.extend(new_events)
+                    command_ids.append(str(command.command_id))
+            outcomes.append(
+                (msg, decision.reply.model_dump_json().encode(), decision.updates)
+            )
+
+        if events:
+            commit_id = (
+                command_ids[0]
+                if len(command_ids) == 1
+                else str(uuid5(NAMESPACE_OID, ",".join(command_ids)))
+            )
+            try:
+                self.sequence = await host.store.append(
+                    self.key, events, expected=self.sequence, commit_id=commit_id
+                )
+            except AppendConflict:
+                log.warning("%s/%s: stale copy, rebuilding", behaviour.kind, self.key)
+                self._forget()
+                conflict = error_bytes(ErrorCode.CONFLICT, "The object moved on; try again.")
+                for msg, _, updates in outcomes:
+                    await host.reply(msg, conflict)
+                return
+        if broken:
+            self._forget()
+
+        # Output gate: everything below happens only after the commit is acknowledged.
+        for msg, reply, updates in outcomes:
+            for update in updates:
+                await host.nc.publish(self.out_subject, update.model_dump_json().encode())
+            await host.reply(msg, reply)
+
+
+class ObjectHost(Generic[A]):
+    """Hosts the objects of one kind on the partitions this process owns."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        behaviour: ObjectBehaviour[A],
+        *,
+        stream_replicas: int = 1,
+        mailbox_limit: int = 2000,
+        max_batch: int = 500,
+        idle_after: float = 300.0,
+    ) -> None:
+        self.nc = nc
+        self.behaviour = behaviour
+        self.store = ObjectEventStore(nc, behaviour.kind, replicas=stream_replicas)
+        self.mailbox_limit = mailbox_limit
+        self.max_batch = max_batch
+        self.idle_after = idle_after
+        self._subscriptions: dict[int, Subscription] = {}
+        self._mailboxes: dict[str, ObjectMailbox[A]] = {}
+
+    @property
+    def partitions(self) -> set[int]:
+        return set(self._subscriptions)
+
+    def resident(self) -> list[str]:
+        """Keys of the objects currently in memory."""
+        return list(self._mailboxes)
+
+    async def start(self, partitions: Iterable[int]) -> None:
+        await self.store.ensure_stream()
+        for partition in partitions:
+            await self.own(partition)
+
+    async def own(self, partition: int) -> None:
+        """Start serving one partition."""
+        if partition not in self._subscriptions:
+            subject = partition_filter(self.behaviour.kind, partition)
+            self._subscriptions[partition] = await self.nc.subscribe(subject, cb=self._on_command)
+
+    async def release(self, partition: int) -> None:
+        """Stop taking commands for one partition and finish those already queued."""
+        sub = self._subscriptions.pop(partition, None)
+        if sub is not None:
+            await sub.unsubscribe()
+        await self._drain()
+
+    async def stop(self) -> None:
+        """Release every partition, finish in-flight work, drop all objects."""
+        for partition in list(self._subscriptions):
+            sub = self._subscriptions.pop(partition)
+            await sub.unsubscribe()
+        await self._drain()
+        for mailbox in list(self._mailboxes.values()):
+            mailbox.task.cancel()
+        self._mailboxes.clear()
+
+    async def _drain(self) -> None:
+        await asyncio.gather(*(m.queue.join() for m in list(self._mailboxes.values())))
+
+    async def reply(self, msg: Msg, data: bytes) -> None:
+        if msg.reply:
+            await self.nc.publish(msg.reply, data)
+
+    async def _on_command(self, msg: Msg) -> None:
+        try:
+            key = key_from_token(msg.subject.rsplit(".", 1)[1])
+        except InvalidKey as exc:
+            await self.reply(msg, error_bytes(ErrorCode.BAD_REQUEST, str(exc)))
+            return
+        mailbox = self._mailboxes.get(key)
+        if mailbox is None:
+            mailbox = self._mailboxes[key] = ObjectMailbox(self, key)
+        try:
+            mailbox.queue.put_nowait(msg)
+        except asyncio.QueueFull:
+            await self.reply(
+                msg, error_bytes(ErrorCode.OVERLOADED, f"{self.behaviour.kind} {key} is overloaded.")
+            )

@@ -1,0 +1,22 @@
+"""Settings every durachat process reads, once, from DURACHAT_* environment variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RuntimeSettings(BaseSettings):
+    """What every service needs to reach the bus and agree on the partitioning."""
+
+    model_config = SettingsConfigDict(env_prefix="DURACHAT_", extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server(s), comma-separated")
+    partitions: int = Field(
+        16, ge=1, le=1024, description="P in the server's partition() mapping; must match infra/nats"
+    )
+    stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas of event streams")
+    request_timeout: float = Field(5.0, gt=0, description="seconds a command may take end to end")
