@@ -29,6 +29,7 @@ class ErrorCode(StrEnum):
     TOO_LONG = "too_long"
     OVERLOADED = "overloaded"
     CONFLICT = "conflict"
+    EXISTS = "exists"
     UNAVAILABLE = "unavailable"
 
 

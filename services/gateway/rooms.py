@@ -23,22 +23,30 @@ UNAVAILABLE = ErrorReply(code=ErrorCode.UNAVAILABLE, message="The room is unavai
 
 
 class RoomClient:
-    """Sends commands to room objects; retries a timed-out or refused-as-busy command
-    with the same command id, so the room applies it once."""
+    """Sends commands to room objects.
 
-    def __init__(self, nc: NATS, timeout: float, attempts: int = 3) -> None:
+    A command that times out, finds no owner (a room service restarting) or is refused as
+    retryable (busy, conflict) is sent again with the same command id until the deadline.
+    """
+
+    def __init__(self, nc: NATS, timeout: float, attempt_timeout: float = 2.0) -> None:
         self.nc = nc
         self.timeout = timeout
-        self.attempts = attempts
+        self.attempt_timeout = min(attempt_timeout, timeout)
 
     async def send(self, room: str, command: Command) -> RoomReply:
         subject = command_subject(ROOM, room)
         data = command.model_dump_json().encode()
-        per_try = self.timeout / self.attempts
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        backoff = 0.02
         reply: RoomReply = UNAVAILABLE
-        for attempt in range(self.attempts):
+        while True:
+            remaining = deadline - loop.time()
             try:
-                msg = await self.nc.request(subject, data, timeout=per_try)
+                msg = await self.nc.request(
+                    subject, data, timeout=max(0.001, min(self.attempt_timeout, remaining))
+                )
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
                 reply = UNAVAILABLE
             else:
@@ -49,9 +57,10 @@ class RoomClient:
                     return UNAVAILABLE
                 if not (isinstance(reply, ErrorReply) and reply.retryable):
                     return reply
-            if attempt + 1 < self.attempts:
-                await asyncio.sleep(0.05 * 2**attempt)  # back off before retrying the same id
-        return reply
+            if loop.time() + backoff >= deadline:
+                return reply
+            await asyncio.sleep(backoff)  # back off before sending the same command id again
+            backoff = min(backoff * 2, 0.5)
 
 
 class RoomFanout:

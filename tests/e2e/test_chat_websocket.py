@@ -1,0 +1,204 @@
+"""The workers-chat-demo protocol end to end: real gateway, room service and nats-server
+processes, real WebSocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+import websockets
+
+from contracts.keys import is_private_room_id
+
+pytestmark = pytest.mark.e2e
+
+
+class Client:
+    """A chat-demo client: a socket and the frames it received."""
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+
+    @classmethod
+    async def connect(cls, system, room: str) -> Client:
+        return cls(await websockets.connect(f"{system.ws_url}/api/room/{room}/websocket"))
+
+    async def send(self, frame) -> None:
+        await self.ws.send(frame if isinstance(frame, (str, bytes)) else json.dumps(frame))
+
+    async def recv(self, timeout: float = 5.0) -> dict:
+        return json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+
+    async def recv_until(self, predicate, timeout: float = 5.0) -> list[dict]:
+        """Frames up to and including the first one matching `predicate`."""
+        frames = []
+        while True:
+            frames.append(await self.recv(timeout))
+            if predicate(frames[-1]):
+                return frames
+
+    async def join(self, name: str) -> list[dict]:
+        """Send the name frame; returns everything received up to {"ready": true}."""
+        await self.send({"name": name})
+        return await self.recv_until(lambda f: f.get("ready") is True)
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+def new_room() -> str:
+    return f"e2e-{uuid.uuid4().hex[:10]}"
+
+
+def http(system, method: str, path: str) -> tuple[int, str, str]:
+    request = urllib.request.Request(system.base_url + path, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.headers.get("content-type", ""), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers.get("content-type", ""), error.read().decode()
+
+
+async def test_two_clients_chat(system):
+    room = new_room()
+    # Alice joins an empty room: her own joined, then ready.
+    alice = await Client.connect(system, room)
+    assert await alice.join("alice") == [{"joined": "alice"}, {"ready": True}]
+
+    # Bob joins: he is told alice is here, then his own joined, then ready; alice hears of him.
+    bob = await Client.connect(system, room)
+    assert await bob.join("bob") == [{"joined": "alice"}, {"joined": "bob"}, {"ready": True}]
+    assert await alice.recv() == {"joined": "bob"}
+
+    # Each message reaches everyone, sender included, with a strictly increasing timestamp.
+    await alice.send({"message": "hi bob"})
+    await bob.send({"message": "hi alice"})
+    seen_by_alice = [await alice.recv(), await alice.recv()]
+    seen_by_bob = [await bob.recv(), await bob.recv()]
+    assert seen_by_alice == seen_by_bob
+    assert {(f["name"], f["message"]) for f in seen_by_alice} == {
+        ("alice", "hi bob"),
+        ("bob", "hi alice"),
+    }
+    assert seen_by_alice[0]["timestamp"] < seen_by_alice[1]["timestamp"]
+
+    # Alice leaves: bob is told.
+    await alice.close()
+    assert await bob.recv() == {"quit": "alice"}
+    await bob.close()
+
+
+async def test_a_newcomer_gets_who_is_here_and_the_last_100_messages(system):
+    room = new_room()
+    alice = await Client.connect(system, room)
+    await alice.join("alice")
+    for i in range(105):
+        await alice.send({"message": f"m{i}"})
+    await alice.recv_until(lambda f: f.get("message") == "m104")
+
+    # Before naming itself, the newcomer is sent nothing; the queue flushes on its name frame.
+    carol = await Client.connect(system, room)
+    frames = await carol.join("")  # an empty name is "anonymous"
+    assert frames[0] == {"joined": "alice"}
+    history = [f["message"] for f in frames if "message" in f]
+    assert history == [f"m{i}" for i in range(5, 105)]
+    assert frames[-2:] == [{"joined": "anonymous"}, {"ready": True}]
+    await carol.close()
+    await alice.close()
+
+
+async def test_bad_frames_get_clear_errors_and_change_nothing(system):
+    room = new_room()
+    alice = await Client.connect(system, room)
+    await alice.join("alice")
+    bad = [
+        ("not json", "Frame is not valid JSON."),
+        (b"\x00\x01", "Binary frames are not supported; send JSON text frames."),
+        ("[1]", "Frame must be a JSON object."),
+        ({"message": 42}, "message must be a string."),
+        ({"message": "x" * 257}, "Message too long."),
+        ({"message": "hi", "to": "bob"}, 'Unknown key(s) "to"; send {"message": "..."}.'),
+        ("x" * 10_000, "Frame too large: at most 4096 bytes."),
+        ("[" * 2000 + "]" * 2000, "Frame is nested too deeply."),
+    ]
+    for frame, error in bad:
+        await alice.send(frame)
+        assert await alice.recv() == {"error": error}
+
+    # The socket and the room are still healthy, and none of the bad frames was stored.
+    await alice.send({"message": "still here"})
+    assert (await alice.recv())["message"] == "still here"
+    bob = await Client.connect(system, room)
+    history = [f["message"] for f in await bob.join("bob") if "message" in f]
+    assert history == ["still here"]
+    await bob.close()
+    await alice.close()
+
+
+async def test_an_overlong_name_is_refused_and_the_socket_closed_with_1009(system):
+    client = await Client.connect(system, new_room())
+    await client.send({"name": "n" * 33})
+    assert await client.recv() == {"error": "Name too long."}
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        await client.recv()
+    assert closed.value.rcvd.code == 1009
+
+
+async def test_http_routes_speak_the_demo_protocol(system):
+    # A private room id is 64 hex as plain text.
+    status, content_type, body = http(system, "POST", "/api/room")
+    assert status == 200 and content_type.startswith("text/plain") and is_private_room_id(body)
+
+    # The websocket path refuses plain HTTP, and names over 32 chars.
+    assert http(system, "GET", "/api/room/lobby/websocket")[::2] == (400, "expected websocket")
+    assert http(system, "GET", f"/api/room/{'x' * 33}/websocket")[::2] == (404, "Name too long")
+    assert http(system, "GET", "/api/nothing-here")[::2] == (404, "Not found")
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await websockets.connect(f"{system.ws_url}/api/room/{'x' * 33}/websocket")
+    assert refused.value.response.status_code == 404
+
+
+async def test_private_rooms_are_reachable_only_once_created(system):
+    # An id nobody created: a clear error, then the socket is closed.
+    stranger = await Client.connect(system, "0" * 64)
+    assert await stranger.recv() == {"error": "No such room."}
+    with pytest.raises(websockets.ConnectionClosed):
+        await stranger.recv()
+
+    # A created one works like any room.
+    room = http(system, "POST", "/api/room")[2]
+    alice = await Client.connect(system, room)
+    bob = await Client.connect(system, room)
+    await alice.join("alice")
+    await bob.join("bob")
+    await alice.send({"message": "psst"})
+    assert (await bob.recv_until(lambda f: "message" in f))[-1]["message"] == "psst"
+    await alice.close()
+    await bob.close()
+
+
+async def test_sockets_survive_a_crash_of_the_room_service(system):
+    room = new_room()
+    alice = await Client.connect(system, room)
+    await alice.join("alice")
+    await alice.send({"message": "before"})
+    await alice.recv_until(lambda f: f.get("message") == "before")
+
+    # kill -9 the room service and start a new one; the gateway keeps the socket.
+    old = system.rooms.pop()
+    old.kill()
+    system.start_room()
+
+    # The same socket goes on: the room is rebuilt from its stream, membership included.
+    await alice.send({"message": "after"})
+    frames = await alice.recv_until(lambda f: "message" in f or "error" in f, timeout=10)
+    assert frames[-1]["message"] == "after"
+    bob = await Client.connect(system, room)
+    history = [f["message"] for f in await bob.join("bob") if "message" in f]
+    assert history == ["before", "after"]
+    await bob.close()
+    await alice.close()

@@ -1,0 +1,238 @@
+"""The room object on a real nats-server: partition mapping, group commit, output gate,
+optimistic concurrency, hibernation and rebuild."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import nats
+import pytest
+
+from contracts.common import ErrorCode, ErrorReply
+from contracts.keys import new_private_room_id
+from contracts.room import (
+    Accepted,
+    CreatePrivateRoom,
+    GetRoom,
+    JoinRoom,
+    PostMessage,
+    RoomState,
+    room_reply,
+    room_update,
+)
+from contracts.subjects import ROOM, command_subject, event_stream, event_subject, out_subject
+from services.room.handlers import RoomBehaviour
+from services.runtime.eventstore import ObjectEventStore
+from services.runtime.host import ObjectHost
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.nats
+
+
+async def ask(nc: nats.NATS, room: str, command, timeout: float = 5.0):
+    msg = await nc.request(command_subject(ROOM, room), command.model_dump_json().encode(), timeout)
+    return room_reply.validate_json(msg.data)
+
+
+async def stream_commits(nc: nats.NATS, room: str) -> list[dict]:
+    store = ObjectEventStore(nc, ROOM)
+    return [
+        {"sequence": c.sequence, "events": [type(e).__name__ for e in c.events]}
+        for c in await store.read(room)
+    ]
+
+
+async def test_commands_go_through_the_servers_partition_mapping(nc, nats_server, room_name):
+    # A bare subscriber on the mapped subjects sees the partitioned subject the server chose.
+    seen = asyncio.get_running_loop().create_future()
+
+    async def owner(msg):
+        seen.set_result(msg.subject)
+        await msg.respond(b"{}")
+
+    sub = await nc.subscribe(f"cmd.{ROOM}.*.{room_name}", cb=owner)
+    await nc.request(command_subject(ROOM, room_name), b"{}", timeout=2)
+    kind, partition = (await seen)[len("cmd."):].split(".")[:2]
+    assert kind == ROOM and 0 <= int(partition) < nats_server.partitions
+    await sub.unsubscribe()
+
+
+async def test_a_message_is_durable_before_anyone_hears_of_it(room_host, nc, room_name):
+    js = nc.jetstream()
+    heard: list[tuple[dict, int]] = []
+
+    async def listener(msg):
+        # At the moment of the broadcast, the event must already be in the stream.
+        last = await js.get_last_msg(event_stream(ROOM), event_subject(ROOM, room_name))
+        heard.append((json.loads(msg.data), last.seq))
+
+    await nc.subscribe(out_subject(ROOM, room_name), cb=listener)
+    await nc.flush()
+
+    joined = await ask(nc, room_name, JoinRoom(session_id="s1", name="alice"))
+    posted = await ask(nc, room_name, PostMessage(session_id="s1", text="hello"))
+    assert isinstance(joined, Accepted) and isinstance(posted, Accepted)
+    assert posted.message.name == "alice" and posted.message.message == "hello"
+
+    await wait_for(lambda: len(heard) == 2, what="two broadcasts")
+    commits = await stream_commits(nc, room_name)
+    assert [c["events"] for c in commits] == [["Created", "MemberJoined"], ["MessagePosted"]]
+    assert heard[1][0]["message"]["id"] == posted.message.id
+    assert heard[1][1] == commits[1]["sequence"]
+
+
+async def test_a_burst_into_one_room_is_group_committed_in_order(room_host, nc, room_name):
+    await ask(nc, room_name, JoinRoom(session_id="s1", name="alice"))
+    # 300 posts sent at once, without waiting for each other's replies.
+    texts = [f"m{i}" for i in range(300)]
+    replies = await asyncio.gather(
+        *(ask(nc, room_name, PostMessage(session_id="s1", text=t)) for t in texts)
+    )
+    assert all(isinstance(r, Accepted) for r in replies)
+
+    # Fewer commits than messages: the owner batched them.
+    commits = await stream_commits(nc, room_name)
+    posted = sum(c["events"].count("MessagePosted") for c in commits)
+    assert posted == 300
+    assert len(commits) < 301
+
+    # Per-room order: versions and timestamps strictly increase together, no gaps.
+    by_version = sorted(replies, key=lambda r: r.version)
+    versions = [r.version for r in by_version]
+    assert versions == list(range(versions[0], versions[0] + 300))
+    stamps = [r.message.timestamp for r in by_version]
+    assert all(a < b for a, b in zip(stamps, stamps[1:]))
+
+
+async def test_a_stale_copy_is_refused_and_nothing_is_broadcast(room_host, nc, room_name):
+    await ask(nc, room_name, JoinRoom(session_id="s1", name="alice"))
+    broadcasts: list[bytes] = []
+
+    async def listener(msg):
+        broadcasts.append(msg.data)
+
+    await nc.subscribe(out_subject(ROOM, room_name), cb=listener)
+    await nc.flush()
+
+    # Another writer (a second owner, say) appends behind the host's back.
+    rogue_store = ObjectEventStore(nc, ROOM)
+    rogue, last = await rogue_store.load(room_name, RoomBehaviour.aggregate_type)
+    rogue.join("s2", "mallory")
+    await rogue_store.append(room_name, rogue.collect_events(), expected=last, commit_id="rogue-1")
+
+    # The host's append names the sequence it expected: refused, retryable, no broadcast.
+    refused = await ask(nc, room_name, PostMessage(session_id="s1", text="lost?"))
+    assert isinstance(refused, ErrorReply) and refused.code == ErrorCode.CONFLICT
+    assert refused.retryable
+
+    # The host rebuilt from the stream: the next command sees the other writer's change.
+    state = await ask(nc, room_name, GetRoom())
+    assert state.members == ["alice", "mallory"]
+    assert [m.message for m in state.messages] == []
+    await ask(nc, room_name, PostMessage(session_id="s1", text="again"))
+    await wait_for(lambda: len(broadcasts) == 1, what="one broadcast")
+    assert room_update.validate_json(broadcasts[0]).message.message == "again"
+
+
+async def test_an_idle_room_hibernates_and_wakes_with_the_same_state(nats_server, nc, room_name):
+    client = await nats.connect(nats_server.url)
+    host = ObjectHost(client, RoomBehaviour(), idle_after=0.2)
+    await host.start(range(nats_server.partitions))
+    try:
+        await ask(nc, room_name, JoinRoom(session_id="s1", name="alice"))
+        for i in range(5):
+            await ask(nc, room_name, PostMessage(session_id="s1", text=f"m{i}"))
+        before = await ask(nc, room_name, GetRoom())
+        assert room_name in host.resident()
+
+        await wait_for(lambda: room_name not in host.resident(), what="eviction")
+
+        after = await ask(nc, room_name, GetRoom())
+        assert after == before
+        posted = await ask(nc, room_name, PostMessage(session_id="s1", text="after wake"))
+        assert posted.version == before.version + 1
+        assert posted.message.timestamp > before.messages[-1].timestamp
+    finally:
+        await host.stop()
+        await client.drain()
+
+
+async def test_a_restarted_service_rebuilds_rooms_from_their_streams(nats_server, nc, room_name):
+    for round_ in range(2):
+        client = await nats.connect(nats_server.url)
+        host = ObjectHost(client, RoomBehaviour())
+        await host.start(range(nats_server.partitions))
+        if round_ == 0:
+            await ask(nc, room_name, JoinRoom(session_id="s1", name="alice"))
+            await ask(nc, room_name, PostMessage(session_id="s1", text="remember me"))
+        else:
+            state = await ask(nc, room_name, GetRoom())
+            assert state.members == ["alice"]
+            assert [m.message for m in state.messages] == ["remember me"]
+        await host.stop()
+        await client.drain()
+
+
+async def test_a_full_mailbox_answers_overloaded_at_once(nats_server, nc, room_name):
+    client = await nats.connect(nats_server.url)
+    host = ObjectHost(client, RoomBehaviour(), mailbox_limit=3)
+    await host.start(range(nats_server.partitions))
+    try:
+        await ask(nc, room_name, JoinRoom(session_id="s1", name="alice"))
+        replies = await asyncio.gather(
+            *(ask(nc, room_name, PostMessage(session_id="s1", text=str(i))) for i in range(200))
+        )
+        overloaded = [r for r in replies if isinstance(r, ErrorReply)]
+        accepted = [r for r in replies if isinstance(r, Accepted)]
+        assert overloaded and all(r.code == ErrorCode.OVERLOADED for r in overloaded)
+        assert len(overloaded) + len(accepted) == 200
+        # Every accepted message, and only those, is in the room.
+        commits = await stream_commits(nc, room_name)
+        assert sum(c["events"].count("MessagePosted") for c in commits) == len(accepted)
+    finally:
+        await host.stop()
+        await client.drain()
+
+
+@pytest.mark.parametrize(
+    "payload, mentions",
+    [
+        (b"not json", "json"),
+        (b'{"type": "post", "session_id": "s1", "text": 5}', "text"),
+        (b'{"type": "post", "session_id": "s1", "text": "' + b"x" * 300 + b'"}', "text"),
+        (b'{"type": "teleport"}', "type"),
+        (b'{"type": "join", "session_id": "s1", "name": "a", "admin": true}', "admin"),
+    ],
+)
+async def test_a_message_outside_the_contract_gets_bad_request(room_host, nc, room_name, payload, mentions):
+    msg = await nc.request(command_subject(ROOM, room_name), payload, timeout=5)
+    reply = room_reply.validate_json(msg.data)
+    assert isinstance(reply, ErrorReply) and reply.code == ErrorCode.BAD_REQUEST
+    assert mentions in reply.message.lower()
+    assert await stream_commits(nc, room_name) == []
+
+
+async def test_a_private_room_exists_only_once_created(room_host, nc):
+    room = new_private_room_id()
+    missing = await ask(nc, room, GetRoom())
+    assert isinstance(missing, ErrorReply) and missing.code == ErrorCode.NOT_FOUND
+    joined = await ask(nc, room, JoinRoom(session_id="s1", name="alice"))
+    assert isinstance(joined, ErrorReply) and joined.code == ErrorCode.NOT_FOUND
+
+    assert isinstance(await ask(nc, room, CreatePrivateRoom()), Accepted)
+    again = await ask(nc, room, CreatePrivateRoom())
+    assert isinstance(again, ErrorReply) and again.code == ErrorCode.EXISTS
+    state = await ask(nc, room, GetRoom())
+    assert isinstance(state, RoomState) and state.private and state.members == []
+
+
+async def test_a_retried_post_with_the_same_command_id_is_applied_once(room_host, nc, room_name):
+    await ask(nc, room_name, JoinRoom(session_id="s1", name="alice"))
+    post = PostMessage(session_id="s1", text="only once")
+    first = await ask(nc, room_name, post)
+    retry = await ask(nc, room_name, post)  # e.g. the gateway timed out and sent it again
+    assert isinstance(first, Accepted) and isinstance(retry, Accepted)
+    assert first.message is not None and retry.message is None
+    state = await ask(nc, room_name, GetRoom())
+    assert [m.message for m in state.messages] == ["only once"]

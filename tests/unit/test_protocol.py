@@ -1,0 +1,84 @@
+"""Client frames of the chat-demo protocol: what is accepted and the error each refusal names."""
+
+import json
+
+import pytest
+
+from services.gateway.protocol import (
+    ANONYMOUS,
+    CLOSE_TOO_BIG,
+    FrameError,
+    parse_message_frame,
+    parse_name_frame,
+)
+
+LIMIT = 4096
+
+
+def name(text):
+    return parse_name_frame(text, None, LIMIT)
+
+
+def message(text):
+    return parse_message_frame(text, None, LIMIT)
+
+
+def test_the_name_frame():
+    assert name('{"name": "alice"}').name == "alice"
+    assert name('{"name": ""}').name == ANONYMOUS
+    assert name("{}").name == ANONYMOUS
+    assert name(json.dumps({"name": "x" * 32})).name == "x" * 32
+
+
+def test_an_overlong_name_closes_with_1009():
+    with pytest.raises(FrameError) as refused:
+        name(json.dumps({"name": "x" * 33}))
+    assert str(refused.value) == "Name too long."
+    assert refused.value.close_code == CLOSE_TOO_BIG
+
+
+def test_the_message_frame():
+    assert message('{"message": "hi"}').text == "hi"
+    assert message(json.dumps({"message": "é" * 256})).text == "é" * 256
+
+
+@pytest.mark.parametrize(
+    "frame, error",
+    [
+        ("not json", "Frame is not valid JSON."),
+        ("[1, 2]", "Frame must be a JSON object."),
+        ('"text"', "Frame must be a JSON object."),
+        ('{"message": 5}', "message must be a string."),
+        ('{"message": null}', "message must be a string."),
+        ('{"message": ""}', "Message is empty."),
+        ("{}", 'Expected {"message": "..."}.'),
+        ('{"message": "hi", "admin": true}', 'Unknown key(s) "admin"; send {"message": "..."}.'),
+        (json.dumps({"message": "x" * 257}), "Message too long."),
+        ("[" * 3000 + "]" * 3000, "Frame too large: at most 4096 bytes."),
+        ("[" * 1500 + "]" * 1500, "Frame is nested too deeply."),
+        ("x" * (LIMIT + 1), "Frame too large: at most 4096 bytes."),
+    ],
+)
+def test_bad_message_frames_get_a_clear_error(frame, error):
+    with pytest.raises(FrameError) as refused:
+        message(frame)
+    assert str(refused.value) == error
+    assert refused.value.close_code is None
+
+
+@pytest.mark.parametrize(
+    "frame, error",
+    [
+        ('{"name": 7}', "name must be a string."),
+        ('{"nick": "a"}', 'Unknown key(s) "nick"; the first frame is {"name": "..."}.'),
+    ],
+)
+def test_bad_name_frames_get_a_clear_error(frame, error):
+    with pytest.raises(FrameError) as refused:
+        name(frame)
+    assert str(refused.value) == error
+
+
+def test_binary_frames_are_refused():
+    with pytest.raises(FrameError, match="Binary frames are not supported"):
+        parse_message_frame(None, b"\x00", LIMIT)
