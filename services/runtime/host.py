@@ -223,7 +223,11 @@ class ObjectHost(Generic[A]):
         """Start serving one partition."""
         if partition not in self._subscriptions:
             subject = partition_filter(self.behaviour.kind, partition)
-            self._subscriptions[partition] = await self.nc.subscribe(subject, cb=self._on_command)
+            # A queue group keeps a command to one replica even before leases give each
+            # partition a single owner; a stale copy elsewhere is caught by the append check.
+            self._subscriptions[partition] = await self.nc.subscribe(
+                subject, queue=self.behaviour.kind, cb=self._on_command
+            )
 
     async def release(self, partition: int) -> None:
         """Stop taking commands for one partition and finish those already queued."""
