@@ -31,7 +31,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-SCREENSHOT = Path("/tmp/durachat-chat.png")
 PRIVATE_HASH = re.compile(r"#([0-9a-f]{64})$")
 
 if not CHROMIUM.exists():
@@ -133,7 +132,7 @@ def expect_roster(page: Page, names: list[str]) -> None:
 # ---------------------------------------------------------------- stories
 
 
-def test_two_tabs_chat_in_a_public_room(open_tab, room: str) -> None:
+def test_two_tabs_chat_in_a_public_room(open_tab, room: str, system: LocalSystem) -> None:
     # Alice and Bob each open the client in their own tab.
     alice, bob = open_tab(), open_tab()
 
@@ -161,8 +160,8 @@ def test_two_tabs_chat_in_a_public_room(open_tab, room: str) -> None:
     # The URL now names the room, so it can be shared.
     expect(bob).to_have_url(re.compile(re.escape(f"#{room}") + "$"))
 
-    # A picture of the chat for a human to look at.
-    bob.screenshot(path=str(SCREENSHOT))
+    # A picture of the chat for a human to look at, kept with the system's logs.
+    bob.screenshot(path=str(system.data_dir / "chat.png"))
 
 
 def test_a_later_tab_sees_the_history(open_tab, room: str) -> None:
