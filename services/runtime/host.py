@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 from uuid import NAMESPACE_OID, uuid5
@@ -76,9 +76,10 @@ def error_bytes(code: ErrorCode, message: str) -> bytes:
 class ObjectMailbox(Generic[A]):
     """One object's queue and cached state; one task drains it, a batch at a time."""
 
-    def __init__(self, host: ObjectHost[A], key: str) -> None:
+    def __init__(self, host: ObjectHost[A], key: str, partition: int) -> None:
         self.host = host
         self.key = key
+        self.partition = partition
         self.out_subject = out_subject(host.behaviour.kind, key)
         self.queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=host.mailbox_limit)
         self.aggregate: A | None = None
@@ -157,6 +158,15 @@ class ObjectMailbox(Generic[A]):
                 (msg, decision.reply.model_dump_json().encode(), decision.updates)
             )
 
+        if events and not host.may_write(self.partition):
+            # Our lease lapsed (we were paused, or cut off): another replica may own the
+            # partition now. Write nothing, answer "try again" (the retry finds the new
+            # owner), and step down.
+            self._forget()
+            host.lease_lapsed(self.partition)
+            for msg, _, _ in outcomes:
+                await host.reply(msg, error_bytes(ErrorCode.UNAVAILABLE, "Try again."))
+            return
         if events:
             commit_id = (
                 command_ids[0]
@@ -196,8 +206,12 @@ class ObjectHost(Generic[A]):
         mailbox_limit: int = 2000,
         max_batch: int = 500,
         idle_after: float = 300.0,
+        may_write: Callable[[int], bool] = lambda partition: True,
+        on_lease_lapsed: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.nc = nc
+        self.may_write = may_write
+        self._on_lease_lapsed = on_lease_lapsed
         self.behaviour = behaviour
         self.store = ObjectEventStore(nc, behaviour.kind, replicas=stream_replicas)
         self.mailbox_limit = mailbox_limit
@@ -228,13 +242,24 @@ class ObjectHost(Generic[A]):
             self._subscriptions[partition] = await self.nc.subscribe(
                 subject, queue=self.behaviour.kind, cb=self._on_command
             )
+            await self.nc.flush()  # serving means the server routes to us from now on
 
     async def release(self, partition: int) -> None:
-        """Stop taking commands for one partition and finish those already queued."""
+        """Stop taking commands for one partition, finish those already taken, and drop its
+        objects from memory (the next owner may change them)."""
         sub = self._subscriptions.pop(partition, None)
         if sub is not None:
-            await sub.unsubscribe()
-        await self._drain()
+            await sub.drain()  # delivers what the server already sent us, then unsubscribes
+        mailboxes = [m for m in self._mailboxes.values() if m.partition == partition]
+        await asyncio.gather(*(m.queue.join() for m in mailboxes))
+        for mailbox in mailboxes:
+            mailbox.task.cancel()
+            if self._mailboxes.get(mailbox.key) is mailbox:
+                del self._mailboxes[mailbox.key]
+
+    def lease_lapsed(self, partition: int) -> None:
+        if self._on_lease_lapsed is not None:
+            asyncio.create_task(self._on_lease_lapsed(partition))
 
     async def stop(self) -> None:
         """Release every partition, finish in-flight work, drop all objects."""
@@ -254,14 +279,15 @@ class ObjectHost(Generic[A]):
             await self.nc.publish(msg.reply, data)
 
     async def _on_command(self, msg: Msg) -> None:
+        _, _, partition, token = msg.subject.split(".", 3)
         try:
-            key = key_from_token(msg.subject.rsplit(".", 1)[1])
+            key = key_from_token(token)
         except InvalidKey as exc:
             await self.reply(msg, error_bytes(ErrorCode.BAD_REQUEST, str(exc)))
             return
         mailbox = self._mailboxes.get(key)
         if mailbox is None:
-            mailbox = self._mailboxes[key] = ObjectMailbox(self, key)
+            mailbox = self._mailboxes[key] = ObjectMailbox(self, key, int(partition))
         try:
             mailbox.queue.put_nowait(msg)
         except asyncio.QueueFull:
