@@ -7,8 +7,10 @@ import logging
 import signal
 
 import nats
+from pydantic import Field
 
 from services.runtime.host import ObjectBehaviour, ObjectHost
+from services.runtime.leases import PartitionLeases
 from services.runtime.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
@@ -17,9 +19,10 @@ log = logging.getLogger(__name__)
 class ObjectServiceSettings(RuntimeSettings):
     """Settings of a process that hosts objects."""
 
-    idle_after: float = 300.0
-    mailbox_limit: int = 2000
-    max_batch: int = 500
+    idle_after: float = Field(300.0, gt=0, description="seconds idle before an object is evicted")
+    mailbox_limit: int = Field(2000, ge=1, description="queued commands per object before 'overloaded'")
+    max_batch: int = Field(500, ge=1, description="commands decided per group commit at most")
+    lease_ttl: float = Field(3.0, ge=1, description="seconds a partition lease lives unrenewed")
 
 
 async def connect(settings: RuntimeSettings, name: str) -> nats.NATS:
@@ -34,8 +37,17 @@ async def connect(settings: RuntimeSettings, name: str) -> nats.NATS:
 
 
 async def serve(behaviour: ObjectBehaviour, settings: ObjectServiceSettings) -> None:
-    """Host `behaviour`'s objects on every partition until SIGTERM or SIGINT, then drain."""
+    """Host `behaviour`'s objects on the partitions this replica leases, until SIGTERM or
+    SIGINT; then hand every partition over and drain."""
     nc = await connect(settings, f"durachat-{behaviour.kind}")
+    leases: PartitionLeases | None = None
+
+    def may_write(partition: int) -> bool:
+        return leases is not None and leases.valid(partition)
+
+    async def lease_lapsed(partition: int) -> None:
+        await leases.lost(partition)
+
     host = ObjectHost(
         nc,
         behaviour,
@@ -43,17 +55,29 @@ async def serve(behaviour: ObjectBehaviour, settings: ObjectServiceSettings) -> 
         mailbox_limit=settings.mailbox_limit,
         max_batch=settings.max_batch,
         idle_after=settings.idle_after,
+        may_write=may_write,
+        on_lease_lapsed=lease_lapsed,
     )
-    # Until partition leases arrive (the object-runtime issue), one process owns them all.
-    await host.start(range(settings.partitions))
-    log.info("%s service owns partitions 0..%d", behaviour.kind, settings.partitions - 1)
+    await host.start([])
+    leases = PartitionLeases(
+        nc,
+        behaviour.kind,
+        settings.partitions,
+        on_acquired=host.own,
+        on_released=host.release,
+        ttl=settings.lease_ttl,
+        replicas=settings.stream_replicas,
+    )
+    await leases.start()
+    log.info("%s replica %s is up", behaviour.kind, leases.replica_id)
 
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
-    log.info("%s service stopping: finishing in-flight commands", behaviour.kind)
+    log.info("%s service stopping: handing partitions over", behaviour.kind)
+    await leases.stop()
     await host.stop()
     await nc.drain()
 

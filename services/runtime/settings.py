@@ -19,4 +19,6 @@ class RuntimeSettings(BaseSettings):
         16, ge=1, le=1024, description="P in the server's partition() mapping; must match infra/nats"
     )
     stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas of event streams")
-    request_timeout: float = Field(5.0, gt=0, description="seconds a command may take end to end")
+    request_timeout: float = Field(
+        10.0, gt=0, description="seconds a command may take end to end, retries included"
+    )
