@@ -80,10 +80,12 @@ class RoomFanout:
         except ValidationError as exc:
             log.error("dropped a broadcast of room %s outside the contract: %s", self.room, exc)
             return
+        if update.version <= self.version:
+            return  # said again by a new owner after a failover; already delivered
         frame = update_frame(update)
         for deliver in list(self.listeners.values()):
             deliver(update.version, frame)
-        self.version = max(self.version, update.version)
+        self.version = update.version
         async with self._advanced:
             self._advanced.notify_all()
 

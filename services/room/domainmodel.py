@@ -106,7 +106,7 @@ class Room(Aggregate):
         if session_id not in self.members:
             raise NotAMember("Not in the room.")
         name = self.members[session_id]
-        self._member_left(session_id=session_id)
+        self._member_left(session_id=session_id, member_name=name)
         return name
 
     # --- events: how each one changes the state -------------------------------------------
@@ -127,5 +127,5 @@ class Room(Aggregate):
             del self.recent_ids[next(iter(self.recent_ids))]
 
     @event("MemberLeft")
-    def _member_left(self, session_id: str) -> None:
+    def _member_left(self, session_id: str, member_name: str) -> None:
         del self.members[session_id]

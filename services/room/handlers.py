@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from functools import singledispatchmethod
 
+from pydantic import BaseModel
+
 from contracts.common import ErrorCode, ErrorReply
 from contracts.keys import is_private_room_id
 from contracts.room import (
@@ -31,8 +33,6 @@ from services.room.domainmodel import (
     Room,
     RoomError,
 )
-from services.runtime.host import Decision
-
 ERROR_CODES = {
     NotAMember: ErrorCode.NOT_MEMBER,
     NameTooLong: ErrorCode.TOO_LONG,
@@ -55,12 +55,31 @@ class RoomBehaviour:
     def parse(self, data: bytes):
         return room_command.validate_json(data)
 
-    def decide(self, key: str, room: Room | None, command) -> tuple[Room | None, Decision]:
+    def decide(self, key: str, room: Room | None, command) -> tuple[Room | None, BaseModel]:
         try:
             return self._decide(command, key, room)
         except RoomError as exc:
             code = ERROR_CODES.get(type(exc), ErrorCode.BAD_REQUEST)
-            return room, Decision(ErrorReply(code=code, message=str(exc)))
+            return room, ErrorReply(code=code, message=str(exc))
+
+    def broadcast(self, event) -> BaseModel | None:
+        """What sockets in the room are told of a stored event."""
+        match event:
+            case Room.MemberJoined():
+                return MemberJoined(version=event.originator_version, name=event.member_name)
+            case Room.MemberLeft():
+                return MemberQuit(version=event.originator_version, name=event.member_name)
+            case Room.MessagePosted():
+                return MessagePosted(
+                    version=event.originator_version,
+                    message=ChatMessage(
+                        id=event.message_id,
+                        name=event.member_name,
+                        message=event.text,
+                        timestamp=event.posted_at,
+                    ),
+                )
+        return None
 
     @staticmethod
     def _existing(key: str, room: Room | None) -> Room:
@@ -72,7 +91,7 @@ class RoomBehaviour:
         return Room.open_public(key)
 
     @singledispatchmethod
-    def _decide(self, command, key: str, room: Room | None) -> tuple[Room | None, Decision]:
+    def _decide(self, command, key: str, room: Room | None) -> tuple[Room | None, BaseModel]:
         raise TypeError(f"no handler for {type(command).__name__}")
 
     @_decide.register
@@ -80,44 +99,39 @@ class RoomBehaviour:
         if room is not None:
             raise AlreadyExists("The room already exists.")
         room = Room.create_private(key)
-        return room, Decision(Accepted(version=room.version))
+        return room, Accepted(version=room.version)
 
     @_decide.register
     def _(self, command: GetRoom, key: str, room: Room | None):
         if room is None and is_private_room_id(key):
             raise NoSuchRoom("No such room.")
         if room is None:  # a public room nobody has used yet: empty, and nothing appended
-            return None, Decision(RoomState(version=0, private=False, members=[], messages=[]))
+            return None, RoomState(version=0, private=False, members=[], messages=[])
         state = RoomState(
             version=room.version,
             private=room.private,
             members=list(room.members.values()),
             messages=[ChatMessage(**m) for m in room.messages],
         )
-        return room, Decision(state)
+        return room, state
 
     @_decide.register
     def _(self, command: JoinRoom, key: str, room: Room | None):
         room = self._existing(key, room)
-        if not room.join(command.session_id, command.name):
-            return room, Decision(Accepted(version=room.version))
-        update = MemberJoined(version=room.version, name=command.name)
-        return room, Decision(Accepted(version=room.version), [update])
+        room.join(command.session_id, command.name)
+        return room, Accepted(version=room.version)
 
     @_decide.register
     def _(self, command: PostMessage, key: str, room: Room | None):
         room = self._existing(key, room)
         posted = room.post(str(command.command_id), command.session_id, command.text, now_ms())
-        if posted is None:  # a retry of a post already applied: once is enough
-            return room, Decision(Accepted(version=room.version))
-        message = ChatMessage(**posted)
-        return room, Decision(
-            Accepted(version=room.version, message=message),
-            [MessagePosted(version=room.version, message=message)],
-        )
+        # None: a retry of a post already applied. Once is enough; if the first attempt's
+        # broadcast was lost in a crash, the next owner re-broadcasts it when it loads the room.
+        message = ChatMessage(**posted) if posted is not None else None
+        return room, Accepted(version=room.version, message=message)
 
     @_decide.register
     def _(self, command: LeaveRoom, key: str, room: Room | None):
         room = self._existing(key, room)
-        name = room.leave(command.session_id)
-        return room, Decision(Accepted(version=room.version), [MemberQuit(version=room.version, name=name)])
+        room.leave(command.session_id)
+        return room, Accepted(version=room.version)

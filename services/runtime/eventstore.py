@@ -155,15 +155,19 @@ class ObjectEventStore:
         finally:
             await sub.unsubscribe()
 
-    async def load(self, key: str, cls: type[Aggregate]) -> tuple[Aggregate | None, int]:
-        """Rebuild object `key` from its stream: (aggregate or None, last subject sequence)."""
+    async def load(self, key: str) -> tuple[Aggregate | None, int, list[Any]]:
+        """Rebuild object `key` from its stream.
+
+        Returns the aggregate (None if it has no events), the subject sequence of its last
+        commit (0 if none), and that commit's events.
+        """
         aggregate = None
-        last = 0
+        last = Commit(0, [])
         for commit in await self.read(key):
             for domain_event in commit.events:
                 aggregate = domain_event.mutate(aggregate)
-            last = commit.sequence
-        return aggregate, last
+            last = commit
+        return aggregate, last.sequence, last.events
 
     # --- appending -------------------------------------------------------------------------------
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 from uuid import NAMESPACE_OID, uuid5
 
@@ -39,14 +38,6 @@ log = logging.getLogger(__name__)
 A = TypeVar("A", bound=Aggregate)
 
 
-@dataclass
-class Decision:
-    """What deciding one command produced: the reply, and what to broadcast once durable."""
-
-    reply: BaseModel
-    updates: list[BaseModel] = field(default_factory=list)
-
-
 class ObjectBehaviour(Protocol[A]):
     """The domain side of an object kind: all a service writes to host its objects."""
 
@@ -56,8 +47,11 @@ class ObjectBehaviour(Protocol[A]):
     def parse(self, data: bytes) -> Any:
         """Validate a command's bytes into a contract (raises pydantic's ValidationError)."""
 
-    def decide(self, key: str, aggregate: A | None, command: Any) -> tuple[A | None, Decision]:
-        """Apply `command` to the object; return the (possibly new) aggregate and a decision."""
+    def decide(self, key: str, aggregate: A | None, command: Any) -> tuple[A | None, BaseModel]:
+        """Apply `command` to the object; return the (possibly new) aggregate and the reply."""
+
+    def broadcast(self, event: Any) -> BaseModel | None:
+        """What watchers of the object are told of one stored event (None: nothing)."""
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -121,11 +115,14 @@ class ObjectMailbox(Generic[A]):
         host = self.host
         behaviour = host.behaviour
         if not self.loaded:
-            self.aggregate, self.sequence = await host.store.load(self.key, behaviour.aggregate_type)
+            self.aggregate, self.sequence, last_commit = await host.store.load(self.key)
             self.loaded = True
+            # The previous owner may have stored its last commit and died before broadcasting
+            # it: say it again. Watchers drop versions they already have, so this is harmless.
+            await self._broadcast(last_commit)
 
         events: list[Any] = []
-        outcomes: list[tuple[Msg, bytes, list[BaseModel]]] = []
+        outcomes: list[tuple[Msg, bytes, list[Any]]] = []
         command_ids: list[str] = []
         broken = False
         for msg in batch:
@@ -139,7 +136,7 @@ class ObjectMailbox(Generic[A]):
                 outcomes.append((msg, reply, []))
                 continue
             try:
-                self.aggregate, decision = behaviour.decide(self.key, self.aggregate, command)
+                self.aggregate, reply = behaviour.decide(self.key, self.aggregate, command)
             except Exception:
                 # The aggregate may be half-changed: keep what earlier commands decided,
                 # drop this command's events, and rebuild the object after this batch.
@@ -149,14 +146,11 @@ class ObjectMailbox(Generic[A]):
                 broken = True
                 outcomes.append((msg, error_bytes(ErrorCode.UNAVAILABLE, "Try again."), []))
                 continue
-            if self.aggregate is not None:
-                new_events = self.aggregate.collect_events()
-                if new_events:
-                    events.extend(new_events)
-                    command_ids.append(str(command.command_id))
-            outcomes.append(
-                (msg, decision.reply.model_dump_json().encode(), decision.updates)
-            )
+            new_events = self.aggregate.collect_events() if self.aggregate is not None else []
+            if new_events:
+                events.extend(new_events)
+                command_ids.append(str(command.command_id))
+            outcomes.append((msg, reply.model_dump_json().encode(), new_events))
 
         if events and not host.may_write(self.partition):
             # Our lease lapsed (we were paused, or cut off): another replica may own the
@@ -181,17 +175,22 @@ class ObjectMailbox(Generic[A]):
                 log.warning("%s/%s: stale copy, rebuilding", behaviour.kind, self.key)
                 self._forget()
                 conflict = error_bytes(ErrorCode.CONFLICT, "The object moved on; try again.")
-                for msg, _, updates in outcomes:
+                for msg, _, _ in outcomes:
                     await host.reply(msg, conflict)
                 return
         if broken:
             self._forget()
 
         # Output gate: everything below happens only after the commit is acknowledged.
-        for msg, reply, updates in outcomes:
-            for update in updates:
-                await host.nc.publish(self.out_subject, update.model_dump_json().encode())
+        for msg, reply, command_events in outcomes:
+            await self._broadcast(command_events)
             await host.reply(msg, reply)
+
+    async def _broadcast(self, events: list[Any]) -> None:
+        for event in events:
+            update = self.host.behaviour.broadcast(event)
+            if update is not None:
+                await self.host.nc.publish(self.out_subject, update.model_dump_json().encode())
 
 
 class ObjectHost(Generic[A]):

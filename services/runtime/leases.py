@@ -99,6 +99,7 @@ class PartitionLeases:
         self._tasks: list[asyncio.Task] = []
         self._lock = asyncio.Lock()  # one cycle, hand-over or step-down at a time
         self._stopping = False
+        self._heartbeat_due = 0.0
 
     # --- public ----------------------------------------------------------------------------
 
@@ -128,12 +129,12 @@ class PartitionLeases:
         for task in self._tasks:
             task.cancel()
         async with self._lock:
-            for partition in sorted(self.held):
-                await self._hand_over(partition)
-            try:
+            try:  # first leave the membership, so nobody assigns us partitions again
                 await self.kv.delete(MEMBERS + self.replica_id)
             except nats.js.errors.Error:
                 pass
+            for partition in sorted(self.held):
+                await self._hand_over(partition)
 
     def valid(self, partition: int) -> bool:
         """True while this replica may write for `partition` (checked before every append)."""
@@ -173,19 +174,24 @@ class PartitionLeases:
 
     async def _run(self) -> None:
         while not self._stopping:
+            self._changed.clear()  # before the cycle: a change seen during it wakes the next
             try:
                 async with self._lock:
                     await self._cycle()
             except (nats.errors.Error, asyncio.TimeoutError) as exc:
                 log.warning("%s: lease cycle failed (%s); retrying", self.replica_id, exc)
-            self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), self.renew_every)
             except TimeoutError:
                 pass
 
     async def _cycle(self) -> None:
-        await self._put_with_ttl(MEMBERS + self.replica_id, self.replica_id, last=None)
+        # Write only what is due: a cycle runs on every change in the bucket, and a write
+        # on every cycle would wake every other replica, which would write, and so on.
+        now = time.monotonic()
+        if now >= self._heartbeat_due:
+            await self._put_with_ttl(MEMBERS + self.replica_id, self.replica_id, last=None)
+            self._heartbeat_due = now + self.renew_every
         desired = assignment(self.live_members(), self.partitions)
         for partition in range(self.partitions):
             key = PARTITIONS + str(partition)
@@ -195,7 +201,7 @@ class PartitionLeases:
                     await self._step_down(partition)  # someone took it while we were away
                 elif desired[partition] != self.replica_id:
                     await self._hand_over(partition)
-                else:
+                elif self.held[partition].valid_until - now < self.ttl - self.renew_every:
                     await self._renew(partition)
             elif desired[partition] == self.replica_id and (seen is None or seen.owner is None):
                 await self._acquire(partition, last=seen.revision if seen else 0)
@@ -256,3 +262,24 @@ class PartitionLeases:
                 raise nats.js.errors.KeyWrongLastSequenceError(description=exc.description) from exc
             raise
         return ack.seq
+
+
+async def partition_owners(nc: NATS, kind: str) -> dict[int, str]:
+    """Who holds each partition's lease right now (partitions with no live lease are absent)."""
+    try:
+        kv = await nc.jetstream().key_value(f"leases-{kind}")
+    except nats.js.errors.BucketNotFoundError:
+        return {}
+    owners: dict[int, str] = {}
+    try:
+        keys = await kv.keys()
+    except nats.js.errors.NoKeysError:
+        return {}
+    for key in (k for k in keys if k.startswith(PARTITIONS)):
+        try:
+            entry = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            continue
+        if entry.value:  # an expiry marker has no value
+            owners[int(key[len(PARTITIONS):])] = entry.value.decode()
+    return owners
