@@ -236,11 +236,10 @@ class ObjectHost(Generic[A]):
         """Start serving one partition."""
         if partition not in self._subscriptions:
             subject = partition_filter(self.behaviour.kind, partition)
-            # A queue group keeps a command to one replica even before leases give each
-            # partition a single owner; a stale copy elsewhere is caught by the append check.
-            self._subscriptions[partition] = await self.nc.subscribe(
-                subject, queue=self.behaviour.kind, cb=self._on_command
-            )
+            # No queue group: the lease makes us the only live subscriber. A paused ex-owner
+            # may still be subscribed; it gets copies it will refuse to write, while this
+            # owner answers (a queue group would split requests between us and the zombie).
+            self._subscriptions[partition] = await self.nc.subscribe(subject, cb=self._on_command)
             await self.nc.flush()  # serving means the server routes to us from now on
 
     async def release(self, partition: int) -> None:
