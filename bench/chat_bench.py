@@ -439,6 +439,19 @@ def machine_busy_percent(seconds: float = 1.0) -> float:
     return 100 * (load.machine_busy_seconds() - before) / seconds
 
 
+def stop_resource_tracker() -> None:
+    """Stop and reap multiprocessing's resource tracker (started by spawn) now rather than
+    leave it to exit after us. Best effort: `_stop` is private (Python 3.11+)."""
+    from multiprocessing import resource_tracker
+
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)
+    if stop is not None:
+        try:
+            stop()
+        except Exception:
+            pass
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt
 
@@ -517,6 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the stop
         system.stop()
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        stop_resource_tracker()
         if not args.keep_dir:
             import shutil
 

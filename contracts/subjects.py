@@ -3,6 +3,7 @@
 - `cmd.<kind>.<key>`: requests to an object. The server maps them to
   `cmd.<kind>.<partition>.<key>`; only the partition's owner subscribes.
 - `evt.<kind>.<key>`: the object's event stream (JetStream, one subject per object).
+- `snap.<kind>.<key>`: the object's latest snapshot (JetStream, one message per subject).
 - `out.<kind>.<key>`: what gateways fan out to sockets (core NATS, not persisted).
 """
 
@@ -31,6 +32,15 @@ def event_subject(kind: str, key: str) -> str:
 def event_stream(kind: str) -> str:
     """The JetStream stream holding every event subject of `kind`."""
     return f"EVT_{kind.upper()}"
+
+
+def snapshot_subject(kind: str, key: str) -> str:
+    """Where the latest snapshot of object `key` is kept (one message per subject)."""
+    return f"snap.{kind}.{subject_token(key)}"
+
+
+def snapshot_stream(kind: str) -> str:
+    return f"SNAP_{kind.upper()}"
 
 
 def out_subject(kind: str, key: str) -> str:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
 import nats.js.errors
-from eventsourcing.domain import Aggregate
+from eventsourcing.domain import Aggregate, Snapshot
 from eventsourcing.persistence import (
     DatetimeAsISO,
     DecimalAsStr,
@@ -28,10 +28,11 @@ from eventsourcing.persistence import (
 from nats.aio.client import Client as NATS
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
-from contracts.subjects import event_stream, event_subject
+from contracts.subjects import event_stream, event_subject, snapshot_stream, snapshot_subject
 
 WRONG_LAST_SEQUENCE = 10071
 MSG_ID = "Nats-Msg-Id"
+SNAPSHOT_SEQUENCE = "Durachat-Commit-Sequence"
 LOAD_BATCH = 1000
 
 
@@ -47,6 +48,18 @@ class Commit:
     events: list[Any]
 
 
+@dataclass
+class LoadedObject:
+    """An object as rebuilt from its stream."""
+
+    aggregate: Aggregate | None  # None: the object has no events
+    sequence: int  # subject sequence of its last commit (0: none)
+    # The last commit read after the snapshot. A snapshot is taken only of commits already
+    # broadcast, so this is the one commit whose broadcast may be owed.
+    last_events: list[Any] = field(default_factory=list)
+    events_after_snapshot: int = 0
+
+
 def new_mapper() -> Mapper:
     transcoder = JSONTranscoder()
     transcoder.register(UUIDAsHex())
@@ -55,47 +68,19 @@ def new_mapper() -> Mapper:
     return Mapper(transcoder=transcoder)
 
 
-class ObjectEventStore:
-    """Reads and appends the event streams of one object kind."""
+class CommitCodec:
+    """Domain events <-> the bytes of one stored commit (or snapshot), via eventsourcing's
+    mapper: `{"id": originator id, "events": [[topic, version, state JSON], ...]}`."""
 
-    def __init__(self, nc: NATS, kind: str, replicas: int = 1) -> None:
-        self.nc = nc
-        self.js = nc.jetstream()
-        self.kind = kind
-        self.stream = event_stream(kind)
-        self.replicas = replicas
+    def __init__(self) -> None:
         self.mapper = new_mapper()
-
-    async def ensure_stream(self) -> None:
-        """Create the kind's stream if it does not exist (idempotent across replicas)."""
-        config = StreamConfig(
-            name=self.stream,
-            subjects=[f"evt.{self.kind}.>"],
-            storage=StorageType.FILE,
-            retention=RetentionPolicy.LIMITS,
-            discard=DiscardPolicy.OLD,
-            num_replicas=self.replicas,
-            allow_direct=True,
-            duplicate_window=120.0,
-        )
-        try:
-            await self.js.stream_info(self.stream)
-        except nats.js.errors.NotFoundError:
-            try:
-                await self.js.add_stream(config)
-            except nats.js.errors.BadRequestError:
-                await self.js.stream_info(self.stream)  # another replica won the race
-
-    # --- encoding ------------------------------------------------------------------------------
 
     def encode(self, events: Sequence[Any]) -> bytes:
         stored = [self.mapper.to_stored_event(e) for e in events]
         return json.dumps(
             {
                 "id": str(stored[0].originator_id),
-                "events": [
-                    [s.topic, s.originator_version, s.state.decode()] for s in stored
-                ],
+                "events": [[s.topic, s.originator_version, s.state.decode()] for s in stored],
             },
             separators=(",", ":"),
         ).encode()
@@ -114,6 +99,54 @@ class ObjectEventStore:
             )
             for topic, version, state in body["events"]
         ]
+
+
+class ObjectEventStore:
+    """Reads and appends the event streams of one object kind."""
+
+    def __init__(self, nc: NATS, kind: str, replicas: int = 1) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.kind = kind
+        self.stream = event_stream(kind)
+        self.replicas = replicas
+        self.codec = CommitCodec()
+        self.snapshot_stream = snapshot_stream(kind)
+
+    async def ensure_stream(self) -> None:
+        """Create the kind's stream if it does not exist (idempotent across replicas)."""
+        config = StreamConfig(
+            name=self.stream,
+            subjects=[f"evt.{self.kind}.>"],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.OLD,
+            num_replicas=self.replicas,
+            allow_direct=True,
+            duplicate_window=120.0,
+        )
+        snapshots = StreamConfig(
+            name=self.snapshot_stream,
+            subjects=[f"snap.{self.kind}.>"],
+            storage=StorageType.FILE,
+            max_msgs_per_subject=1,  # only the latest snapshot of each object is kept
+            num_replicas=self.replicas,
+            allow_direct=True,
+        )
+        for stream in (config, snapshots):
+            try:
+                await self.js.stream_info(stream.name)
+            except nats.js.errors.NotFoundError:
+                try:
+                    await self.js.add_stream(stream)
+                except nats.js.errors.BadRequestError:
+                    await self.js.stream_info(stream.name)  # another replica won the race
+
+    def encode(self, events: Sequence[Any]) -> bytes:
+        return self.codec.encode(events)
+
+    def decode(self, data: bytes) -> list[Any]:
+        return self.codec.decode(data)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -155,19 +188,37 @@ class ObjectEventStore:
         finally:
             await sub.unsubscribe()
 
-    async def load(self, key: str) -> tuple[Aggregate | None, int, list[Any]]:
-        """Rebuild object `key` from its stream.
-
-        Returns the aggregate (None if it has no events), the subject sequence of its last
-        commit (0 if none), and that commit's events.
-        """
-        aggregate = None
-        last = Commit(0, [])
-        for commit in await self.read(key):
+    async def load(self, key: str) -> LoadedObject:
+        """Rebuild object `key` from its latest snapshot plus the commits after it."""
+        aggregate, sequence = await self.load_snapshot(key)
+        loaded = LoadedObject(aggregate, sequence)
+        for commit in await self.read(key, after=sequence):
             for domain_event in commit.events:
-                aggregate = domain_event.mutate(aggregate)
-            last = commit
-        return aggregate, last.sequence, last.events
+                loaded.aggregate = domain_event.mutate(loaded.aggregate)
+            loaded.sequence, loaded.last_events = commit.sequence, commit.events
+            loaded.events_after_snapshot += len(commit.events)
+        return loaded
+
+    # --- snapshots ------------------------------------------------------------------------------
+
+    async def save_snapshot(self, key: str, aggregate: Aggregate, sequence: int) -> None:
+        """Store `aggregate` as of commit `sequence`; it replaces the object's previous one."""
+        await self.js.publish(
+            snapshot_subject(self.kind, key),
+            self.codec.encode([Snapshot.take(aggregate)]),
+            headers={SNAPSHOT_SEQUENCE: str(sequence)},
+        )
+
+    async def load_snapshot(self, key: str) -> tuple[Aggregate | None, int]:
+        """The object's latest snapshot and the commit sequence it covers, or (None, 0)."""
+        try:
+            msg = await self.js.get_last_msg(
+                self.snapshot_stream, snapshot_subject(self.kind, key), direct=True
+            )
+        except nats.js.errors.NotFoundError:
+            return None, 0
+        (snapshot,) = self.codec.decode(msg.data)
+        return snapshot.mutate(None), int(msg.headers[SNAPSHOT_SEQUENCE])
 
     # --- appending -------------------------------------------------------------------------------
 

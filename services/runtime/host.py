@@ -78,6 +78,7 @@ class ObjectMailbox(Generic[A]):
         self.queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=host.mailbox_limit)
         self.aggregate: A | None = None
         self.sequence = 0  # last subject sequence of the object's stream that we have applied
+        self.unsnapshotted = 0  # events applied since the last snapshot
         self.loaded = False
         self.task = asyncio.create_task(self._run(), name=f"mailbox {host.behaviour.kind}/{key}")
 
@@ -115,11 +116,13 @@ class ObjectMailbox(Generic[A]):
         host = self.host
         behaviour = host.behaviour
         if not self.loaded:
-            self.aggregate, self.sequence, last_commit = await host.store.load(self.key)
+            loaded = await host.store.load(self.key)
+            self.aggregate, self.sequence = loaded.aggregate, loaded.sequence
+            self.unsnapshotted = loaded.events_after_snapshot
             self.loaded = True
             # The previous owner may have stored its last commit and died before broadcasting
             # it: say it again. Watchers drop versions they already have, so this is harmless.
-            await self._broadcast(last_commit)
+            await self._broadcast(loaded.last_events)
 
         events: list[Any] = []
         outcomes: list[tuple[Msg, bytes, list[Any]]] = []
@@ -186,6 +189,12 @@ class ObjectMailbox(Generic[A]):
             await self._broadcast(command_events)
             await host.reply(msg, reply)
 
+        self.unsnapshotted += len(events)
+        if self.aggregate is not None and self.unsnapshotted >= host.snapshot_every:
+            # After the broadcasts: a snapshot never covers a commit whose broadcast is owed.
+            await host.store.save_snapshot(self.key, self.aggregate, self.sequence)
+            self.unsnapshotted = 0
+
     async def _broadcast(self, events: list[Any]) -> None:
         for event in events:
             update = self.host.behaviour.broadcast(event)
@@ -205,6 +214,7 @@ class ObjectHost(Generic[A]):
         mailbox_limit: int = 2000,
         max_batch: int = 500,
         idle_after: float = 300.0,
+        snapshot_every: int = 100,
         may_write: Callable[[int], bool] = lambda partition: True,
         on_lease_lapsed: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
@@ -216,6 +226,7 @@ class ObjectHost(Generic[A]):
         self.mailbox_limit = mailbox_limit
         self.max_batch = max_batch
         self.idle_after = idle_after
+        self.snapshot_every = snapshot_every
         self._subscriptions: dict[int, Subscription] = {}
         self._mailboxes: dict[str, ObjectMailbox[A]] = {}
 

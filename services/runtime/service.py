@@ -22,6 +22,7 @@ class ObjectServiceSettings(RuntimeSettings):
     idle_after: float = Field(300.0, gt=0, description="seconds idle before an object is evicted")
     mailbox_limit: int = Field(2000, ge=1, description="queued commands per object before 'overloaded'")
     max_batch: int = Field(500, ge=1, description="commands decided per group commit at most")
+    snapshot_every: int = Field(100, ge=1, description="events between snapshots of an object")
     lease_ttl: float = Field(3.0, ge=1, description="seconds a partition lease lives unrenewed")
 
 
@@ -55,6 +56,7 @@ async def serve(behaviour: ObjectBehaviour, settings: ObjectServiceSettings) -> 
         mailbox_limit=settings.mailbox_limit,
         max_batch=settings.max_batch,
         idle_after=settings.idle_after,
+        snapshot_every=settings.snapshot_every,
         may_write=may_write,
         on_lease_lapsed=lease_lapsed,
     )

@@ -117,7 +117,8 @@ async def test_a_stale_copy_is_refused_and_nothing_is_broadcast(room_host, nc, r
 
     # Another writer (a second owner, say) appends behind the host's back.
     rogue_store = ObjectEventStore(nc, ROOM)
-    rogue, last, _ = await rogue_store.load(room_name)
+    loaded = await rogue_store.load(room_name)
+    rogue, last = loaded.aggregate, loaded.sequence
     rogue.join("s2", "mallory")
     await rogue_store.append(room_name, rogue.collect_events(), expected=last, commit_id="rogue-1")
 
@@ -240,3 +241,29 @@ async def test_a_retried_post_with_the_same_command_id_is_applied_once(room_host
     assert first.message is not None and retry.message is None
     state = await ask(nc, room_name, GetRoom())
     assert [m.message for m in state.messages] == ["only once"]
+
+
+async def test_a_woken_room_is_rebuilt_from_its_snapshot_and_the_tail(nats_server, nc, room_name):
+    client = await nats.connect(nats_server.url)
+    host = ObjectHost(client, RoomBehaviour(), idle_after=0.2, snapshot_every=5)
+    await host.start(range(nats_server.partitions))
+    try:
+        # 1 + 1 + 21 events: snapshots were taken along the way.
+        await ask(nc, room_name, JoinRoom(session_id="s1", name="alice"))
+        for i in range(21):
+            await ask(nc, room_name, PostMessage(session_id="s1", text=f"m{i}"))
+        before = await ask(nc, room_name, GetRoom())
+
+        store = ObjectEventStore(nc, ROOM)
+        snapshot, covered = await store.load_snapshot(room_name)
+        assert snapshot is not None and snapshot.version >= 20
+        assert len(await store.read(room_name, after=covered)) < 5
+
+        # Evicted and woken: the same state as never evicting.
+        await wait_for(lambda: room_name not in host.resident(), what="eviction")
+        assert await ask(nc, room_name, GetRoom()) == before
+        loaded = await store.load(room_name)
+        assert loaded.aggregate.messages == [m.model_dump() for m in before.messages]
+    finally:
+        await host.stop()
+        await client.drain()
