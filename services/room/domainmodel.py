@@ -57,6 +57,9 @@ class Room(Aggregate):
         self.messages: list[dict] = []  # the last HISTORY_LENGTH, oldest first
         self.last_timestamp = 0
         self.recent_ids: dict[str, int] = {}  # message id -> timestamp, oldest first
+        self.used = False  # someone has joined it at least once
+        self.expired = False
+        self.alarm_at: float | None = None
 
     @classmethod
     def open_public(cls, name: str) -> Room:
@@ -65,15 +68,34 @@ class Room(Aggregate):
         return cls(name=name, private=False)
 
     @classmethod
-    def create_private(cls, room_key: str) -> Room:
+    def create_private(cls, room_key: str, expire_unused_at: float) -> Room:
+        """A private room; if nobody has joined it by `expire_unused_at`, it expires."""
         if not is_private_room_id(room_key):
             raise RoomError("a private room id is 64 lowercase hex")
-        return cls(name=room_key, private=True)
+        room = cls(name=room_key, private=True)
+        room._alarm_set(at=expire_unused_at)
+        return room
+
+    def check_open(self) -> None:
+        if self.expired:
+            raise NoSuchRoom("No such room.")
+
+    def alarm_due(self, at: float) -> bool:
+        """The alarm set for `at` fired. Returns False when it is no longer this room's alarm
+        (a duplicate delivery, or replaced since)."""
+        if self.alarm_at != at:
+            return False
+        if self.private and not self.used:
+            self._expired()
+        else:
+            self._alarm_cleared()
+        return True
 
     # --- commands: check, then record the event -------------------------------------------
 
     def join(self, session_id: str, name: str) -> bool:
         """Add the session under `name`; False if it already was (a retried join)."""
+        self.check_open()
         if len(name) > MAX_NAME_LENGTH:
             raise NameTooLong("Name too long.")
         if self.members.get(session_id) == name:
@@ -114,6 +136,7 @@ class Room(Aggregate):
     @event("MemberJoined")
     def _member_joined(self, session_id: str, member_name: str) -> None:
         self.members[session_id] = member_name
+        self.used = True
 
     @event("MessagePosted")
     def _message_posted(self, message_id: str, member_name: str, text: str, posted_at: int) -> None:
@@ -125,6 +148,19 @@ class Room(Aggregate):
         self.recent_ids[message_id] = posted_at
         if len(self.recent_ids) > RECENT_IDS:
             del self.recent_ids[next(iter(self.recent_ids))]
+
+    @event("AlarmSet")
+    def _alarm_set(self, at: float) -> None:
+        self.alarm_at = at
+
+    @event("AlarmCleared")
+    def _alarm_cleared(self) -> None:
+        self.alarm_at = None
+
+    @event("Expired")
+    def _expired(self) -> None:
+        self.expired = True
+        self.alarm_at = None
 
     @event("MemberLeft")
     def _member_left(self, session_id: str, member_name: str) -> None:

@@ -52,6 +52,9 @@ class RoomBehaviour:
     kind = ROOM
     aggregate_type = Room
 
+    def __init__(self, private_room_ttl: float = 86_400.0) -> None:
+        self.private_room_ttl = private_room_ttl
+
     def parse(self, data: bytes):
         return room_command.validate_json(data)
 
@@ -81,10 +84,20 @@ class RoomBehaviour:
                 )
         return None
 
+    def alarm_time(self, room: Room) -> float | None:
+        return room.alarm_at
+
+    def on_alarm(self, key: str, room: Room | None, at: float) -> tuple[Room | None, BaseModel]:
+        """The room's only alarm today: expire a private room nobody joined in time."""
+        if room is not None:
+            room.alarm_due(at)
+        return room, Accepted(version=room.version if room else 0)
+
     @staticmethod
     def _existing(key: str, room: Room | None) -> Room:
         """The room to act on: a public room opens on first use, a private one must exist."""
         if room is not None:
+            room.check_open()
             return room
         if is_private_room_id(key):
             raise NoSuchRoom("No such room.")
@@ -98,13 +111,15 @@ class RoomBehaviour:
     def _(self, command: CreatePrivateRoom, key: str, room: Room | None):
         if room is not None:
             raise AlreadyExists("The room already exists.")
-        room = Room.create_private(key)
+        room = Room.create_private(key, expire_unused_at=time.time() + self.private_room_ttl)
         return room, Accepted(version=room.version)
 
     @_decide.register
     def _(self, command: GetRoom, key: str, room: Room | None):
         if room is None and is_private_room_id(key):
             raise NoSuchRoom("No such room.")
+        if room is not None:
+            room.check_open()
         if room is None:  # a public room nobody has used yet: empty, and nothing appended
             return None, RoomState(version=0, private=False, members=[], messages=[])
         state = RoomState(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Generic, Protocol, TypeVar
 from uuid import NAMESPACE_OID, uuid5
@@ -31,6 +32,7 @@ from pydantic import BaseModel, ValidationError
 from contracts.common import ErrorCode, ErrorReply
 from contracts.keys import InvalidKey, key_from_token
 from contracts.subjects import out_subject, partition_filter
+from services.runtime.alarms import ALARM_HEADER, AlarmSchedule
 from services.runtime.eventstore import AppendConflict, ObjectEventStore
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,22 @@ class ObjectBehaviour(Protocol[A]):
 
     def broadcast(self, event: Any) -> BaseModel | None:
         """What watchers of the object are told of one stored event (None: nothing)."""
+
+    def alarm_time(self, aggregate: A) -> float | None:
+        """When the object wants to be woken (epoch seconds), or None."""
+
+    def on_alarm(self, key: str, aggregate: A | None, at: float) -> tuple[A | None, BaseModel]:
+        """The alarm set for `at` is due. It may come more than once, or after the object
+        changed its alarm: act only if `at` is still the object's alarm. Raising retries it."""
+
+
+@dataclass(frozen=True)
+class DueAlarm:
+    at: float
+
+    @property
+    def command_id(self) -> str:
+        return f"alarm-{self.at!r}"
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -79,6 +97,7 @@ class ObjectMailbox(Generic[A]):
         self.aggregate: A | None = None
         self.sequence = 0  # last subject sequence of the object's stream that we have applied
         self.unsnapshotted = 0  # events applied since the last snapshot
+        self.alarm: float | None = None  # the alarm time the object had after the last commit
         self.loaded = False
         self.task = asyncio.create_task(self._run(), name=f"mailbox {host.behaviour.kind}/{key}")
 
@@ -119,6 +138,7 @@ class ObjectMailbox(Generic[A]):
             loaded = await host.store.load(self.key)
             self.aggregate, self.sequence = loaded.aggregate, loaded.sequence
             self.unsnapshotted = loaded.events_after_snapshot
+            self.alarm = behaviour.alarm_time(self.aggregate) if self.aggregate else None
             self.loaded = True
             # The previous owner may have stored its last commit and died before broadcasting
             # it: say it again. Watchers drop versions they already have, so this is harmless.
@@ -132,14 +152,24 @@ class ObjectMailbox(Generic[A]):
             if broken:
                 outcomes.append((msg, error_bytes(ErrorCode.UNAVAILABLE, "Try again."), []))
                 continue
+            alarm_at = (msg.headers or {}).get(ALARM_HEADER)
             try:
-                command = behaviour.parse(msg.data)
-            except ValidationError as exc:
-                reply = error_bytes(ErrorCode.BAD_REQUEST, describe_validation_error(exc))
-                outcomes.append((msg, reply, []))
+                command = (
+                    DueAlarm(float(alarm_at)) if alarm_at is not None else behaviour.parse(msg.data)
+                )
+            except (ValidationError, ValueError) as exc:
+                detail = (
+                    describe_validation_error(exc)
+                    if isinstance(exc, ValidationError)
+                    else f"bad {ALARM_HEADER} header"
+                )
+                outcomes.append((msg, error_bytes(ErrorCode.BAD_REQUEST, detail), []))
                 continue
             try:
-                self.aggregate, reply = behaviour.decide(self.key, self.aggregate, command)
+                if isinstance(command, DueAlarm):
+                    self.aggregate, reply = behaviour.on_alarm(self.key, self.aggregate, command.at)
+                else:
+                    self.aggregate, reply = behaviour.decide(self.key, self.aggregate, command)
             except Exception:
                 # The aggregate may be half-changed: keep what earlier commands decided,
                 # drop this command's events, and rebuild the object after this batch.
@@ -164,6 +194,11 @@ class ObjectMailbox(Generic[A]):
             for msg, _, _ in outcomes:
                 await host.reply(msg, error_bytes(ErrorCode.UNAVAILABLE, "Try again."))
             return
+        alarm = behaviour.alarm_time(self.aggregate) if self.aggregate is not None else None
+        if events and alarm is not None and alarm != self.alarm:
+            # Scheduled before the commit that records it: an alarm the object knows of is
+            # always scheduled; if the commit fails, the object ignores the stray wake-up.
+            await host.alarms.schedule(self.key, alarm)
         if events:
             commit_id = (
                 command_ids[0]
@@ -181,6 +216,9 @@ class ObjectMailbox(Generic[A]):
                 for msg, _, _ in outcomes:
                     await host.reply(msg, conflict)
                 return
+        if events and alarm is None and self.alarm is not None:
+            await host.alarms.cancel(self.key)
+        self.alarm = alarm
         if broken:
             self._forget()
 
@@ -223,6 +261,7 @@ class ObjectHost(Generic[A]):
         self._on_lease_lapsed = on_lease_lapsed
         self.behaviour = behaviour
         self.store = ObjectEventStore(nc, behaviour.kind, replicas=stream_replicas)
+        self.alarms = AlarmSchedule(nc, behaviour.kind, replicas=stream_replicas)
         self.mailbox_limit = mailbox_limit
         self.max_batch = max_batch
         self.idle_after = idle_after
@@ -240,6 +279,7 @@ class ObjectHost(Generic[A]):
 
     async def start(self, partitions: Iterable[int]) -> None:
         await self.store.ensure_stream()
+        await self.alarms.ensure_stream()
         for partition in partitions:
             await self.own(partition)
 

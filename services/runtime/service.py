@@ -9,6 +9,7 @@ import signal
 import nats
 from pydantic import Field
 
+from services.runtime.alarms import AlarmRunner
 from services.runtime.host import ObjectBehaviour, ObjectHost
 from services.runtime.leases import PartitionLeases
 from services.runtime.settings import RuntimeSettings
@@ -71,6 +72,8 @@ async def serve(behaviour: ObjectBehaviour, settings: ObjectServiceSettings) -> 
         replicas=settings.stream_replicas,
     )
     await leases.start()
+    alarms = AlarmRunner(nc, behaviour.kind, request_timeout=settings.request_timeout)
+    await alarms.start()
     log.info("%s replica %s is up", behaviour.kind, leases.replica_id)
 
     stopping = asyncio.Event()
@@ -79,6 +82,7 @@ async def serve(behaviour: ObjectBehaviour, settings: ObjectServiceSettings) -> 
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
     log.info("%s service stopping: handing partitions over", behaviour.kind)
+    await alarms.stop()
     await leases.stop()
     await host.stop()
     await nc.drain()
