@@ -306,6 +306,17 @@ class ObjectHost(Generic[A]):
             if self._mailboxes.get(mailbox.key) is mailbox:
                 del self._mailboxes[mailbox.key]
 
+    async def evict(self, key: str) -> bool:
+        """Hibernate object `key` now, as if it had been idle (after its queued commands)."""
+        mailbox = self._mailboxes.get(key)
+        if mailbox is None:
+            return False
+        await mailbox.queue.join()
+        if self._mailboxes.get(key) is mailbox and mailbox.queue.empty():
+            mailbox.task.cancel()
+            del self._mailboxes[key]
+        return True
+
     def lease_lapsed(self, partition: int) -> None:
         if self._on_lease_lapsed is not None:
             asyncio.create_task(self._on_lease_lapsed(partition))

@@ -1,0 +1,202 @@
+"""Object runtime figures: wake from eviction, failover after kill -9, rebalance on join.
+
+    python -m bench.runtime_bench [--quick]
+
+Everything runs on 127.0.0.1 with free ports and a temp dir; every process started here is
+stopped by its PID at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import nats
+
+from contracts.room import Accepted, GetRoom, JoinRoom, PostMessage, room_reply
+from contracts.subjects import ROOM, command_subject
+from services.localsystem import LocalSystem
+from services.room.handlers import RoomBehaviour
+from services.runtime.host import ObjectHost
+from services.runtime.leases import partition_owners
+from services.runtime.natsserver import NatsServerProcess
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def ask(nc, room: str, command, timeout: float = 10.0):
+    msg = await nc.request(command_subject(ROOM, room), command.model_dump_json().encode(), timeout)
+    return room_reply.validate_json(msg.data)
+
+
+# --- wake from eviction -------------------------------------------------------------------------
+
+
+async def fill_room(nc, room: str, events: int) -> None:
+    await ask(nc, room, JoinRoom(session_id="s1", name="bench"))
+    sent = 2  # Created + MemberJoined
+    while sent < events:
+        chunk = min(500, events - sent)
+        replies = await asyncio.gather(
+            *(ask(nc, room, PostMessage(session_id="s1", text=f"m{sent + i}")) for i in range(chunk))
+        )
+        assert all(isinstance(r, Accepted) for r in replies)
+        sent += chunk
+
+
+async def wake_latency(url: str, partitions: int, events: int, wakes: int, snapshot_every: int):
+    """p50/p99 of GetRoom on a room just evicted, and on the same room resident."""
+    nc = await nats.connect(url)
+    host = ObjectHost(nc, RoomBehaviour(), snapshot_every=snapshot_every)
+    await host.start(range(partitions))
+    room = f"wake-{uuid.uuid4().hex[:8]}"
+    try:
+        await fill_room(nc, room, events)
+        woken, resident = [], []
+        for _ in range(wakes):
+            await host.evict(room)
+            t = time.perf_counter()
+            await ask(nc, room, GetRoom())
+            woken.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            await ask(nc, room, GetRoom())
+            resident.append((time.perf_counter() - t) * 1000)
+        return woken, resident
+    finally:
+        await host.stop()
+        await nc.drain()
+
+
+# --- failover and rebalance -------------------------------------------------------------------
+
+
+async def partition_of(nc, room: str) -> int:
+    sub = await nc.subscribe(f"cmd.{ROOM}.*.{room}")
+    await ask(nc, room, GetRoom(), timeout=15)
+    msg = await sub.next_msg(timeout=5)
+    await sub.unsubscribe()
+    return int(msg.subject.split(".")[2])
+
+
+async def wait_spread(nc, replicas: int, timeout: float = 30.0) -> float:
+    """Seconds until all partitions are leased evenly by exactly `replicas` replicas."""
+    start = time.monotonic()
+    while True:
+        counts = collections.Counter((await partition_owners(nc, ROOM)).values())
+        if sum(counts.values()) == 16 and len(counts) == replicas:
+            if max(counts.values()) - min(counts.values()) <= 1:
+                return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise TimeoutError(f"spread stuck at {counts}")
+        await asyncio.sleep(0.02)
+
+
+async def failover_times(system: LocalSystem, kills: int) -> list[float]:
+    """Seconds from kill -9 of the room's owner to the first acknowledged post after it."""
+    nc = await nats.connect(system.nats.url)
+    room = f"failover-{uuid.uuid4().hex[:8]}"
+    await wait_spread(nc, len(system.rooms))
+    await ask(nc, room, JoinRoom(session_id="s1", name="bench"))
+    partition = await partition_of(nc, room)
+    times = []
+    for n in range(kills):
+        owner = (await partition_owners(nc, ROOM))[partition]
+        (victim,) = [r for r in system.rooms if f"-{r.pid}-" in owner]
+        victim.kill()
+        killed = time.monotonic()
+        while True:  # a client that retries every 20 ms until a post is acknowledged
+            try:
+                reply = await ask(nc, room, PostMessage(session_id="s1", text=f"k{n}"), timeout=0.5)
+                if isinstance(reply, Accepted):
+                    break
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                pass
+            await asyncio.sleep(0.02)
+        times.append(time.monotonic() - killed)
+        system.rooms.remove(victim)
+        system.start_room()
+        await wait_spread(nc, len(system.rooms))
+    await nc.close()
+    return times
+
+
+async def rebalance_times(system: LocalSystem, joins: int) -> list[float]:
+    """Seconds from starting a second replica to an even spread over both."""
+    nc = await nats.connect(system.nats.url)
+    times = []
+    for _ in range(joins):
+        await wait_spread(nc, 1)
+        t = time.monotonic()
+        extra = system.start_room()
+        await wait_spread(nc, 2)
+        times.append(time.monotonic() - t)
+        extra.stop()
+        system.rooms.remove(extra)
+    await nc.close()
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument("--events", type=int, default=10_000)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    events = 1_000 if args.quick else args.events
+    wakes = 20 if args.quick else 200
+    kills = 2 if args.quick else 10
+    joins = 2 if args.quick else 5
+    figures: dict[str, dict] = {}
+
+    with tempfile.TemporaryDirectory(prefix="durachat-bench-") as tmp:
+        server = NatsServerProcess(Path(tmp) / "nats").start()
+        try:
+            for label, every in (("snapshots every 100", 100), ("no snapshots", 10**9)):
+                woken, resident = asyncio.run(wake_latency(server.url, 16, events, wakes, every))
+                figures[f"wake {events} events, {label}"] = {
+                    "p50_ms": statistics.median(woken), "p99_ms": pct(woken, 99),
+                    "resident_p50_ms": statistics.median(resident),
+                    "resident_p99_ms": pct(resident, 99),
+                }
+        finally:
+            server.stop()
+
+        system = LocalSystem(Path(tmp) / "failover", room_replicas=2).start()
+        try:
+            times = asyncio.run(failover_times(system, kills))
+            figures["failover after kill -9 (lease TTL 3 s)"] = {
+                "kills": kills, "p50_s": statistics.median(times), "max_s": max(times),
+            }
+        finally:
+            system.stop()
+
+        system = LocalSystem(Path(tmp) / "rebalance", room_replicas=1).start()
+        try:
+            times = asyncio.run(rebalance_times(system, joins))
+            figures["rebalance 1 -> 2 replicas"] = {
+                "joins": joins, "p50_s": statistics.median(times), "max_s": max(times),
+            }
+        finally:
+            system.stop()
+
+    print(f"{'figure':48} values")
+    for name, values in figures.items():
+        shown = "  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+        print(f"{name:48} {shown}")
+    print("targets: wake p99 <= 10 ms (10,000 events); failover max <= 5 s; rebalance <= 10 s")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
