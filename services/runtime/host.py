@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 from uuid import NAMESPACE_OID, uuid5
 
@@ -299,23 +299,14 @@ class ObjectHost(Generic[A]):
         sub = self._subscriptions.pop(partition, None)
         if sub is not None:
             await sub.drain()  # delivers what the server already sent us, then unsubscribes
-        mailboxes = [m for m in self._mailboxes.values() if m.partition == partition]
-        await asyncio.gather(*(m.queue.join() for m in mailboxes))
-        for mailbox in mailboxes:
-            mailbox.task.cancel()
-            if self._mailboxes.get(mailbox.key) is mailbox:
-                del self._mailboxes[mailbox.key]
+        await self._retire([m for m in self._mailboxes.values() if m.partition == partition])
 
     async def evict(self, key: str) -> bool:
         """Hibernate object `key` now, as if it had been idle (after its queued commands)."""
         mailbox = self._mailboxes.get(key)
-        if mailbox is None:
-            return False
-        await mailbox.queue.join()
-        if self._mailboxes.get(key) is mailbox and mailbox.queue.empty():
-            mailbox.task.cancel()
-            del self._mailboxes[key]
-        return True
+        if mailbox is not None:
+            await self._retire([mailbox])
+        return mailbox is not None
 
     def lease_lapsed(self, partition: int) -> None:
         if self._on_lease_lapsed is not None:
@@ -324,15 +315,16 @@ class ObjectHost(Generic[A]):
     async def stop(self) -> None:
         """Release every partition, finish in-flight work, drop all objects."""
         for partition in list(self._subscriptions):
-            sub = self._subscriptions.pop(partition)
-            await sub.unsubscribe()
-        await self._drain()
-        for mailbox in list(self._mailboxes.values()):
-            mailbox.task.cancel()
-        self._mailboxes.clear()
+            await self._subscriptions.pop(partition).drain()
+        await self._retire(list(self._mailboxes.values()))
 
-    async def _drain(self) -> None:
-        await asyncio.gather(*(m.queue.join() for m in list(self._mailboxes.values())))
+    async def _retire(self, mailboxes: list[ObjectMailbox[A]]) -> None:
+        """Let each mailbox finish what it holds, then drop it with its object."""
+        await asyncio.gather(*(m.queue.join() for m in mailboxes))
+        for mailbox in mailboxes:
+            mailbox.task.cancel()
+            if self._mailboxes.get(mailbox.key) is mailbox:
+                del self._mailboxes[mailbox.key]
 
     async def reply(self, msg: Msg, data: bytes) -> None:
         if msg.reply:
