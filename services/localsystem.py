@@ -13,7 +13,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.runtime.natsserver import NatsServerProcess, child_env, free_port
+from services.runtime.natsserver import NatsServerProcess, child_env, free_port, stop_process
 
 
 class ServiceProcess:
@@ -49,16 +49,7 @@ class ServiceProcess:
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM (a clean drain), then SIGKILL if it does not exit in time."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, timeout)
 
     def kill(self) -> None:
         if self.alive():

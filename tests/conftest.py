@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,15 +69,24 @@ async def nc(nats_server: NatsEndpoint) -> AsyncIterator[nats.NATS]:
     await client.drain()
 
 
+@asynccontextmanager
+async def hosted(server: NatsEndpoint, behaviour=None, **options) -> AsyncIterator[ObjectHost]:
+    """An object host in this process, on its own connection, owning every partition."""
+    client = await nats.connect(server.url)
+    host = ObjectHost(client, behaviour or RoomBehaviour(), **options)
+    await host.start(range(server.partitions))
+    try:
+        yield host
+    finally:
+        await host.stop()
+        await client.drain()
+
+
 @pytest.fixture
 async def room_host(nats_server: NatsEndpoint) -> AsyncIterator[ObjectHost]:
     """The room service's host, in this process, owning every partition."""
-    client = await nats.connect(nats_server.url)
-    host = ObjectHost(client, RoomBehaviour())
-    await host.start(range(nats_server.partitions))
-    yield host
-    await host.stop()
-    await client.drain()
+    async with hosted(nats_server) as host:
+        yield host
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from contracts.common import ErrorReply
 from contracts.keys import InvalidKey, key_from_token, subject_token
 from contracts.subjects import command_subject
+from services.runtime.eventstore import ensure_stream
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +71,7 @@ class AlarmSchedule:
             allow_direct=True,
             num_replicas=self.replicas,
         )
-        try:
-            await self.js.stream_info(self.stream)
-        except nats.js.errors.NotFoundError:
-            try:
-                await self.js.add_stream(config)
-            except nats.js.errors.BadRequestError:
-                await self.js.stream_info(self.stream)
+        await ensure_stream(self.js, config)
 
     async def schedule(self, key: str, at: float) -> None:
         """Wake object `key` at `at` (epoch seconds; rounded up to the server's second)."""

@@ -26,6 +26,7 @@ from eventsourcing.persistence import (
     UUIDAsHex,
 )
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from contracts.subjects import event_stream, event_subject, snapshot_stream, snapshot_subject
@@ -58,6 +59,17 @@ class LoadedObject:
     # broadcast, so this is the one commit whose broadcast may be owed.
     last_events: list[Any] = field(default_factory=list)
     events_after_snapshot: int = 0
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create a stream unless it exists; safe when several replicas start at once."""
+    try:
+        await js.stream_info(config.name)
+    except nats.js.errors.NotFoundError:
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await js.stream_info(config.name)  # another replica won the race
 
 
 def new_mapper() -> Mapper:
@@ -133,14 +145,8 @@ class ObjectEventStore:
             num_replicas=self.replicas,
             allow_direct=True,
         )
-        for stream in (config, snapshots):
-            try:
-                await self.js.stream_info(stream.name)
-            except nats.js.errors.NotFoundError:
-                try:
-                    await self.js.add_stream(stream)
-                except nats.js.errors.BadRequestError:
-                    await self.js.stream_info(stream.name)  # another replica won the race
+        await ensure_stream(self.js, config)
+        await ensure_stream(self.js, snapshots)
 
     def encode(self, events: Sequence[Any]) -> bytes:
         return self.codec.encode(events)

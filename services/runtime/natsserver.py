@@ -96,20 +96,27 @@ class NatsServerProcess:
         raise TimeoutError(f"nats-server not ready on port {self.port} after {timeout}s")
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the server we started, by its PID: SIGTERM, then SIGKILL if it lingers."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        """Stop the server we started, by its PID."""
+        stop_process(self.process, timeout)
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+def stop_process(process: subprocess.Popen | None, timeout: float = 10.0) -> int | None:
+    """SIGTERM a process we started (a clean drain), SIGKILL it if it lingers; its exit code."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
 
 
 def child_env(**settings: object) -> dict[str, str]:

@@ -3,8 +3,6 @@ processes, real WebSocket clients."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import urllib.error
 import urllib.request
 import uuid
@@ -13,41 +11,9 @@ import pytest
 import websockets
 
 from contracts.keys import is_private_room_id
+from tests.e2e.chat_clients import ChatClient
 
 pytestmark = pytest.mark.e2e
-
-
-class Client:
-    """A chat-demo client: a socket and the frames it received."""
-
-    def __init__(self, ws) -> None:
-        self.ws = ws
-
-    @classmethod
-    async def connect(cls, system, room: str) -> Client:
-        return cls(await websockets.connect(f"{system.ws_url}/api/room/{room}/websocket"))
-
-    async def send(self, frame) -> None:
-        await self.ws.send(frame if isinstance(frame, (str, bytes)) else json.dumps(frame))
-
-    async def recv(self, timeout: float = 5.0) -> dict:
-        return json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
-
-    async def recv_until(self, predicate, timeout: float = 5.0) -> list[dict]:
-        """Frames up to and including the first one matching `predicate`."""
-        frames = []
-        while True:
-            frames.append(await self.recv(timeout))
-            if predicate(frames[-1]):
-                return frames
-
-    async def join(self, name: str) -> list[dict]:
-        """Send the name frame; returns everything received up to {"ready": true}."""
-        await self.send({"name": name})
-        return await self.recv_until(lambda f: f.get("ready") is True)
-
-    async def close(self) -> None:
-        await self.ws.close()
 
 
 def new_room() -> str:
@@ -66,11 +32,11 @@ def http(system, method: str, path: str) -> tuple[int, str, str]:
 async def test_two_clients_chat(system):
     room = new_room()
     # Alice joins an empty room: her own joined, then ready.
-    alice = await Client.connect(system, room)
+    alice = await ChatClient.connect(system.ws_url, room)
     assert await alice.join("alice") == [{"joined": "alice"}, {"ready": True}]
 
     # Bob joins: he is told alice is here, then his own joined, then ready; alice hears of him.
-    bob = await Client.connect(system, room)
+    bob = await ChatClient.connect(system.ws_url, room)
     assert await bob.join("bob") == [{"joined": "alice"}, {"joined": "bob"}, {"ready": True}]
     assert await alice.recv() == {"joined": "bob"}
 
@@ -94,14 +60,14 @@ async def test_two_clients_chat(system):
 
 async def test_a_newcomer_gets_who_is_here_and_the_last_100_messages(system):
     room = new_room()
-    alice = await Client.connect(system, room)
+    alice = await ChatClient.connect(system.ws_url, room)
     await alice.join("alice")
     for i in range(105):
         await alice.send({"message": f"m{i}"})
     await alice.recv_until(lambda f: f.get("message") == "m104")
 
     # Before naming itself, the newcomer is sent nothing; the queue flushes on its name frame.
-    carol = await Client.connect(system, room)
+    carol = await ChatClient.connect(system.ws_url, room)
     frames = await carol.join("")  # an empty name is "anonymous"
     assert frames[0] == {"joined": "alice"}
     history = [f["message"] for f in frames if "message" in f]
@@ -113,7 +79,7 @@ async def test_a_newcomer_gets_who_is_here_and_the_last_100_messages(system):
 
 async def test_bad_frames_get_clear_errors_and_change_nothing(system):
     room = new_room()
-    alice = await Client.connect(system, room)
+    alice = await ChatClient.connect(system.ws_url, room)
     await alice.join("alice")
     bad = [
         ("not json", "Frame is not valid JSON."),
@@ -132,7 +98,7 @@ async def test_bad_frames_get_clear_errors_and_change_nothing(system):
     # The socket and the room are still healthy, and none of the bad frames was stored.
     await alice.send({"message": "still here"})
     assert (await alice.recv())["message"] == "still here"
-    bob = await Client.connect(system, room)
+    bob = await ChatClient.connect(system.ws_url, room)
     history = [f["message"] for f in await bob.join("bob") if "message" in f]
     assert history == ["still here"]
     await bob.close()
@@ -140,7 +106,7 @@ async def test_bad_frames_get_clear_errors_and_change_nothing(system):
 
 
 async def test_an_overlong_name_is_refused_and_the_socket_closed_with_1009(system):
-    client = await Client.connect(system, new_room())
+    client = await ChatClient.connect(system.ws_url, new_room())
     await client.send({"name": "n" * 33})
     assert await client.recv() == {"error": "Name too long."}
     with pytest.raises(websockets.ConnectionClosed) as closed:
@@ -164,15 +130,15 @@ async def test_http_routes_speak_the_demo_protocol(system):
 
 async def test_private_rooms_are_reachable_only_once_created(system):
     # An id nobody created: a clear error, then the socket is closed.
-    stranger = await Client.connect(system, "0" * 64)
+    stranger = await ChatClient.connect(system.ws_url, "0" * 64)
     assert await stranger.recv() == {"error": "No such room."}
     with pytest.raises(websockets.ConnectionClosed):
         await stranger.recv()
 
     # A created one works like any room.
     room = http(system, "POST", "/api/room")[2]
-    alice = await Client.connect(system, room)
-    bob = await Client.connect(system, room)
+    alice = await ChatClient.connect(system.ws_url, room)
+    bob = await ChatClient.connect(system.ws_url, room)
     await alice.join("alice")
     await bob.join("bob")
     await alice.send({"message": "psst"})
@@ -183,7 +149,7 @@ async def test_private_rooms_are_reachable_only_once_created(system):
 
 async def test_sockets_survive_a_crash_of_the_room_service(system):
     room = new_room()
-    alice = await Client.connect(system, room)
+    alice = await ChatClient.connect(system.ws_url, room)
     await alice.join("alice")
     await alice.send({"message": "before"})
     await alice.recv_until(lambda f: f.get("message") == "before")
@@ -197,7 +163,7 @@ async def test_sockets_survive_a_crash_of_the_room_service(system):
     await alice.send({"message": "after"})
     frames = await alice.recv_until(lambda f: "message" in f or "error" in f, timeout=10)
     assert frames[-1]["message"] == "after"
-    bob = await Client.connect(system, room)
+    bob = await ChatClient.connect(system.ws_url, room)
     history = [f["message"] for f in await bob.join("bob") if "message" in f]
     assert history == ["before", "after"]
     await bob.close()

@@ -22,10 +22,8 @@ from contracts.room import (
     room_update,
 )
 from contracts.subjects import ROOM, command_subject, event_stream, event_subject, out_subject
-from services.room.handlers import RoomBehaviour
 from services.runtime.eventstore import ObjectEventStore
-from services.runtime.host import ObjectHost
-from tests.conftest import wait_for
+from tests.conftest import hosted, wait_for
 
 pytestmark = pytest.mark.nats
 
@@ -141,10 +139,7 @@ async def test_a_stale_copy_is_refused_and_nothing_is_broadcast(room_host, nc, r
 
 
 async def test_an_idle_room_hibernates_and_wakes_with_the_same_state(nats_server, nc, room_name):
-    client = await nats.connect(nats_server.url)
-    host = ObjectHost(client, RoomBehaviour(), idle_after=0.2)
-    await host.start(range(nats_server.partitions))
-    try:
+    async with hosted(nats_server, idle_after=0.2) as host:
         await ask(nc, room_name, JoinRoom(session_id="s1", name="alice"))
         for i in range(5):
             await ask(nc, room_name, PostMessage(session_id="s1", text=f"m{i}"))
@@ -158,32 +153,20 @@ async def test_an_idle_room_hibernates_and_wakes_with_the_same_state(nats_server
         posted = await ask(nc, room_name, PostMessage(session_id="s1", text="after wake"))
         assert posted.version == before.version + 1
         assert posted.message.timestamp > before.messages[-1].timestamp
-    finally:
-        await host.stop()
-        await client.drain()
 
 
 async def test_a_restarted_service_rebuilds_rooms_from_their_streams(nats_server, nc, room_name):
-    for round_ in range(2):
-        client = await nats.connect(nats_server.url)
-        host = ObjectHost(client, RoomBehaviour())
-        await host.start(range(nats_server.partitions))
-        if round_ == 0:
-            await ask(nc, room_name, JoinRoom(session_id="s1", name="alice"))
-            await ask(nc, room_name, PostMessage(session_id="s1", text="remember me"))
-        else:
-            state = await ask(nc, room_name, GetRoom())
-            assert state.members == ["alice"]
-            assert [m.message for m in state.messages] == ["remember me"]
-        await host.stop()
-        await client.drain()
+    async with hosted(nats_server):
+        await ask(nc, room_name, JoinRoom(session_id="s1", name="alice"))
+        await ask(nc, room_name, PostMessage(session_id="s1", text="remember me"))
+    async with hosted(nats_server):
+        state = await ask(nc, room_name, GetRoom())
+        assert state.members == ["alice"]
+        assert [m.message for m in state.messages] == ["remember me"]
 
 
 async def test_a_full_mailbox_answers_overloaded_at_once(nats_server, nc, room_name):
-    client = await nats.connect(nats_server.url)
-    host = ObjectHost(client, RoomBehaviour(), mailbox_limit=3)
-    await host.start(range(nats_server.partitions))
-    try:
+    async with hosted(nats_server, mailbox_limit=3) as host:
         await ask(nc, room_name, JoinRoom(session_id="s1", name="alice"))
         replies = await asyncio.gather(
             *(ask(nc, room_name, PostMessage(session_id="s1", text=str(i))) for i in range(200))
@@ -195,9 +178,6 @@ async def test_a_full_mailbox_answers_overloaded_at_once(nats_server, nc, room_n
         # Every accepted message, and only those, is in the room.
         commits = await stream_commits(nc, room_name)
         assert sum(c["events"].count("MessagePosted") for c in commits) == len(accepted)
-    finally:
-        await host.stop()
-        await client.drain()
 
 
 @pytest.mark.parametrize(
@@ -244,10 +224,7 @@ async def test_a_retried_post_with_the_same_command_id_is_applied_once(room_host
 
 
 async def test_a_woken_room_is_rebuilt_from_its_snapshot_and_the_tail(nats_server, nc, room_name):
-    client = await nats.connect(nats_server.url)
-    host = ObjectHost(client, RoomBehaviour(), idle_after=0.2, snapshot_every=5)
-    await host.start(range(nats_server.partitions))
-    try:
+    async with hosted(nats_server, idle_after=0.2, snapshot_every=5) as host:
         # 1 + 1 + 21 events: snapshots were taken along the way.
         await ask(nc, room_name, JoinRoom(session_id="s1", name="alice"))
         for i in range(21):
@@ -264,6 +241,3 @@ async def test_a_woken_room_is_rebuilt_from_its_snapshot_and_the_tail(nats_serve
         assert await ask(nc, room_name, GetRoom()) == before
         loaded = await store.load(room_name)
         assert loaded.aggregate.messages == [m.model_dump() for m in before.messages]
-    finally:
-        await host.stop()
-        await client.drain()
