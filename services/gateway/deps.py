@@ -21,7 +21,8 @@ class GatewayState:
     fanouts: RoomFanouts
 
 
-def _gateway_state(connection: HTTPConnection) -> GatewayState:
+async def _gateway_state(connection: HTTPConnection) -> GatewayState:
+    # async: a plain function would be run in a thread pool on every request and socket
     return connection.app.state.gateway
 
 

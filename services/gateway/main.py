@@ -64,7 +64,9 @@ def main() -> None:
         create_app(settings),
         host=settings.host,
         port=settings.port,
+        ws=settings.ws_protocol,
         ws_max_size=settings.ws_max_size,
+        ws_per_message_deflate=settings.ws_per_message_deflate,
         log_level="info",
         timeout_graceful_shutdown=5,
     )

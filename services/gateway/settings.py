@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from services.runtime.settings import RuntimeSettings
@@ -15,6 +17,14 @@ class GatewaySettings(RuntimeSettings):
     )
     ws_max_size: int = Field(
         1 << 20, description="Protocol limit: a frame above this closes the socket with 1009."
+    )
+    ws_protocol: Literal["websockets", "websockets-sansio", "wsproto"] = Field(
+        "websockets-sansio", description="uvicorn's WebSocket implementation"
+    )
+    ws_per_message_deflate: bool = Field(
+        False,
+        description="Compress frames. Off: chat frames are ~100 bytes, and zlib's state costs "
+        "about 45 KiB per socket and doubles the gateway's CPU per frame (bench/).",
     )
     send_queue_limit: int = Field(
         1000, description="Frames queued for one socket before it is closed as too slow."

@@ -7,6 +7,7 @@ import logging
 import signal
 
 import nats
+import uvloop
 from pydantic import Field
 
 from services.runtime.alarms import AlarmRunner
@@ -90,4 +91,4 @@ async def serve(behaviour: ObjectBehaviour, settings: ObjectServiceSettings) -> 
 
 def run(behaviour: ObjectBehaviour, settings: ObjectServiceSettings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    asyncio.run(serve(behaviour, settings))
+    uvloop.run(serve(behaviour, settings))  # as the gateway runs under uvicorn
