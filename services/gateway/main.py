@@ -15,6 +15,7 @@ from services.gateway import api, websocket
 from services.gateway.deps import GatewayState
 from services.gateway.rooms import RoomClient, RoomFanouts
 from services.gateway.settings import GatewaySettings
+from services.gateway.sockets import RawSendCapture
 from services.runtime.service import connect
 
 STATIC = Path(__file__).parent / "static"
@@ -42,6 +43,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         summary="Durable-Objects-style chat rooms on NATS; the workers-chat-demo protocol.",
         lifespan=lifespan,
     )
+    app.add_middleware(RawSendCapture)
     app.include_router(api.router)
     app.include_router(websocket.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -16,6 +16,7 @@ from contracts.common import Command, ErrorCode, ErrorReply
 from contracts.room import RoomReply, room_reply, room_update
 from contracts.subjects import ROOM, command_subject, out_subject
 from services.gateway.protocol import update_frame
+from services.gateway.sockets import OutFrame
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class RoomFanout:
 
     def __init__(self, room: str) -> None:
         self.room = room
-        self.listeners: dict[int, Callable[[int, str], None]] = {}
+        self.listeners: dict[int, Callable[[int, OutFrame], None]] = {}
         self.version = 0
         self.subscription: Subscription | None = None
         self.live = asyncio.Event()  # set once the subscription is registered on the server
@@ -82,7 +83,7 @@ class RoomFanout:
             return
         if update.version <= self.version:
             return  # said again by a new owner after a failover; already delivered
-        frame = update_frame(update)
+        frame = OutFrame(update_frame(update))
         for deliver in list(self.listeners.values()):
             deliver(update.version, frame)
         self.version = update.version
@@ -108,7 +109,9 @@ class RoomFanouts:
         self.nc = nc
         self.rooms: dict[str, RoomFanout] = {}
 
-    async def attach(self, room: str, listener_id: int, deliver: Callable[[int, str], None]) -> RoomFanout:
+    async def attach(
+        self, room: str, listener_id: int, deliver: Callable[[int, OutFrame], None]
+    ) -> RoomFanout:
         fanout = self.rooms.get(room)
         if fanout is None:
             fanout = self.rooms[room] = RoomFanout(room)

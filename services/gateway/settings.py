@@ -26,6 +26,10 @@ class GatewaySettings(RuntimeSettings):
         description="Compress frames. Off: chat frames are ~100 bytes, and zlib's state costs "
         "about 45 KiB per socket and doubles the gateway's CPU per frame (bench/).",
     )
+    send_buffer_limit: int = Field(
+        256 * 1024, description="Bytes unsent to one socket before it is closed as too slow."
+    )
     send_queue_limit: int = Field(
-        1000, description="Frames queued for one socket before it is closed as too slow."
+        1000, description="Frames queued for one socket before it is closed as too slow "
+        "(on the portable ASGI path)."
     )

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
-from dataclasses import dataclass
 
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import PlainTextResponse
-from starlette.websockets import WebSocketDisconnect, WebSocketState
+from starlette.websockets import WebSocketDisconnect
 
 from contracts.common import ErrorReply
 from contracts.keys import is_private_room_id
@@ -18,13 +16,14 @@ from services.gateway import protocol
 from services.gateway.deps import Gateway
 from services.gateway.protocol import FrameError
 from services.gateway.rooms import RoomFanout
+from services.gateway.sockets import OutFrame, SocketWriter, open_writer
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["rooms"])
 
 CLOSE_POLICY = 1008
-CLOSE_TOO_SLOW = 1008
 CLOSE_TRY_AGAIN = 1013
+READY = OutFrame(protocol.READY)
 
 
 def room_name_problem(name: str) -> str | None:
@@ -42,60 +41,29 @@ async def websocket_over_http(name: str, request: Request) -> PlainTextResponse:
     return PlainTextResponse("expected websocket", status_code=400)
 
 
-@dataclass(frozen=True)
-class Close:
-    code: int
-    reason: str
-
-
 class ChatSession:
-    """A socket in a room: frames held until the name frame, then sent in order by one writer."""
+    """A socket in a room: frames held until the name frame, then sent in order."""
 
-    def __init__(self, ws: WebSocket, room: str, queue_limit: int) -> None:
+    def __init__(self, ws: WebSocket, room: str, writer: SocketWriter) -> None:
         self.ws = ws
         self.room = room
+        self.writer = writer
         self.id = secrets.token_urlsafe(12)
         self.name: str | None = None
         self.min_version = 0  # broadcasts at or below this are already in the history sent
-        self.blocked: list[str] = []  # frames held until the client has sent its name
-        self.outbox: asyncio.Queue[str | Close] = asyncio.Queue(maxsize=queue_limit)
-        self.closing = False
+        self.blocked: list[OutFrame] = []  # frames held until the client has sent its name
 
-    def deliver(self, version: int, frame: str) -> None:
+    def deliver(self, version: int, frame: OutFrame) -> None:
         """Take one broadcast of the room (called by the room's fan-out)."""
         if version <= self.min_version:
             return
         if self.name is None:
             self.blocked.append(frame)
         else:
-            self.send(frame)
+            self.writer.send(frame)
 
-    def send(self, frame: str) -> None:
-        if self.closing:
-            return
-        try:
-            self.outbox.put_nowait(frame)
-        except asyncio.QueueFull:
-            # The client does not read: disconnect it rather than buffer without bound.
-            self.outbox = asyncio.Queue()
-            self.close(CLOSE_TOO_SLOW, "Too slow: frames were not being read.")
-
-    def close(self, code: int, reason: str) -> None:
-        """Close the socket after the frames already queued."""
-        if not self.closing:
-            self.closing = True
-            self.outbox.put_nowait(Close(code, reason))
-
-    async def write(self) -> None:
-        try:
-            while True:
-                item = await self.outbox.get()
-                if isinstance(item, Close):
-                    await self.ws.close(item.code, item.reason)
-                    return
-                await self.ws.send_text(item)
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            return  # the client went away; the reader sees the disconnect
+    def send(self, text: str) -> None:
+        self.writer.send(OutFrame(text))
 
 
 @router.websocket("/api/room/{name}/websocket")
@@ -104,20 +72,21 @@ async def chat_socket(ws: WebSocket, name: str, gateway: Gateway) -> None:
         await ws.send_denial_response(PlainTextResponse(problem, status_code=404))
         return
     await ws.accept()
-    session = ChatSession(ws, name, gateway.settings.send_queue_limit)
-    writer = asyncio.create_task(session.write())
+    settings = gateway.settings
+    writer = open_writer(ws, settings.send_buffer_limit, settings.send_queue_limit)
+    session = ChatSession(ws, name, writer)
     fanout = await gateway.fanouts.attach(name, id(session), session.deliver)
     try:
         state = await gateway.rooms.send(name, GetRoom())
         if isinstance(state, ErrorReply):
             session.send(protocol.error_frame(state.message))
-            session.close(CLOSE_TRY_AGAIN if state.retryable else CLOSE_POLICY, state.message[:120])
+            writer.close(CLOSE_TRY_AGAIN if state.retryable else CLOSE_POLICY, state.message[:120])
         else:
             assert isinstance(state, RoomState)
             session.min_version = state.version
             session.blocked[:0] = [
-                protocol.encode({"joined": member}) for member in state.members
-            ] + [protocol.message_frame(message) for message in state.messages]
+                OutFrame(protocol.encode({"joined": member})) for member in state.members
+            ] + [OutFrame(protocol.message_frame(message)) for message in state.messages]
             await converse(session, gateway, fanout)
     except WebSocketDisconnect:
         pass
@@ -125,10 +94,10 @@ async def chat_socket(ws: WebSocket, name: str, gateway: Gateway) -> None:
         await gateway.fanouts.detach(name, id(session))
         if session.name is not None:
             await gateway.rooms.send(name, LeaveRoom(session_id=session.id))
-        if session.closing:
+        if writer.closing:
             # Let the writer flush the error frame and close with its code.
-            await asyncio.wait({writer}, timeout=gateway.settings.request_timeout)
-        writer.cancel()
+            await writer.finished(timeout=settings.request_timeout)
+        writer.stop()
 
 
 async def converse(session: ChatSession, gateway: Gateway, fanout: RoomFanout) -> None:
@@ -136,7 +105,7 @@ async def converse(session: ChatSession, gateway: Gateway, fanout: RoomFanout) -
     ws = session.ws
     limit = gateway.settings.max_frame_bytes
     rooms = gateway.rooms
-    while not session.closing:
+    while not session.writer.closing:
         incoming = await ws.receive()
         if incoming["type"] == "websocket.disconnect":
             return
@@ -151,11 +120,11 @@ async def converse(session: ChatSession, gateway: Gateway, fanout: RoomFanout) -
                     raise FrameError(reply.message)
                 session.name = frame.name
                 for queued in session.blocked:
-                    session.send(queued)
+                    session.writer.send(queued)
                 session.blocked.clear()
                 # The client sees its own {"joined"} before {"ready"}, as in the demo.
                 await fanout.delivered(reply.version, timeout=gateway.settings.request_timeout)
-                session.send(protocol.READY)
+                session.writer.send(READY)
             else:
                 frame = protocol.parse_message_frame(text, data, limit)
                 reply = await rooms.send(
@@ -166,4 +135,4 @@ async def converse(session: ChatSession, gateway: Gateway, fanout: RoomFanout) -
         except FrameError as exc:
             session.send(protocol.error_frame(str(exc)))
             if exc.close_code is not None:
-                session.close(exc.close_code, str(exc))
+                session.writer.close(exc.close_code, str(exc))

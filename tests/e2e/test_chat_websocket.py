@@ -168,3 +168,36 @@ async def test_sockets_survive_a_crash_of_the_room_service(system):
     assert history == ["before", "after"]
     await bob.close()
     await alice.close()
+
+
+async def test_the_portable_writer_speaks_the_same_protocol(tmp_path):
+    # With compression negotiated, frames cannot be written straight to the transport; the
+    # gateway falls back to queued ASGI sends. Same protocol, same errors, same closes.
+    from services.localsystem import LocalSystem
+
+    system = LocalSystem(
+        tmp_path / "deflate", extra_env={"DURACHAT_WS_PER_MESSAGE_DEFLATE": "true"}
+    ).start()
+    try:
+        room = new_room()
+        alice = await ChatClient.connect(system.ws_url, room)
+        assert await alice.join("alice") == [{"joined": "alice"}, {"ready": True}]
+        assert alice.ws.protocol.extensions, "permessage-deflate was not negotiated"
+        bob = await ChatClient.connect(system.ws_url, room)
+        await bob.join("bob")
+        assert await alice.recv() == {"joined": "bob"}
+        await alice.send("not json")
+        assert await alice.recv() == {"error": "Frame is not valid JSON."}
+        assert (await alice.say("compressed"))["message"] == "compressed"
+        assert (await bob.recv_until(lambda f: "message" in f))[-1]["message"] == "compressed"
+
+        too_long = await ChatClient.connect(system.ws_url, room)
+        await too_long.send({"name": "n" * 33})
+        assert await too_long.recv() == {"error": "Name too long."}
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await too_long.recv()
+        assert closed.value.rcvd.code == 1009
+        await alice.close()
+        await bob.close()
+    finally:
+        system.stop()
