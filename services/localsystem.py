@@ -59,7 +59,7 @@ class ServiceProcess:
 
 @dataclass
 class LocalSystem:
-    """nats-server + room service replicas + gateway, wired together on 127.0.0.1."""
+    """nats-server + room service replicas + projector + gateway, wired together on 127.0.0.1."""
 
     data_dir: Path
     partitions: int = 16
@@ -71,6 +71,11 @@ class LocalSystem:
     nats: NatsServerProcess | None = field(default=None, init=False)
     rooms: list[ServiceProcess] = field(default_factory=list, init=False)
     gateway: ServiceProcess | None = field(default=None, init=False)
+    projector: ServiceProcess | None = field(default=None, init=False)
+
+    @property
+    def read_db(self) -> Path:
+        return self.data_dir / "read.db"
 
     @property
     def base_url(self) -> str:
@@ -83,7 +88,11 @@ class LocalSystem:
     def env(self) -> dict[str, str]:
         assert self.nats is not None
         env = child_env(
-            nats_url=self.nats.url, partitions=self.partitions, host=self.host, port=self.port
+            nats_url=self.nats.url,
+            partitions=self.partitions,
+            host=self.host,
+            port=self.port,
+            read_db=self.read_db,
         )
         env.update(self.extra_env)
         return env
@@ -96,6 +105,7 @@ class LocalSystem:
         ).start()
         for _ in range(self.room_replicas):
             self.start_room()
+        self.projector = self.start_projector()
         self.gateway = ServiceProcess(
             "services.gateway", self.env(), self.data_dir / "gateway.log"
         ).start()
@@ -108,11 +118,17 @@ class LocalSystem:
         self.rooms.append(room.start())
         return room
 
+    def start_projector(self) -> ServiceProcess:
+        self.projector = ServiceProcess(
+            "services.projector", self.env(), self.data_dir / "projector.log"
+        ).start()
+        return self.projector
+
     def wait_healthy(self, timeout: float) -> None:
         """Wait until the gateway answers /healthz (or a service died)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for service in [self.gateway, *self.rooms]:
+            for service in self.services():
                 if not service.alive():
                     raise RuntimeError(f"{service.module} exited; see {service.log_path}")
             try:
@@ -123,14 +139,16 @@ class LocalSystem:
                 time.sleep(0.05)
         raise TimeoutError(f"gateway not healthy on {self.base_url} after {timeout}s")
 
+    def services(self) -> list[ServiceProcess]:
+        return [s for s in (self.gateway, self.projector, *self.rooms) if s is not None]
+
     def alive(self) -> bool:
-        return all(s.alive() for s in [self.gateway, *self.rooms])
+        return all(s.alive() for s in self.services())
 
     def stop(self) -> None:
         """Services first (they drain), then nats-server."""
-        for service in [self.gateway, *self.rooms]:
-            if service is not None:
-                service.stop()
+        for service in self.services():
+            service.stop()
         if self.nats is not None:
             self.nats.stop()
 

@@ -1,0 +1,1 @@
+"""The projector: event streams in, D1-compatible read models out."""

@@ -1,0 +1,147 @@
+"""The projector process: a durable consumer per event stream, writing read models to SQLite.
+
+Exactly-once effect: the rows of a batch and the stream position they reach are written in
+ONE SQLite transaction. The position in the read store is the truth: on start (and when
+the database file is swapped by a rebuild) the consumer is set to start right after it, and
+a redelivered message at or below it is skipped. A crash at any point neither loses nor
+doubles a row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sqlite3
+from pathlib import Path
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from pydantic import Field
+
+from services.readstore.projection import ROOM_STREAM, position, project_commit, record_position
+from services.readstore.store import open_read_store, transaction
+from services.runtime.service import connect
+from services.runtime.settings import RuntimeSettings
+
+log = logging.getLogger(__name__)
+
+
+class ProjectorSettings(RuntimeSettings):
+    read_db: Path = Field(Path("data/read.db"), description="the read store (SQLite) file")
+    batch: int = Field(1000, ge=1, le=10_000, description="events fetched per transaction")
+
+
+class Projector:
+    """Projects one event stream into the read store."""
+
+    def __init__(self, nc: NATS, db_path: Path, stream: str = ROOM_STREAM, batch: int = 1000):
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.db_path = Path(db_path)
+        self.stream = stream
+        self.batch = batch
+        self.durable = f"projector-{stream}"
+        self.conn: sqlite3.Connection | None = None
+        self._inode = 0
+        self.position = 0
+        self._sub = None
+
+    async def open(self) -> None:
+        """(Re)open the read store and start the consumer right after its position."""
+        if self.conn is not None:
+            self.conn.close()
+        self.conn = open_read_store(self.db_path)
+        self._inode = os.stat(self.db_path).st_ino
+        self.position = position(self.conn, self.stream)
+        await self._stream_exists()
+        try:
+            await self.js.delete_consumer(self.stream, self.durable)
+        except nats.js.errors.NotFoundError:
+            pass
+        await self.js.add_consumer(
+            self.stream,
+            ConsumerConfig(
+                durable_name=self.durable,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=self.position + 1,
+                ack_policy=AckPolicy.ALL,
+                max_ack_pending=-1,
+                ack_wait=60,
+            ),
+        )
+        self._sub = await self.js.pull_subscribe_bind(self.durable, stream=self.stream)
+        log.info("projecting %s into %s from sequence %d", self.stream, self.db_path, self.position + 1)
+
+    async def _stream_exists(self) -> None:
+        while True:
+            try:
+                await self.js.stream_info(self.stream)
+                return
+            except nats.js.errors.NotFoundError:
+                await asyncio.sleep(0.5)  # the room service creates it when it first starts
+
+    def swapped(self) -> bool:
+        """True when the database file was replaced (by `durachat-replay rebuild`)."""
+        try:
+            return os.stat(self.db_path).st_ino != self._inode
+        except FileNotFoundError:
+            return True
+
+    async def step(self, timeout: float = 1.0) -> int:
+        """Fetch and apply one batch; returns how many messages it applied."""
+        if self.swapped():
+            await self.open()
+        try:
+            msgs = await self._sub.fetch(self.batch, timeout=timeout)
+        except nats.errors.TimeoutError:
+            return 0
+        if not msgs:
+            return 0
+        applied = 0
+        with transaction(self.conn) as conn:
+            for msg in msgs:
+                sequence = msg.metadata.sequence.stream
+                if sequence <= self.position:
+                    continue  # delivered again after a crash: already in the store
+                project_commit(conn, self.stream, msg.subject, sequence, msg.data)
+                self.position = sequence
+                applied += 1
+            record_position(conn, self.stream, self.position)
+        await msgs[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
+        return applied
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        await self.open()
+        while not stopping.is_set():
+            try:
+                await self.step()
+            except (nats.errors.Error, nats.js.errors.Error) as exc:
+                log.warning("projecting %s: %s; reopening", self.stream, exc)
+                await asyncio.sleep(0.5)
+                await self.open()
+
+
+async def serve(settings: ProjectorSettings) -> None:
+    nc = await connect(settings, "durachat-projector")
+    projector = Projector(nc, settings.read_db, batch=settings.batch)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await projector.run(stopping)
+    await nc.drain()
+
+
+def main() -> None:
+    import uvloop
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    uvloop.run(serve(ProjectorSettings()))
+
+
+if __name__ == "__main__":
+    main()
