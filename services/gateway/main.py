@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 
-from services.gateway import api, websocket
+from services.gateway import api, readmodels, websocket
 from services.gateway.deps import GatewayState
 from services.gateway.rooms import RoomClient, RoomFanouts
 from services.gateway.settings import GatewaySettings
@@ -46,6 +46,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_middleware(RawSendCapture)
     app.include_router(api.router)
     app.include_router(websocket.router)
+    app.include_router(readmodels.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -11,6 +12,7 @@ from services.runtime.settings import RuntimeSettings
 
 class GatewaySettings(RuntimeSettings):
     host: str = "127.0.0.1"
+    read_db: Path = Field(Path("data/read.db"), description="the read store the projector writes")
     port: int = Field(8000, ge=0, le=65535)
     max_frame_bytes: int = Field(
         4096, description="A text frame above this is refused with an error frame."

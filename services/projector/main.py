@@ -38,13 +38,20 @@ class ProjectorSettings(RuntimeSettings):
 class Projector:
     """Projects one event stream into the read store."""
 
-    def __init__(self, nc: NATS, db_path: Path, stream: str = ROOM_STREAM, batch: int = 1000):
+    def __init__(
+        self,
+        nc: NATS,
+        db_path: Path,
+        stream: str = ROOM_STREAM,
+        batch: int = 1000,
+        name: str = "projector",
+    ) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.db_path = Path(db_path)
         self.stream = stream
         self.batch = batch
-        self.durable = f"projector-{stream}"
+        self.durable = f"{name}-{stream}"  # another name, e.g. for a replay, is another consumer
         self.conn: sqlite3.Connection | None = None
         self._inode = 0
         self.position = 0

@@ -90,6 +90,7 @@ class MessagePosted(_Payload):
 
 
 IGNORED = frozenset({"AlarmSet", "AlarmCleared"})
+KNOWN = IGNORED | {"Created", "MemberJoined", "MemberLeft", "MessagePosted", "Expired"}
 
 
 class UnknownEvent(Exception):
@@ -98,6 +99,10 @@ class UnknownEvent(Exception):
 
 def apply_room_event(conn: sqlite3.Connection, room: str, event: StoredEvent) -> None:
     """Write what one room event means for the read models (raises on a bad event)."""
+    if event.name not in KNOWN:
+        raise UnknownEvent(f"unknown room event {event.name!r}")
+    if event.name in IGNORED:
+        return
     at = event.timestamp_ms
     match event.name:
         case "Created":
@@ -136,10 +141,6 @@ def apply_room_event(conn: sqlite3.Connection, room: str, event: StoredEvent) ->
             )
         case "Expired":
             conn.execute("UPDATE rooms SET expired = 1 WHERE name = ?", (room,))
-        case name if name in IGNORED:
-            pass
-        case _:
-            raise UnknownEvent(f"unknown room event {event.name!r}")
 
 
 def _touch(conn: sqlite3.Connection, room: str, at: int) -> None:

@@ -1,0 +1,76 @@
+"""Read-side queries over the read store (the gateway's HTTP API serves these).
+
+Plain SQL with bound parameters only, so the same statements run on D1.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import Literal
+
+Order = Literal["newest", "oldest"]
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A position in a room's messages: (timestamp, id), unique and totally ordered."""
+
+    timestamp: int
+    id: str
+
+    def encode(self) -> str:
+        return f"{self.timestamp}:{self.id}"
+
+    @classmethod
+    def decode(cls, text: str) -> Cursor:
+        timestamp, sep, message_id = text.partition(":")
+        if not sep or not timestamp.isdigit() or not message_id or len(message_id) > 64:
+            raise ValueError("a cursor is <timestamp>:<message id>, as returned in next_cursor")
+        return cls(int(timestamp), message_id)
+
+
+def public_rooms(conn: sqlite3.Connection, limit: int) -> list[sqlite3.Row]:
+    """Public rooms, most recently active first. Private rooms are never listed."""
+    return conn.execute(
+        "SELECT name, created_at, last_activity, message_count FROM rooms"
+        " WHERE private = 0 AND expired = 0 ORDER BY last_activity DESC, name LIMIT ?",
+        (limit,),
+    ).fetchall()
+
+
+def room(conn: sqlite3.Connection, name: str) -> sqlite3.Row | None:
+    return conn.execute(
+        "SELECT name, private, created_at, last_activity, message_count FROM rooms"
+        " WHERE name = ? AND expired = 0",
+        (name,),
+    ).fetchone()
+
+
+def members_seen(conn: sqlite3.Connection, name: str) -> list[sqlite3.Row]:
+    return conn.execute(
+        "SELECT name, first_seen, last_seen, joins FROM members_seen WHERE room = ?"
+        " ORDER BY first_seen, name",
+        (name,),
+    ).fetchall()
+
+
+def messages(
+    conn: sqlite3.Connection, name: str, limit: int, order: Order, after: Cursor | None
+) -> tuple[list[sqlite3.Row], Cursor | None]:
+    """A page of a room's messages and the cursor of the next page (None: no more)."""
+    newest = order == "newest"
+    where, params = "room = ?", [name]
+    if after is not None:
+        # Keyset pagination: strictly past the cursor in the page's direction.
+        where += " AND (timestamp, id) < (?, ?)" if newest else " AND (timestamp, id) > (?, ?)"
+        params += [after.timestamp, after.id]
+    direction = "DESC" if newest else "ASC"
+    rows = conn.execute(
+        f"SELECT id, author, text, timestamp, kind FROM messages WHERE {where}"
+        f" ORDER BY timestamp {direction}, id {direction} LIMIT ?",
+        (*params, limit + 1),
+    ).fetchall()
+    page = rows[:limit]
+    more = len(rows) > limit
+    return page, (Cursor(page[-1]["timestamp"], page[-1]["id"]) if more and page else None)
