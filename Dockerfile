@@ -41,7 +41,9 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH \
     DURACHAT_HOST=0.0.0.0 \
-    DURACHAT_PORT=8000
+    DURACHAT_PORT=8000 \
+    DURACHAT_MIGRATIONS_DIR=/opt/durachat/migrations \
+    DURACHAT_READ_DB=/data/read.db
 
 RUN groupadd --system --gid 10001 durachat \
  && useradd --system --uid 10001 --gid durachat --home-dir /home/durachat \
@@ -50,6 +52,10 @@ RUN groupadd --system --gid 10001 durachat \
 # The venv holds the installed packages; no source tree is left in the image,
 # so `python -m services.<name>` always runs the installed code.
 COPY --from=builder /opt/venv /opt/venv
+# The read store's schema migrations (D1 format), applied by the projector on start.
+COPY migrations /opt/durachat/migrations
+# The read store lives here; a named volume mounted on /data takes this ownership.
+RUN mkdir -p /data && chown durachat:durachat /data
 
 USER durachat:durachat
 WORKDIR /home/durachat

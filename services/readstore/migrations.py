@@ -7,12 +7,17 @@ unchanged to a Cloudflare D1 database and a database migrated by either knows wh
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 from pathlib import Path
 
 MIGRATION_NAME = re.compile(r"^\d{4}_[a-z0-9_]+\.sql$")
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# The repository's migrations/ folder; an installed image points DURACHAT_MIGRATIONS_DIR at
+# its copy (see the Dockerfile).
+MIGRATIONS_DIR = Path(
+    os.environ.get("DURACHAT_MIGRATIONS_DIR", Path(__file__).resolve().parents[2] / "migrations")
+)
 
 D1_MIGRATIONS = """
 CREATE TABLE IF NOT EXISTS d1_migrations(
