@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 
 class ProjectorSettings(RuntimeSettings):
     read_db: Path = Field(Path("data/read.db"), description="the read store (SQLite) file")
-    batch: int = Field(1000, ge=1, le=10_000, description="events fetched per transaction")
+    batch: int = Field(
+        1000, ge=1, le=10_000, description="stored commits (JetStream messages) per transaction"
+    )
 
 
 class Projector:
