@@ -26,6 +26,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.chat_bench
 	$(PY) -m bench.runtime_bench
+	$(PY) -m bench.projector_bench
 
 compose-config:
 	docker-compose -f docker-compose.yml config --quiet
