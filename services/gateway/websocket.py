@@ -51,14 +51,15 @@ class ChatSession:
         self.id = secrets.token_urlsafe(12)
         self.name: str | None = None
         self.min_version = 0  # broadcasts at or below this are already in the history sent
-        self.blocked: list[OutFrame] = []  # frames held until the client has sent its name
+        # Frames held until the client has sent its name, with the room version they show.
+        self.blocked: list[tuple[int, OutFrame]] = []
 
     def deliver(self, version: int, frame: OutFrame) -> None:
         """Take one broadcast of the room (called by the room's fan-out)."""
         if version <= self.min_version:
             return
         if self.name is None:
-            self.blocked.append(frame)
+            self.blocked.append((version, frame))
         else:
             self.writer.send(frame)
 
@@ -84,9 +85,13 @@ async def chat_socket(ws: WebSocket, name: str, gateway: Gateway) -> None:
         else:
             assert isinstance(state, RoomState)
             session.min_version = state.version
-            session.blocked[:0] = [
-                OutFrame(protocol.encode({"joined": member})) for member in state.members
-            ] + [OutFrame(protocol.message_frame(message)) for message in state.messages]
+            # Broadcasts that arrived before the state and are already in it (a room that
+            # loads says its last commit again) are dropped; the state comes first.
+            session.blocked = (
+                [(0, OutFrame(protocol.encode({"joined": m}))) for m in state.members]
+                + [(0, OutFrame(protocol.message_frame(m))) for m in state.messages]
+                + [(v, f) for v, f in session.blocked if v > state.version]
+            )
             await converse(session, gateway, fanout)
     except WebSocketDisconnect:
         pass
@@ -119,7 +124,7 @@ async def converse(session: ChatSession, gateway: Gateway, fanout: RoomFanout) -
                 if isinstance(reply, ErrorReply):
                     raise FrameError(reply.message)
                 session.name = frame.name
-                for queued in session.blocked:
+                for _, queued in session.blocked:
                     session.writer.send(queued)
                 session.blocked.clear()
                 # The client sees its own {"joined"} before {"ready"}, as in the demo.

@@ -106,7 +106,7 @@ class Projector:
             await self.open()
         try:
             msgs = await self._sub.fetch(self.batch, timeout=timeout)
-        except nats.errors.TimeoutError:
+        except (nats.errors.TimeoutError, TimeoutError):  # nats-py raises either when idle
             return 0
         if not msgs:
             return 0

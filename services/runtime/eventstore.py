@@ -10,7 +10,7 @@ stored once.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -59,6 +59,63 @@ class LoadedObject:
     # broadcast, so this is the one commit whose broadcast may be owed.
     last_events: list[Any] = field(default_factory=list)
     events_after_snapshot: int = 0
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One stored message as a direct get returns it."""
+
+    sequence: int
+    subject: str
+    time: str  # Nats-Time-Stamp: when the server stored it, RFC 3339 in UTC, up to ns
+    data: bytes
+
+
+class DirectGetError(RuntimeError):
+    """The server answered a direct get with an error status (e.g. 503: no such stream)."""
+
+
+async def direct_get(
+    nc: NATS, stream: str, start: int = 1, *, subject: str | None = None, batch: int = LOAD_BATCH
+) -> AsyncIterator[StoredMessage]:
+    """The messages of `stream` from sequence `start` on (only `subject`'s if given), in order,
+    by batched direct gets (`$JS.API.DIRECT.GET`): no consumer is created on the server.
+
+    Ends at the last message stored when the final batch was asked for. Use it inside
+    `contextlib.aclosing` when you may stop early, so its inbox subscription is removed.
+    """
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    try:
+        while True:
+            request: dict[str, Any] = {"seq": start, "batch": batch}
+            if subject is not None:
+                request["next_by_subj"] = subject
+            await nc.publish(
+                f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox
+            )
+            pending = 0
+            got = 0
+            while True:
+                msg = await sub.next_msg(timeout=5)
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status is not None:
+                    if status in ("204", "404"):  # end of batch / nothing (more) there
+                        break
+                    raise DirectGetError(f"direct get of {subject or stream} failed: {headers}")
+                sequence = int(headers["Nats-Sequence"])
+                yield StoredMessage(
+                    sequence, headers.get("Nats-Subject", subject or ""),
+                    headers.get("Nats-Time-Stamp", ""), msg.data,
+                )
+                pending = int(headers.get("Nats-Num-Pending", "0"))
+                start = sequence + 1
+                got += 1
+            if got == 0 or pending == 0:
+                return
+    finally:
+        await sub.unsubscribe()
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
@@ -161,38 +218,13 @@ class ObjectEventStore:
 
         Uses batched direct gets: no consumer is created, so waking an object is cheap.
         """
+        messages = await self.read_messages(key, after)
+        return [Commit(m.sequence, self.decode(m.data)) for m in messages]
+
+    async def read_messages(self, key: str, after: int = 0) -> list[StoredMessage]:
+        """Like `read`, but the stored messages as they are: sequence, time, subject, bytes."""
         subject = event_subject(self.kind, key)
-        commits: list[Commit] = []
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
-        try:
-            start = after + 1
-            while True:
-                request = {"seq": start, "next_by_subj": subject, "batch": LOAD_BATCH}
-                await self.nc.publish(
-                    f"$JS.API.DIRECT.GET.{self.stream}",
-                    json.dumps(request).encode(),
-                    reply=inbox,
-                )
-                pending = 0
-                got = 0
-                while True:
-                    msg = await sub.next_msg(timeout=5)
-                    headers = msg.headers or {}
-                    status = headers.get("Status")
-                    if status is not None:
-                        if status in ("204", "404"):  # end of batch / nothing (more) there
-                            break
-                        raise RuntimeError(f"direct get of {subject} failed: {headers}")
-                    sequence = int(headers["Nats-Sequence"])
-                    commits.append(Commit(sequence, self.decode(msg.data)))
-                    pending = int(headers.get("Nats-Num-Pending", "0"))
-                    start = sequence + 1
-                    got += 1
-                if got == 0 or pending == 0:
-                    return commits
-        finally:
-            await sub.unsubscribe()
+        return [m async for m in direct_get(self.nc, self.stream, after + 1, subject=subject)]
 
     async def load(self, key: str) -> LoadedObject:
         """Rebuild object `key` from its latest snapshot plus the commits after it."""

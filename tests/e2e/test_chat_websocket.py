@@ -201,3 +201,32 @@ async def test_the_portable_writer_speaks_the_same_protocol(tmp_path):
         await bob.close()
     finally:
         system.stop()
+
+
+async def test_the_first_socket_into_a_cold_room_sees_its_history_once(system):
+    # A room loaded by a new owner says its last commit again (its predecessor may have died
+    # before broadcasting it); the socket whose arrival loaded it must see every message once.
+    import nats
+
+    from contracts.room import JoinRoom, PostMessage
+    from contracts.subjects import ROOM, command_subject
+
+    room = new_room()
+    nc = await nats.connect(system.nats.url)
+    for command in (JoinRoom(session_id="bot", name="bot"),
+                    *(PostMessage(session_id="bot", text=t) for t in ("one", "two", "three"))):
+        await nc.request(command_subject(ROOM, room), command.model_dump_json().encode(), 10)
+    await nc.close()
+
+    # The room service is replaced (a clean stop hands its partitions over at once), so the
+    # room is cold, and no socket of this gateway is in it.
+    old = system.rooms.pop()
+    assert old.stop() == 0
+    system.start_room()
+
+    carol = await ChatClient.connect(system.ws_url, room)
+    frames = await carol.join("carol")
+    assert [f["message"] for f in frames if "message" in f] == ["one", "two", "three"]
+    assert (await carol.say("four"))["message"] == "four"
+    assert carol.messages() == ["one", "two", "three", "four"]
+    await carol.close()

@@ -1,0 +1,3 @@
+from services.replay.main import app
+
+app(prog_name="durachat-replay")

@@ -1,0 +1,415 @@
+"""`durachat-replay`: rebuild read models from the event streams, and look at a room's history.
+
+A thin command line over `services.replay.tools`: options in, rich tables and progress bars
+(or JSON) out. An unusable read store or an unreachable NATS is one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import nats.errors
+import nats.js.errors
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from contracts.room import HISTORY_LENGTH
+from contracts.subjects import ROOM, event_subject
+from services.readstore.store import ReadStoreError, open_read_store
+from services.replay import tools
+from services.runtime.eventstore import DirectGetError
+
+app = typer.Typer(
+    name="durachat-replay",
+    help="Rebuild durachat's read models from the event streams; inspect, export and import "
+    "a room's history.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+T = TypeVar("T")
+
+
+@dataclass
+class Options:
+    nats: str
+    db: Path
+
+
+@app.callback()
+def options(
+    ctx: typer.Context,
+    nats_url: Annotated[str, typer.Option(
+        "--nats", envvar="DURACHAT_NATS_URL", metavar="URL",
+        help="NATS server(s), comma-separated.")] = "nats://127.0.0.1:4222",
+    db: Annotated[Path, typer.Option(
+        "--db", envvar="DURACHAT_READ_DB", metavar="PATH",
+        help="The read store (SQLite) the projector writes.")] = Path("data/read.db"),
+) -> None:
+    ctx.obj = Options(nats_url, db)
+
+
+def run(work: Callable[[], Awaitable[T]]) -> T:
+    """Run one command's coroutine; known failures become one line and an exit code."""
+    try:
+        return asyncio.run(work())
+    except ReadStoreError as exc:
+        fail(str(exc), 2)
+    except tools.ReplayError as exc:
+        fail(str(exc), exc.exit_code)
+    except (nats.errors.Error, nats.js.errors.Error, DirectGetError) as exc:
+        fail(f"NATS: {exc or type(exc).__name__}", 2)
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
+
+
+def fail(message: str, code: int) -> None:
+    err.print(f"[red]error:[/red] {escape(message)}")
+    raise typer.Exit(code)
+
+
+@contextmanager
+def progress_bar(what: str):
+    """A rich progress bar on stderr (drawn only on a terminal); yields set_total, advance_to."""
+    bar = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True,
+    )
+    task = bar.add_task(what, total=None)
+    with bar:
+        yield (lambda total: bar.update(task, total=total),
+               lambda done: bar.update(task, completed=done))
+
+
+@contextmanager
+def timeout_is_fine():
+    try:
+        yield
+    except nats.errors.TimeoutError:
+        pass
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(tools.jsonable(value), ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+# --- rebuilding ------------------------------------------------------------------------------
+
+
+@app.command()
+def rebuild(
+    ctx: typer.Context,
+    out_path: Annotated[Path | None, typer.Option(
+        "--out", metavar="PATH",
+        help="Where to build the new store (default: next to --db, <db>.rebuild-<time>).")] = None,
+    no_swap: Annotated[bool, typer.Option(
+        "--no-swap", help="Leave the new store at --out; do not replace --db.")] = False,
+) -> None:
+    """Replay the whole room stream into a NEW read store and swap it in for --db.
+
+    The running projector notices the new file and continues from the position recorded
+    in it. The old store is neither read nor needed: a corrupt one is rebuilt too.
+    """
+    opts: Options = ctx.obj
+
+    async def work() -> tools.Replayed:
+        async with tools.connected(opts.nats) as nc:
+            with progress_bar("replaying EVT_ROOM") as (set_total, advance_to):
+                return await tools.rebuild(
+                    nc, opts.db, out_path, swap=not no_swap, progress=advance_to,
+                    started=set_total,
+                )
+
+    result = run(work)
+    where = f"swapped in as {result.path}" if not no_swap else f"left at {result.path} (--no-swap)"
+    out.print(f"rebuilt {result.commits} commits up to sequence {result.position}"
+              f" ({result.dead_letters} dead letters); {where}")
+
+
+@app.command("rebuild-room")
+def rebuild_room(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="The room's name or id.")]
+) -> None:
+    """Delete one room's rows and re-project its commits, in one transaction."""
+    opts: Options = ctx.obj
+
+    async def work() -> tools.RoomRebuilt:
+        open_read_store(opts.db, create=False).close()  # an unusable store: exit 2 first
+        async with tools.connected(opts.nats) as nc:
+            return await tools.rebuild_room(nc, opts.db, name)
+
+    result = run(work)
+    deleted = ", ".join(f"{n} {table}" for table, n in result.deleted.items())
+    out.print(f"room {escape(name)}: deleted {deleted}; re-projected {result.commits} commits"
+              f" up to sequence {result.position} ({result.dead_letters} dead letters)")
+
+
+@app.command()
+def check(
+    ctx: typer.Context,
+    limit: Annotated[int, typer.Option(min=1, help="Differences shown per table.")] = 10,
+) -> None:
+    """Compare --db with a fresh replay up to its recorded position; exit 1 if they differ.
+
+    Compares every table row by row (not projector_positions, nor when dead letters were
+    recorded) and lists the dead letters.
+    """
+    opts: Options = ctx.obj
+
+    async def work() -> tools.CheckResult:
+        open_read_store(opts.db, readonly=True).close()
+        async with tools.connected(opts.nats) as nc:
+            with progress_bar("replaying EVT_ROOM") as (set_total, advance_to):
+                return await tools.check(nc, opts.db, limit, progress=advance_to,
+                                         started=set_total)
+
+    result = run(work)
+    summary = Table(title=f"{opts.db} vs a replay up to sequence {result.position}")
+    for column in ("table", "live rows", "replay rows", "differences"):
+        summary.add_column(column, justify="left" if column == "table" else "right")
+    for diff in result.tables:
+        style = "red" if diff.differences else "green"
+        summary.add_row(diff.table, str(diff.live_rows), str(diff.replay_rows),
+                        f"[{style}]{diff.differences}[/{style}]")
+    out.print(summary)
+    for diff in result.tables:
+        if diff.note:
+            out.print(f"[red]{diff.table}[/red]: {escape(diff.note)}")
+        if diff.examples:
+            table = Table(title=f"{diff.table}: first {len(diff.examples)} of {diff.differences}"
+                                " differences")
+            for column in ("kind", "key", "live / replay"):
+                table.add_column(column)
+            for example in diff.examples:
+                key = ", ".join(f"{k}={v!r}" for k, v in example["key"].items())
+                if "columns" in example:
+                    detail = "\n".join(f"{c}: {v['live']!r} / {v['replay']!r}"
+                                       for c, v in example["columns"].items())
+                else:
+                    detail = json.dumps(example["row"], ensure_ascii=False, default=str)
+                table.add_row(example["kind"], escape(key), escape(detail))
+            out.print(table)
+    if result.position > result.stream_last:
+        out.print(f"[red]the store is recorded at sequence {result.position}, beyond the "
+                  f"stream's last sequence {result.stream_last}: it is not this stream's[/red]")
+    elif result.stream_last > result.position:
+        out.print(f"(the projector is {result.stream_last - result.position} commits behind "
+                  "the stream; compared at its position)")
+    if result.dead_letters:
+        letters = Table(title=f"{len(result.dead_letters)} dead letters")
+        for column in ("sequence", "event", "subject", "error"):
+            letters.add_column(column)
+        for letter in result.dead_letters:
+            index = letter["event_index"]
+            letters.add_row(str(letter["sequence"]), "commit" if index < 0 else str(index),
+                            escape(letter["subject"]), escape(letter["error"]))
+        out.print(letters)
+    else:
+        out.print("no dead letters")
+    if result.equal:
+        out.print("[green]the read store equals a replay[/green]")
+    else:
+        out.print("[red]the read store differs from a replay[/red]")
+        raise typer.Exit(1)
+
+
+# --- a room's history ------------------------------------------------------------------------
+
+
+@app.command()
+def state(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The room's name or id.")],
+    seq: Annotated[int | None, typer.Option(
+        "--seq", min=0, help="As of this stream sequence (commits <= N).")] = None,
+    at: Annotated[str | None, typer.Option(
+        "--at", metavar="TIME",
+        help="As of this time, ISO-8601 (2026-11-27T10:00Z); no offset means UTC.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    last: Annotated[int, typer.Option(min=0, help="Messages shown (not with --json).")] = 20,
+) -> None:
+    """The room object's state (members, last messages, version), now or as of --seq/--at."""
+    opts: Options = ctx.obj
+    if seq is not None and at is not None:
+        raise typer.BadParameter("give --seq or --at, not both")
+    try:
+        at_ns = tools.parse_time_ns(at) if at is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--at")
+
+    async def work() -> tools.RoomState:
+        async with tools.connected(opts.nats) as nc:
+            return tools.room_state(name, await tools.room_messages(nc, name), seq, at_ns)
+
+    result = run(work)
+    for skipped in result.skipped:
+        err.print(f"[yellow]skipped commit {skipped['sequence']}:[/yellow] "
+                  f"{escape(skipped['error'])}")
+    as_of = f"sequence {seq}" if seq is not None else f"{at}" if at is not None else "now"
+    if as_json:
+        emit_json(result.as_dict())
+    elif result.aggregate is not None:
+        room = result.aggregate
+        info = Table(show_header=False, title=f"room {escape(name)} as of {escape(as_of)}")
+        info.add_column(style="bold")
+        info.add_column()
+        info.add_row("last commit", f"{result.sequence} at {tools.display_time(result.time)}")
+        info.add_row("version", str(room.version))
+        info.add_row("private", "yes" if room.private else "no")
+        info.add_row("expired", "yes" if room.expired else "no")
+        info.add_row("members", escape(", ".join(room.members.values())) or "-")
+        info.add_row("messages", f"{len(room.messages)} (a room keeps its last {HISTORY_LENGTH})")
+        out.print(info)
+        shown = room.messages[-last:] if last else []
+        if shown:
+            table = Table(title=f"last {len(shown)} messages")
+            for column in ("time", "name", "message"):
+                table.add_column(column)
+            for m in shown:
+                table.add_row(tools.display_time_ms(m["timestamp"]), escape(m["name"]),
+                              escape(m["message"]))
+            out.print(table)
+    if result.aggregate is None:
+        err.print(f"room {escape(name)} has no events as of {escape(as_of)}")
+        raise typer.Exit(1)
+
+
+@app.command()
+def events(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The room's name or id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines, one per event.")] = False,
+    follow: Annotated[bool, typer.Option(
+        "--follow", "-f", help="Keep printing new events until Ctrl-C.")] = False,
+) -> None:
+    """A room's events: stream sequence, time, version, event and its fields."""
+    opts: Options = ctx.obj
+
+    def show(rows: list[dict[str, Any]], header: bool) -> None:
+        if as_json:
+            for row in rows:
+                emit_json(row)
+            return
+        table = Table() if header else Table(show_header=False, box=None)  # follow: rows only
+        for column, justify in (("seq", "right"), ("time", "left"), ("ver", "right"),
+                                ("event", "left"), ("fields", "left")):
+            table.add_column(column, justify=justify, no_wrap=column != "fields")
+        for row in rows:
+            if "error" in row:
+                table.add_row(str(row["sequence"]), tools.display_time(row["time"]), "",
+                              "[red]unreadable[/red]", escape(row["error"]))
+                continue
+            fields = {k: v for k, v in row["fields"].items()
+                      if k not in ("timestamp", "originator_topic")}
+            table.add_row(str(row["sequence"]), tools.display_time(row["time"]),
+                          str(row["version"]), row["event"],
+                          escape(" ".join(f"{k}={json.dumps(v, ensure_ascii=False)}"
+                                          for k, v in fields.items())))
+        if rows or header:
+            out.print(table)
+
+    async def work() -> None:
+        async with tools.connected(opts.nats) as nc:
+            # Subscribed before reading, so a commit stored meanwhile still wakes us up; what
+            # is printed always comes from the stream itself (sequence and time included).
+            wake = await nc.subscribe(event_subject(ROOM, name)) if follow else None
+            history = await tools.room_messages(nc, name)
+            show([row for msg in history for row in tools.event_rows(msg)], header=True)
+            if not history and not follow:
+                err.print(f"room {escape(name)} has no events")
+            last = history[-1].sequence if history else 0
+            while follow:
+                with timeout_is_fine():
+                    await wake.next_msg(timeout=2)  # or look anyway every 2 s
+                new = await tools.room_messages(nc, name, after=last)
+                if new:
+                    show([row for msg in new for row in tools.event_rows(msg)], header=False)
+                    last = new[-1].sequence
+
+    try:
+        run(work)
+    except typer.Exit as exit_:
+        if follow and exit_.exit_code == 130:  # Ctrl-C is how --follow ends
+            raise typer.Exit(0)
+        raise
+
+
+@app.command("export")
+def export(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The room's name or id.")],
+    out_file: Annotated[Path | None, typer.Option(
+        "--out", metavar="FILE", help="Write here instead of stdout.")] = None,
+) -> None:
+    """A room's commits as JSON lines: sequence, time and the events as stored."""
+    opts: Options = ctx.obj
+
+    async def work() -> int:
+        async with tools.connected(opts.nats) as nc:
+            with progress_bar(f"exporting {name}") as (set_total, advance_to):
+                history = await tools.room_messages(nc, name)
+                if not history:
+                    raise tools.ReplayError(f"room {name!r} has no events")
+                set_total(len(history))
+                target = open(out_file, "w", encoding="utf-8") if out_file else sys.stdout
+                try:
+                    for done, msg in enumerate(history, 1):
+                        target.write(tools.export_line(name, msg) + "\n")
+                        advance_to(done)
+                finally:
+                    if out_file:
+                        target.close()
+                    else:
+                        target.flush()
+                return len(history)
+
+    count = run(work)
+    err.print(f"exported {count} commits of room {escape(name)}"
+              + (f" to {out_file}" if out_file else ""))
+
+
+@app.command("import")
+def import_(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="An export (JSON lines); - for stdin.")],
+    room: Annotated[str, typer.Option("--room", help="The new room; it must not exist.")],
+) -> None:
+    """Append an exported room's commits to a NEW room (its id and name rewritten)."""
+    opts: Options = ctx.obj
+    try:
+        lines = sys.stdin.read().splitlines() if str(file) == "-" else \
+            file.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror}", 1)
+
+    async def work() -> tools.Imported:
+        async with tools.connected(opts.nats) as nc:
+            with progress_bar(f"importing into {room}") as (set_total, advance_to):
+                set_total(sum(1 for line in lines if line.strip()))
+                return await tools.import_room(nc, lines, room, progress=advance_to)
+
+    result = run(work)
+    skipped = f"; {result.skipped} unreadable commits left out" if result.skipped else ""
+    out.print(f"imported {result.commits} commits ({result.events} events) into room "
+              f"{escape(room)}, up to sequence {result.last_sequence}{skipped}")
