@@ -33,29 +33,18 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from bench.measure import cpu_seconds, machine_busy_seconds
+
 READY = b'{"ready":true}'
 ERROR_PREFIX = b'{"error"'
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 now_ns = time.monotonic_ns
 
 
 # --- process accounting ------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process `pid` so far (from /proc/<pid>/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds all cores of the machine spent busy so far (from /proc/stat), any process."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
-    steal = values[7] if len(values) > 7 else 0
-    return (sum(values[:8]) - idle - steal) / CLK_TCK
 
 
 def rss_kib(pid: int) -> int:

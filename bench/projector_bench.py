@@ -40,6 +40,7 @@ from pathlib import Path
 import nats
 import uvloop
 
+from bench.measure import cpu_seconds, machine_busy_seconds, pct
 from contracts.subjects import ROOM, event_subject
 from services.readstore.projection import ROOM_STREAM
 from services.room.domainmodel import Room
@@ -47,29 +48,15 @@ from services.runtime.eventstore import CommitCodec, ObjectEventStore
 from services.runtime.natsserver import NatsServerProcess, child_env, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MEMBERS = 5  # sessions joined to every room before messages are posted
 WORDS = ("hello", "there", "how", "is", "everyone", "doing", "today", "the", "deploy",
          "went", "fine", "lunch", "at", "noon", "?", "ok", "see", "you", "soon", "thanks")
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def machine_busy_seconds() -> float:
-    """Busy CPU time of the whole machine (all cores), from /proc/stat."""
-    with open("/proc/stat") as f:
-        user, nice, system, idle, iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
 class CpuMeter:

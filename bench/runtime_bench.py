@@ -20,6 +20,7 @@ from pathlib import Path
 
 import nats
 
+from bench.measure import pct
 from contracts.room import Accepted, GetRoom, JoinRoom, PostMessage, room_reply
 from contracts.subjects import ROOM, command_subject
 from services.localsystem import LocalSystem
@@ -29,9 +30,6 @@ from services.runtime.leases import partition_owners
 from services.runtime.natsserver import NatsServerProcess
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 async def ask(nc, room: str, command, timeout: float = 10.0):
