@@ -1,0 +1,85 @@
+"""The ratelimit objects' commands and replies.
+
+Two kinds of key share the `ratelimit` object kind (see `ip_key` and `user_key`):
+- `ip:<address>`: the chat demo's per-IP limiter, in memory only, as the demo keeps it;
+- `user:<id>`: a user's AI quotas (daily and monthly, requests and tokens), durable as events.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, TypeAdapter
+
+from contracts.common import Command, Contract, ErrorReply
+
+RATELIMIT = "ratelimit"
+RATE_LIMITED = "Your IP is being rate-limited, please try again later."
+
+
+def ip_key(address: str) -> str:
+    """The limiter object of a client address (made subject-safe by `subject_token`)."""
+    return f"ip:{address}"
+
+
+def user_key(user_id: str) -> str:
+    """The quota object of a user."""
+    return f"user:{user_id}"
+
+
+# --- per-IP limiter -------------------------------------------------------------------------
+
+
+class TakeToken(Command):
+    """One frame from this IP: push its next allowed time on, and say whether it may pass."""
+
+    type: Literal["take"] = "take"
+
+
+class RateDecision(Contract):
+    type: Literal["rate"] = "rate"
+    allowed: bool
+    cooldown: float = Field(
+        ge=0, description="seconds until the IP may send again (0 when allowed)"
+    )
+
+
+# --- per-user AI quotas ---------------------------------------------------------------------
+
+
+class ChargeQuota(Command):
+    """Count an AI request (and the tokens it used) against the user's quotas, if they allow it.
+
+    With `tokens` 0 it checks and counts the request; the tokens a reply used are charged
+    afterwards with `requests` 0.
+    """
+
+    type: Literal["charge"] = "charge"
+    requests: int = Field(1, ge=0, le=1)
+    tokens: int = Field(0, ge=0, le=10_000_000)
+
+
+class GetQuota(Command):
+    type: Literal["quota"] = "quota"
+
+
+class QuotaUsage(Contract):
+    """A user's usage in the current UTC day and month, and whether a request may go now."""
+
+    type: Literal["usage"] = "usage"
+    allowed: bool
+    reason: str | None = Field(None, examples=["Daily AI request quota reached."])
+    day: str = Field(examples=["2026-11-27"])
+    month: str = Field(examples=["2026-11"])
+    day_requests: int
+    day_tokens: int
+    month_requests: int
+    month_tokens: int
+
+
+RateLimitCommand = Annotated[
+    Union[TakeToken, ChargeQuota, GetQuota], Field(discriminator="type")
+]
+ratelimit_command = TypeAdapter(RateLimitCommand)
+RateLimitReply = Annotated[Union[RateDecision, QuotaUsage, ErrorReply], Field(discriminator="type")]
+ratelimit_reply = TypeAdapter(RateLimitReply)
