@@ -4,6 +4,7 @@ wheel's binary), the room service hosted in-process, and the whole system as pro
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,11 @@ from services.runtime.natsconf import render_nats_conf
 from services.runtime.natsserver import NatsServerProcess
 
 PARTITIONS = 16
+
+# The systems tests start chat far faster than the chat demo's limit of one frame per 5 s
+# per IP (all from 127.0.0.1): make the limit unreachable for them. The limiter itself is
+# still asked for every frame; tests of the limit set their own values.
+os.environ.setdefault("DURACHAT_RATE_INTERVAL", "0.000001")
 
 
 @dataclass

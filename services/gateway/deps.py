@@ -9,6 +9,9 @@ from fastapi import Depends
 from nats.aio.client import Client as NATS
 from starlette.requests import HTTPConnection
 
+from collections import Counter
+
+from services.gateway.ratelimit import IpRateLimiter
 from services.gateway.rooms import RoomClient, RoomFanouts
 from services.gateway.settings import GatewaySettings
 
@@ -19,6 +22,8 @@ class GatewayState:
     nc: NATS
     rooms: RoomClient
     fanouts: RoomFanouts
+    limiter: IpRateLimiter
+    sockets_per_ip: Counter[str]
 
 
 async def _gateway_state(connection: HTTPConnection) -> GatewayState:

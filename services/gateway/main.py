@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 
 from services.gateway import api, readmodels, websocket
 from services.gateway.deps import GatewayState
+from services.gateway.ratelimit import IpRateLimiter
 from services.gateway.rooms import RoomClient, RoomFanouts
 from services.gateway.settings import GatewaySettings
 from services.gateway.sockets import RawSendCapture
@@ -32,6 +34,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             nc=nc,
             rooms=RoomClient(nc, timeout=settings.request_timeout),
             fanouts=RoomFanouts(nc),
+            limiter=IpRateLimiter(
+                nc, settings.rate_interval, settings.rate_grace, settings.ratelimit_timeout
+            ),
+            sockets_per_ip=Counter(),
         )
         try:
             yield

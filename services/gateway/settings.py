@@ -28,6 +28,17 @@ class GatewaySettings(RuntimeSettings):
         description="Compress frames. Off: chat frames are ~100 bytes, and zlib's state costs "
         "about 45 KiB per socket and doubles the gateway's CPU per frame (bench/).",
     )
+    rate_limit: bool = Field(True, description="ask the per-IP limiter for every frame")
+    rate_interval: float = Field(5.0, gt=0, description="seconds each frame pushes an IP's next allowed time")
+    rate_grace: float = Field(20.0, ge=0, description="how far ahead that time may run before frames are refused")
+    ratelimit_timeout: float = Field(
+        0.25, gt=0, description="seconds to wait for the ratelimit service before deciding locally"
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="peers whose X-Forwarded-For is believed (JSON list of IPs); none by default",
+    )
+    max_sockets_per_ip: int = Field(100, ge=1, description="open sockets one IP may hold on this gateway")
     send_buffer_limit: int = Field(
         256 * 1024, description="Bytes unsent to one socket before it is closed as too slow."
     )

@@ -11,10 +11,12 @@ from starlette.websockets import WebSocketDisconnect
 
 from contracts.common import ErrorReply
 from contracts.keys import is_private_room_id
+from contracts.ratelimit import RATE_LIMITED
 from contracts.room import MAX_NAME_LENGTH, GetRoom, JoinRoom, LeaveRoom, PostMessage, RoomState
 from services.gateway import protocol
 from services.gateway.deps import Gateway
 from services.gateway.protocol import FrameError
+from services.gateway.ratelimit import client_address
 from services.gateway.rooms import RoomFanout
 from services.gateway.sockets import OutFrame, SocketWriter, open_writer
 
@@ -44,9 +46,10 @@ async def websocket_over_http(name: str, request: Request) -> PlainTextResponse:
 class ChatSession:
     """A socket in a room: frames held until the name frame, then sent in order."""
 
-    def __init__(self, ws: WebSocket, room: str, writer: SocketWriter) -> None:
+    def __init__(self, ws: WebSocket, room: str, writer: SocketWriter, address: str) -> None:
         self.ws = ws
         self.room = room
+        self.address = address
         self.writer = writer
         self.id = secrets.token_urlsafe(12)
         self.name: str | None = None
@@ -72,10 +75,31 @@ async def chat_socket(ws: WebSocket, name: str, gateway: Gateway) -> None:
     if problem := room_name_problem(name):
         await ws.send_denial_response(PlainTextResponse(problem, status_code=404))
         return
-    await ws.accept()
+    settings = gateway.settings
+    address = client_address(
+        ws.client.host if ws.client else None,
+        ws.headers.get("x-forwarded-for"),
+        frozenset(settings.trusted_proxies),
+    )
+    if gateway.sockets_per_ip[address] >= settings.max_sockets_per_ip:
+        await ws.send_denial_response(
+            PlainTextResponse("Too many connections from your IP.", status_code=429)
+        )
+        return
+    gateway.sockets_per_ip[address] += 1
+    try:
+        await ws.accept()
+        await chat(ws, name, address, gateway)
+    finally:
+        gateway.sockets_per_ip[address] -= 1
+        if gateway.sockets_per_ip[address] <= 0:
+            del gateway.sockets_per_ip[address]
+
+
+async def chat(ws: WebSocket, name: str, address: str, gateway: Gateway) -> None:
     settings = gateway.settings
     writer = open_writer(ws, settings.send_buffer_limit, settings.send_queue_limit)
-    session = ChatSession(ws, name, writer)
+    session = ChatSession(ws, name, writer, address)
     fanout = await gateway.fanouts.attach(name, id(session), session.deliver)
     try:
         state = await gateway.rooms.send(name, GetRoom())
@@ -108,13 +132,18 @@ async def chat_socket(ws: WebSocket, name: str, gateway: Gateway) -> None:
 async def converse(session: ChatSession, gateway: Gateway, fanout: RoomFanout) -> None:
     """Read the client's frames until it goes away or is closed."""
     ws = session.ws
-    limit = gateway.settings.max_frame_bytes
+    settings = gateway.settings
+    limit = settings.max_frame_bytes
     rooms = gateway.rooms
     while not session.writer.closing:
         incoming = await ws.receive()
         if incoming["type"] == "websocket.disconnect":
             return
         text, data = incoming.get("text"), incoming.get("bytes")
+        # Every frame takes a token from the client's IP, as in the demo, before anything else.
+        if settings.rate_limit and not (await gateway.limiter.take(session.address)).allowed:
+            session.send(protocol.error_frame(RATE_LIMITED))
+            continue
         try:
             if session.name is None:
                 frame = protocol.parse_name_frame(text, data, limit)

@@ -1,0 +1,83 @@
+"""Asking the ratelimit service before a frame goes on, with a local fallback.
+
+Every frame a socket sends (the name frame included, bad frames too) takes a token from the
+limiter object of the client's IP. The ratelimit service holds those objects, so all
+gateways share one limit per IP. When it does not answer in time (down, restarting, or
+overloaded), the gateway decides with the same rule on its own, per gateway: chat keeps
+working, at worst a little more permissive across several gateways.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from pydantic import ValidationError
+
+from contracts.ratelimit import RATELIMIT, RateDecision, TakeToken, ip_key, ratelimit_reply
+from contracts.subjects import command_subject
+
+log = logging.getLogger(__name__)
+
+
+class LocalLimiter:
+    """The chat demo's rule, in this process: each frame pushes the next allowed time
+    `interval` ahead of max(now, previous); a frame is refused while that would be more than
+    `grace` ahead (and then pushes nothing)."""
+
+    def __init__(self, interval: float, grace: float) -> None:
+        self.interval = interval
+        self.grace = grace
+        self.next_allowed: dict[str, float] = {}
+
+    def take(self, key: str, now: float | None = None) -> RateDecision:
+        now = time.time() if now is None else now
+        pushed = max(now, self.next_allowed.get(key, 0.0)) + self.interval
+        cooldown = max(0.0, pushed - now - self.grace)
+        if cooldown == 0:
+            self.next_allowed[key] = pushed
+        if len(self.next_allowed) > 100_000:  # forget addresses long past their limit
+            self.next_allowed = {k: v for k, v in self.next_allowed.items() if v > now}
+        return RateDecision(allowed=cooldown == 0, cooldown=cooldown)
+
+
+class IpRateLimiter:
+    """Decides whether a frame from `address` may pass."""
+
+    def __init__(self, nc: NATS, interval: float, grace: float, timeout: float) -> None:
+        self.nc = nc
+        self.timeout = timeout
+        self.fallback = LocalLimiter(interval, grace)
+
+    async def take(self, address: str) -> RateDecision:
+        key = ip_key(address)
+        try:
+            msg = await self.nc.request(
+                command_subject(RATELIMIT, key), TakeToken().model_dump_json().encode(),
+                timeout=self.timeout,
+            )
+            reply = ratelimit_reply.validate_json(msg.data)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, ValidationError) as exc:
+            log.debug("ratelimit service did not decide for %s (%s); deciding locally", key, exc)
+            return self.fallback.take(key)
+        if isinstance(reply, RateDecision):
+            return reply
+        log.warning("ratelimit service refused to decide for %s: %s", key, reply)
+        return self.fallback.take(key)
+
+
+def client_address(peer: str | None, forwarded_for: str | None, trusted: frozenset[str]) -> str:
+    """The client's IP: the socket's peer, or, when the peer is a trusted proxy, the
+    right-most address in X-Forwarded-For that is not itself a trusted proxy."""
+    if peer and peer in trusted and forwarded_for:
+        for hop in reversed([h.strip() for h in forwarded_for.split(",")]):
+            try:
+                address = str(ipaddress.ip_address(hop))
+            except ValueError:
+                break  # a malformed hop: trust nothing further left
+            if address not in trusted:
+                return address
+    return peer or "unknown"

@@ -1,0 +1,109 @@
+"""Per-IP limits at the gateway, end to end: the chat demo's refusal frame, the limit shared
+through the ratelimit service or decided locally when it is away, the per-IP socket cap, and
+X-Forwarded-For believed only from a trusted proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+import websockets
+
+from contracts.ratelimit import RATE_LIMITED
+from services.localsystem import LocalSystem
+from tests.e2e.chat_clients import ChatClient
+
+pytestmark = pytest.mark.e2e
+
+INTERVAL, GRACE = 0.5, 2.0  # the demo's 5 s / 20 s, scaled down tenfold: a burst of 4
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory):
+    system = LocalSystem(
+        tmp_path_factory.mktemp("limited"),
+        extra_env={
+            "DURACHAT_RATE_INTERVAL": str(INTERVAL),
+            "DURACHAT_RATE_GRACE": str(GRACE),
+            "DURACHAT_MAX_SOCKETS_PER_IP": "6",
+            "DURACHAT_TRUSTED_PROXIES": '["127.0.0.1"]',
+        },
+    ).start()
+    yield system
+    system.stop()
+
+
+async def connect(system, room: str, forwarded_for: str) -> ChatClient:
+    return ChatClient(await websockets.connect(
+        f"{system.ws_url}/api/room/{room}/websocket",
+        additional_headers={"X-Forwarded-For": forwarded_for},
+    ))
+
+
+async def test_a_burst_passes_then_the_demo_refusal_frame(limited):
+    room = f"rl-{uuid.uuid4().hex[:8]}"
+    client = await connect(limited, room, "198.51.100.10")
+    # The name frame and three messages pass (four frames), the fifth frame is refused.
+    await client.join("burst")
+    for text in ("one", "two", "three"):
+        assert (await client.say(text))["message"] == text
+    await client.send({"message": "four"})
+    assert await client.recv() == {"error": RATE_LIMITED}
+
+    # After one interval, one more frame passes.
+    started = time.monotonic()
+    await wait_until(lambda: time.monotonic() - started > INTERVAL)
+    assert (await client.say("later"))["message"] == "later"
+    await client.close()
+
+
+async def test_each_forwarded_address_has_its_own_limit_from_a_trusted_proxy(limited):
+    room = f"rl-{uuid.uuid4().hex[:8]}"
+    first = await connect(limited, room, "198.51.100.20")
+    await first.join("first")
+    for text in ("a", "b", "c"):
+        await first.say(text)
+    await first.send({"message": "d"})
+    assert await first.recv() == {"error": RATE_LIMITED}
+    # Another client behind the same proxy, another address: its own burst.
+    second = await connect(limited, room, "198.51.100.21")
+    await second.join("second")
+    assert (await second.say("mine"))["message"] == "mine"
+    await first.close()
+    await second.close()
+
+
+async def test_too_many_sockets_from_one_address_are_refused(limited):
+    room = f"rl-{uuid.uuid4().hex[:8]}"
+    held = [await connect(limited, room, "198.51.100.30") for _ in range(6)]
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        await connect(limited, room, "198.51.100.30")
+    assert refused.value.response.status_code == 429
+    assert b"Too many connections" in refused.value.response.body
+    # Closing one makes room for one.
+    await held.pop().close()
+    async def reconnect():
+        try:
+            held.append(await connect(limited, room, "198.51.100.30"))
+            return True
+        except websockets.InvalidStatus:
+            return False
+    await wait_until_async(reconnect)
+    for client in held:
+        await client.close()
+
+
+async def wait_until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def wait_until_async(check, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
