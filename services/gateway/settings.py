@@ -5,13 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 
+from services.gateway.identity import PLACEHOLDER_SECRET
 from services.runtime.settings import RuntimeSettings
 
 
 class GatewaySettings(RuntimeSettings):
     host: str = "127.0.0.1"
+    token_secret: SecretStr = Field(
+        SecretStr(PLACEHOLDER_SECRET),
+        description="HMAC secret of user tokens; must be set outside development",
+    )
     read_db: Path = Field(Path("data/read.db"), description="the read store the projector writes")
     port: int = Field(8000, ge=0, le=65535)
     max_frame_bytes: int = Field(
@@ -46,3 +51,14 @@ class GatewaySettings(RuntimeSettings):
         1000, description="Frames queued for one socket before it is closed as too slow "
         "(on the portable ASGI path)."
     )
+
+    @model_validator(mode="after")
+    def _no_placeholder_secret_in_production(self) -> GatewaySettings:
+        secret = self.token_secret.get_secret_value()
+        if self.env != "development" and (secret == PLACEHOLDER_SECRET or len(secret) < 16):
+            raise ValueError(
+                "DURACHAT_TOKEN_SECRET must be set to at least 16 characters outside "
+                f"development (DURACHAT_ENV={self.env}): the placeholder would let anyone "
+                "mint tokens"
+            )
+        return self

@@ -15,6 +15,7 @@ from contracts.ratelimit import RATE_LIMITED
 from contracts.room import MAX_NAME_LENGTH, GetRoom, JoinRoom, LeaveRoom, PostMessage, RoomState
 from services.gateway import protocol
 from services.gateway.deps import Gateway
+from services.gateway.identity import InvalidToken, verify
 from services.gateway.protocol import FrameError
 from services.gateway.ratelimit import client_address
 from services.gateway.rooms import RoomFanout
@@ -46,10 +47,13 @@ async def websocket_over_http(name: str, request: Request) -> PlainTextResponse:
 class ChatSession:
     """A socket in a room: frames held until the name frame, then sent in order."""
 
-    def __init__(self, ws: WebSocket, room: str, writer: SocketWriter, address: str) -> None:
+    def __init__(
+        self, ws: WebSocket, room: str, writer: SocketWriter, address: str, user_id: str | None
+    ) -> None:
         self.ws = ws
         self.room = room
         self.address = address
+        self.user_id = user_id  # from a verified token; None for anonymous clients
         self.writer = writer
         self.id = secrets.token_urlsafe(12)
         self.name: str | None = None
@@ -81,6 +85,15 @@ async def chat_socket(ws: WebSocket, name: str, gateway: Gateway) -> None:
         ws.headers.get("x-forwarded-for"),
         frozenset(settings.trusted_proxies),
     )
+    user_id = None
+    if token := ws.query_params.get("token"):
+        try:
+            user_id = verify(token, settings.token_secret.get_secret_value())
+        except InvalidToken as exc:
+            await ws.send_denial_response(
+                PlainTextResponse(f"Invalid token: {exc}.", status_code=401)
+            )
+            return
     if gateway.sockets_per_ip[address] >= settings.max_sockets_per_ip:
         await ws.send_denial_response(
             PlainTextResponse("Too many connections from your IP.", status_code=429)
@@ -89,17 +102,19 @@ async def chat_socket(ws: WebSocket, name: str, gateway: Gateway) -> None:
     gateway.sockets_per_ip[address] += 1
     try:
         await ws.accept()
-        await chat(ws, name, address, gateway)
+        await chat(ws, name, address, user_id, gateway)
     finally:
         gateway.sockets_per_ip[address] -= 1
         if gateway.sockets_per_ip[address] <= 0:
             del gateway.sockets_per_ip[address]
 
 
-async def chat(ws: WebSocket, name: str, address: str, gateway: Gateway) -> None:
+async def chat(
+    ws: WebSocket, name: str, address: str, user_id: str | None, gateway: Gateway
+) -> None:
     settings = gateway.settings
     writer = open_writer(ws, settings.send_buffer_limit, settings.send_queue_limit)
-    session = ChatSession(ws, name, writer, address)
+    session = ChatSession(ws, name, writer, address, user_id)
     fanout = await gateway.fanouts.attach(name, id(session), session.deliver)
     try:
         state = await gateway.rooms.send(name, GetRoom())
@@ -158,7 +173,11 @@ async def converse(session: ChatSession, gateway: Gateway, fanout: RoomFanout) -
                 session.blocked.clear()
                 # The client sees its own {"joined"} before {"ready"}, as in the demo.
                 await fanout.delivered(reply.version, timeout=gateway.settings.request_timeout)
-                session.writer.send(READY)
+                # {"ready": true}, plus the verified user id (an extension old clients ignore).
+                session.writer.send(
+                    READY if session.user_id is None
+                    else OutFrame(protocol.encode({"ready": True, "user": session.user_id}))
+                )
             else:
                 frame = protocol.parse_message_frame(text, data, limit)
                 reply = await rooms.send(
