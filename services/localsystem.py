@@ -1,4 +1,5 @@
-"""The whole system on one machine: nats-server, room replicas and a gateway as processes.
+"""The whole system on one machine: nats-server, room replicas, the ratelimit service, the
+projector and a gateway as processes.
 
 `make run` uses it with ./data and port 8000; tests and benchmarks with a temp dir and
 free ports. Every process is stopped by the PID this object started.
@@ -59,7 +60,8 @@ class ServiceProcess:
 
 @dataclass
 class LocalSystem:
-    """nats-server + room service replicas + projector + gateway, wired together on 127.0.0.1."""
+    """nats-server + room service replicas + ratelimit + projector + gateway, wired together on
+    127.0.0.1."""
 
     data_dir: Path
     partitions: int = 16
@@ -72,6 +74,7 @@ class LocalSystem:
     rooms: list[ServiceProcess] = field(default_factory=list, init=False)
     gateway: ServiceProcess | None = field(default=None, init=False)
     projector: ServiceProcess | None = field(default=None, init=False)
+    ratelimit: ServiceProcess | None = field(default=None, init=False)
 
     @property
     def read_db(self) -> Path:
@@ -105,6 +108,7 @@ class LocalSystem:
         ).start()
         for _ in range(self.room_replicas):
             self.start_room()
+        self.ratelimit = self.start_ratelimit()
         self.projector = self.start_projector()
         self.gateway = ServiceProcess(
             "services.gateway", self.env(), self.data_dir / "gateway.log"
@@ -117,6 +121,13 @@ class LocalSystem:
         room = ServiceProcess("services.room", self.env(), self.data_dir / f"room-{index}.log")
         self.rooms.append(room.start())
         return room
+
+    def start_ratelimit(self) -> ServiceProcess:
+        """One ratelimit process: per-IP limiters (memory only) and per-user AI quotas."""
+        self.ratelimit = ServiceProcess(
+            "services.ratelimit", self.env(), self.data_dir / "ratelimit.log"
+        ).start()
+        return self.ratelimit
 
     def start_projector(self) -> ServiceProcess:
         self.projector = ServiceProcess(
@@ -140,7 +151,11 @@ class LocalSystem:
         raise TimeoutError(f"gateway not healthy on {self.base_url} after {timeout}s")
 
     def services(self) -> list[ServiceProcess]:
-        return [s for s in (self.gateway, self.projector, *self.rooms) if s is not None]
+        return [
+            s
+            for s in (self.gateway, self.projector, self.ratelimit, *self.rooms)
+            if s is not None
+        ]
 
     def alive(self) -> bool:
         return all(s.alive() for s in self.services())

@@ -62,6 +62,11 @@ class ObjectBehaviour(Protocol[A]):
         """The alarm set for `at` is due. It may come more than once, or after the object
         changed its alarm: act only if `at` is still the object's alarm. Raising retries it."""
 
+    # Optional: `durable(key) -> bool`. A behaviour may define it to keep some objects in
+    # memory only: for a key it says False of, the host never reads the object's stream
+    # (it starts from None each time the object is woken), and the object's state must have
+    # a `collect_events()` that returns nothing (the host stores what it returns).
+
 
 @dataclass(frozen=True)
 class DueAlarm:
@@ -134,6 +139,8 @@ class ObjectMailbox(Generic[A]):
     async def _process(self, batch: list[Msg]) -> None:
         host = self.host
         behaviour = host.behaviour
+        if not self.loaded and not host.durable(self.key):
+            self.loaded = True  # in memory only: nothing stored to read, nothing owed
         if not self.loaded:
             loaded = await host.store.load(self.key)
             self.aggregate, self.sequence = loaded.aggregate, loaded.sequence
@@ -260,6 +267,7 @@ class ObjectHost(Generic[A]):
         self.may_write = may_write
         self._on_lease_lapsed = on_lease_lapsed
         self.behaviour = behaviour
+        self.durable: Callable[[str], bool] = getattr(behaviour, "durable", lambda key: True)
         self.store = ObjectEventStore(nc, behaviour.kind, replicas=stream_replicas)
         self.alarms = AlarmSchedule(nc, behaviour.kind, replicas=stream_replicas)
         self.mailbox_limit = mailbox_limit

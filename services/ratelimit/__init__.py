@@ -1,0 +1,1 @@
+"""The ratelimit objects: the chat demo's per-IP limiter (memory only) and per-user AI quotas."""

@@ -1,0 +1,3 @@
+from services.ratelimit.main import main
+
+main()

@@ -1,0 +1,222 @@
+"""The ratelimit objects on a real nats-server, hosted in-process: the per-IP limiter over NATS
+and in memory only, the per-user quotas durable (rebuilt equal after eviction, snapshots and a
+restart), a retried charge applied once, and bad requests refused."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+import nats
+import pytest
+
+from contracts.common import ErrorCode, ErrorReply
+from contracts.ratelimit import (
+    RATELIMIT,
+    ChargeQuota,
+    GetQuota,
+    QuotaUsage,
+    RateDecision,
+    TakeToken,
+    ip_key,
+    ratelimit_reply,
+    user_key,
+)
+from contracts.subjects import command_subject, event_stream, event_subject
+from services.ratelimit.domainmodel import QuotaLimits
+from services.ratelimit.handlers import RateLimitBehaviour
+from services.runtime.eventstore import ObjectEventStore
+from tests.conftest import hosted
+
+pytestmark = pytest.mark.nats
+
+LIMITS = QuotaLimits(daily_requests=3, daily_tokens=100, monthly_requests=10, monthly_tokens=1000)
+
+
+class Clocks:
+    def __init__(self) -> None:
+        self.monotonic = 1000.0
+        self.wall = datetime(2026, 11, 27, 12, tzinfo=UTC).timestamp()
+
+
+@pytest.fixture
+def clocks() -> Clocks:
+    return Clocks()
+
+
+def fake_clock_behaviour(clocks: Clocks, limits: QuotaLimits = LIMITS) -> RateLimitBehaviour:
+    return RateLimitBehaviour(
+        interval=5, grace=20, limits=limits,
+        monotonic=lambda: clocks.monotonic, clock=lambda: clocks.wall,
+    )
+
+
+async def ask(nc: nats.NATS, key: str, command, timeout: float = 5.0):
+    msg = await nc.request(
+        command_subject(RATELIMIT, key), command.model_dump_json().encode(), timeout
+    )
+    return ratelimit_reply.validate_json(msg.data)
+
+
+async def stored_subjects(nc: nats.NATS, subject: str) -> dict[str, int]:
+    info = await nc.jetstream().stream_info(event_stream(RATELIMIT), subjects_filter=subject)
+    return info.state.subjects or {}
+
+
+def new_ip() -> str:
+    return f"198.51.100.{uuid.uuid4().int % 250}-{uuid.uuid4().hex[:6]}"
+
+
+def new_user() -> str:
+    return user_key(f"u-{uuid.uuid4().hex[:10]}")
+
+
+# --- per-IP limiter ------------------------------------------------------------------------------
+
+
+async def test_the_limiter_over_nats_follows_the_schedule(nats_server, nc, clocks):
+    async with hosted(nats_server, fake_clock_behaviour(clocks)):
+        key = ip_key(new_ip())
+        replies = [await ask(nc, key, TakeToken()) for _ in range(6)]
+        assert replies == [RateDecision(allowed=True, cooldown=0)] * 4 + [
+            RateDecision(allowed=False, cooldown=5)
+        ] * 2
+        clocks.monotonic += 5
+        assert (await ask(nc, key, TakeToken())).allowed
+        clocks.monotonic += 0.1
+        refused = await ask(nc, key, TakeToken())
+        assert not refused.allowed and refused.cooldown == pytest.approx(4.9)
+        # Another IP has a limit of its own.
+        assert (await ask(nc, ip_key(new_ip()), TakeToken())).allowed
+
+
+async def test_the_limiter_in_real_time(nats_server, nc):
+    async with hosted(nats_server, RateLimitBehaviour(interval=0.5, grace=2)):
+        key = ip_key(new_ip())
+        # A burst at once: grace / interval = 4 pass (unless the asks took 0.5 s), then refused.
+        burst = await asyncio.gather(*(ask(nc, key, TakeToken()) for _ in range(8)))
+        assert sum(r.allowed for r in burst) == 4
+        cooldown = max(r.cooldown for r in burst)
+        assert 0 < cooldown <= 0.5
+        await asyncio.sleep(cooldown + 0.05)
+        assert (await ask(nc, key, TakeToken())).allowed
+        assert not (await ask(nc, key, TakeToken())).allowed
+
+
+async def test_the_limiter_is_in_memory_only(nats_server, nc, clocks):
+    async with hosted(nats_server, fake_clock_behaviour(clocks)) as host:
+        loaded: list[str] = []
+        real_load = host.store.load
+
+        async def load(key):
+            loaded.append(key)
+            return await real_load(key)
+
+        host.store.load = load
+        address = new_ip()
+        key = ip_key(address)
+        for _ in range(4):
+            assert (await ask(nc, key, TakeToken())).allowed
+        assert not (await ask(nc, key, TakeToken())).allowed
+        # Nothing was read or written for it: no events, no snapshot.
+        assert loaded == []
+        assert await stored_subjects(nc, event_subject(RATELIMIT, key)) == {}
+        assert await ObjectEventStore(nc, RATELIMIT).load_snapshot(key) == (None, 0)
+        # Evicted, it is forgotten (as the demo's limiter is): the burst is back.
+        assert await host.evict(key)
+        assert [(await ask(nc, key, TakeToken())).allowed for _ in range(5)] == [True] * 4 + [False]
+        assert loaded == []
+        stored = await stored_subjects(nc, f"evt.{RATELIMIT}.>")
+        assert not [s for s in stored if s.startswith(f"evt.{RATELIMIT}.ip_3A")]
+
+
+# --- per-user quotas -------------------------------------------------------------------------------
+
+
+async def test_quotas_are_durable_across_eviction_snapshots_and_a_restart(nats_server, nc, clocks):
+    key = new_user()
+    async with hosted(nats_server, fake_clock_behaviour(clocks), snapshot_every=3) as host:
+        assert await ask(nc, key, GetQuota()) == QuotaUsage(
+            allowed=True, day="2026-11-27", month="2026-11",
+            day_requests=0, day_tokens=0, month_requests=0, month_tokens=0,
+        )
+        assert await stored_subjects(nc, event_subject(RATELIMIT, key)) == {}  # a read stores nothing
+        for tokens in (10, 20):
+            assert (await ask(nc, key, ChargeQuota())).allowed
+            assert (await ask(nc, key, ChargeQuota(requests=0, tokens=tokens))).allowed
+        before = await ask(nc, key, GetQuota())
+        assert await stored_subjects(nc, event_subject(RATELIMIT, key))  # the charges are
+        assert (before.day_requests, before.day_tokens) == (2, 30)
+        snapshot, covered = await ObjectEventStore(nc, RATELIMIT).load_snapshot(key)
+        assert snapshot is not None and snapshot.version == 3 and covered > 0
+        assert await host.evict(key)
+        assert await ask(nc, key, GetQuota()) == before  # rebuilt from a snapshot + a commit
+        assert (await ask(nc, key, ChargeQuota())).allowed
+        refused = await ask(nc, key, ChargeQuota())
+        assert not refused.allowed and refused.reason == "Daily AI request quota reached."
+        after = await ask(nc, key, GetQuota())
+        assert after.day_requests == 3 and not after.allowed
+
+    commits = await ObjectEventStore(nc, RATELIMIT).read(key)
+    assert [type(e).__name__ for c in commits for e in c.events] == ["Created"] + ["Charged"] * 5
+
+    # A new process (another replica, or a restart) rebuilds the same usage.
+    async with hosted(nats_server, fake_clock_behaviour(clocks)):
+        assert await ask(nc, key, GetQuota()) == after
+        # The next UTC day starts from zero; the month keeps counting.
+        clocks.wall += 86_400
+        next_day = await ask(nc, key, ChargeQuota(tokens=5))
+        assert next_day.allowed and next_day.day == "2026-11-28"
+        assert (next_day.day_requests, next_day.day_tokens) == (1, 5)
+        assert (next_day.month_requests, next_day.month_tokens) == (4, 35)
+
+
+async def test_a_retried_charge_is_applied_once(nats_server, nc, clocks):
+    key = new_user()
+    async with hosted(nats_server, fake_clock_behaviour(clocks)) as host:
+        charge = ChargeQuota(tokens=7)
+        first = await ask(nc, key, charge)
+        again = await ask(nc, key, charge)  # the same command_id: a retry
+        assert first.allowed and again == first and first.day_requests == 1
+        # Retries racing each other land in one batch: still once.
+        tokens = ChargeQuota(requests=0, tokens=50)
+        replies = await asyncio.gather(*(ask(nc, key, tokens) for _ in range(5)))
+        assert {r.day_tokens for r in replies} == {57}
+        # And after the object was evicted, the retry is still recognised.
+        assert await host.evict(key)
+        assert (await ask(nc, key, charge)).day_requests == 1
+        assert (await ask(nc, key, tokens)).day_tokens == 57
+    commits = await ObjectEventStore(nc, RATELIMIT).read(key)
+    assert [type(e).__name__ for c in commits for e in c.events] == ["Created", "Charged", "Charged"]
+
+
+# --- bad requests ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "command", "words"),
+    [
+        (ip_key("192.0.2.1"), ChargeQuota(), "per-IP limiter"),
+        (ip_key("192.0.2.1"), GetQuota(), "per-IP limiter"),
+        (user_key("carol"), TakeToken(), "AI quota"),
+        ("session:abc", TakeToken(), "Unknown ratelimit key"),
+    ],
+)
+async def test_a_command_to_the_wrong_key_is_a_bad_request(nats_server, nc, key, command, words):
+    async with hosted(nats_server, RateLimitBehaviour()):
+        reply = await ask(nc, key, command)
+        assert isinstance(reply, ErrorReply) and reply.code == ErrorCode.BAD_REQUEST
+        assert words in reply.message
+    assert await stored_subjects(nc, event_subject(RATELIMIT, key)) == {}
+
+
+async def test_a_malformed_command_is_a_bad_request_naming_the_field(nats_server, nc):
+    async with hosted(nats_server, RateLimitBehaviour()):
+        subject = command_subject(RATELIMIT, new_user())
+        msg = await nc.request(subject, b'{"type": "charge", "requests": 2}', timeout=5)
+        reply = ratelimit_reply.validate_json(msg.data)
+        assert isinstance(reply, ErrorReply) and reply.code == ErrorCode.BAD_REQUEST
+        assert "requests" in reply.message
+        msg = await nc.request(subject, b'{"type": "nope"}', timeout=5)
+        assert ratelimit_reply.validate_json(msg.data).code == ErrorCode.BAD_REQUEST
