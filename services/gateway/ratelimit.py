@@ -19,29 +19,29 @@ from pydantic import ValidationError
 
 from contracts.ratelimit import RATELIMIT, RateDecision, TakeToken, ip_key, ratelimit_reply
 from contracts.subjects import command_subject
+from services.ratelimit.domainmodel import Limiter
 
 log = logging.getLogger(__name__)
 
 
 class LocalLimiter:
-    """The chat demo's rule, in this process: each frame pushes the next allowed time
-    `interval` ahead of max(now, previous); a frame is refused while that would be more than
-    `grace` ahead (and then pushes nothing)."""
+    """The per-IP limiters of the ratelimit service, run in this process when the service
+    does not answer. The same `Limiter` class, so both decide by one rule."""
 
     def __init__(self, interval: float, grace: float) -> None:
         self.interval = interval
         self.grace = grace
-        self.next_allowed: dict[str, float] = {}
+        self.limiters: dict[str, Limiter] = {}
 
     def take(self, key: str, now: float | None = None) -> RateDecision:
-        now = time.time() if now is None else now
-        pushed = max(now, self.next_allowed.get(key, 0.0)) + self.interval
-        cooldown = max(0.0, pushed - now - self.grace)
-        if cooldown == 0:
-            self.next_allowed[key] = pushed
-        if len(self.next_allowed) > 100_000:  # forget addresses long past their limit
-            self.next_allowed = {k: v for k, v in self.next_allowed.items() if v > now}
-        return RateDecision(allowed=cooldown == 0, cooldown=cooldown)
+        now = time.monotonic() if now is None else now
+        limiter = self.limiters.get(key)
+        if limiter is None:
+            if len(self.limiters) > 100_000:  # forget addresses whose limit has lapsed
+                self.limiters = {k: v for k, v in self.limiters.items() if v.next_allowed > now}
+            limiter = self.limiters[key] = Limiter(self.interval, self.grace)
+        take = limiter.take(now)
+        return RateDecision(allowed=take.allowed, cooldown=take.cooldown)
 
 
 class IpRateLimiter:

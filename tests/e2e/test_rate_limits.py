@@ -107,3 +107,19 @@ async def wait_until_async(check, timeout: float = 10.0) -> None:
     while not await check():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.05)
+
+
+async def test_with_the_ratelimit_service_down_the_gateway_limits_locally(limited):
+    # The ratelimit service stops: the gateway decides with the same rule itself.
+    limited.ratelimit.stop()
+    try:
+        room = f"rl-{uuid.uuid4().hex[:8]}"
+        client = await connect(limited, room, "198.51.100.40")
+        await client.join("fallback")
+        for text in ("one", "two", "three"):
+            assert (await client.say(text))["message"] == text
+        await client.send({"message": "four"})
+        assert await client.recv() == {"error": RATE_LIMITED}
+        await client.close()
+    finally:
+        limited.start_ratelimit()

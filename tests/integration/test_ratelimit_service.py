@@ -220,3 +220,19 @@ async def test_a_malformed_command_is_a_bad_request_naming_the_field(nats_server
         assert "requests" in reply.message
         msg = await nc.request(subject, b'{"type": "nope"}', timeout=5)
         assert ratelimit_reply.validate_json(msg.data).code == ErrorCode.BAD_REQUEST
+
+
+async def test_the_gateway_asks_the_service_and_decides_locally_only_without_it(nats_server, nc):
+    from services.gateway.ratelimit import IpRateLimiter
+
+    limiter = IpRateLimiter(nc, interval=5, grace=20, timeout=0.5)
+    address = f"198.51.100.{uuid.uuid4().int % 250}"
+    async with hosted(nats_server, RateLimitBehaviour(interval=5, grace=20)):
+        # The service decides: a burst of 4, then refused; the local fallback was never used.
+        decisions = [await limiter.take(address) for _ in range(5)]
+        assert [d.allowed for d in decisions] == [True] * 4 + [False]
+        assert limiter.fallback.limiters == {}
+    # The service is gone: the same rule, decided by the gateway itself.
+    decisions = [await limiter.take(address) for _ in range(5)]
+    assert [d.allowed for d in decisions] == [True] * 4 + [False]
+    assert list(limiter.fallback.limiters) == [f"ip:{address}"]
