@@ -230,3 +230,22 @@ async def test_the_first_socket_into_a_cold_room_sees_its_history_once(system):
     assert (await carol.say("four"))["message"] == "four"
     assert carol.messages() == ["one", "two", "three", "four"]
     await carol.close()
+
+
+async def test_invalid_utf8_closes_only_that_socket_with_1007(system):
+    room = new_room()
+    bob = await ChatClient.connect(system.ws_url, room)
+    await bob.join("bob")
+    mallory = await ChatClient.connect(system.ws_url, room)
+    await mallory.join("mallory")
+    # A text frame that is not UTF-8: the WebSocket protocol itself refuses it (1007).
+    async with mallory.ws.send_context():
+        mallory.ws.protocol.send_text(b"\xff\xfe{")
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            await mallory.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1007
+    # The room and everyone else in it carry on.
+    assert (await bob.recv_until(lambda f: "quit" in f))[-1] == {"quit": "mallory"}
+    assert (await bob.say("still fine"))["message"] == "still fine"
+    await bob.close()
