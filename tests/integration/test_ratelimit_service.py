@@ -236,3 +236,26 @@ async def test_the_gateway_asks_the_service_and_decides_locally_only_without_it(
     decisions = [await limiter.take(address) for _ in range(5)]
     assert [d.allowed for d in decisions] == [True] * 4 + [False]
     assert list(limiter.fallback.limiters) == [f"ip:{address}"]
+
+
+async def test_an_ai_request_is_refused_when_quotas_cannot_be_checked(nats_server, nc):
+    from services.ratelimit.client import (
+        QUOTAS_UNAVAILABLE,
+        QuotaRefused,
+        charge_ai_request,
+        charge_ai_tokens,
+    )
+
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    limits = QuotaLimits(daily_requests=2)
+    async with hosted(nats_server, RateLimitBehaviour(limits=limits)):
+        # Within quota: counted; tokens recorded; past the daily requests: refused, saying so.
+        assert (await charge_ai_request(nc, user)).day_requests == 1
+        assert (await charge_ai_tokens(nc, user, 500)).day_tokens == 500
+        await charge_ai_request(nc, user)
+        with pytest.raises(QuotaRefused, match="Daily AI request quota reached"):
+            await charge_ai_request(nc, user)
+    # No ratelimit service: refused, unlike chat, which falls back to a local limiter.
+    with pytest.raises(QuotaRefused) as refused:
+        await charge_ai_request(nc, user, timeout=0.5)
+    assert str(refused.value) == QUOTAS_UNAVAILABLE
