@@ -51,7 +51,7 @@ async def test_a_client_that_stops_reading_is_disconnected(bounded):
 
     # The fast client chats at full speed until the room says the slow one quit: the
     # gateway dropped it. Every message is echoed back to the fast client in time.
-    sent, worst, seen = 0, 0.0, 0
+    sent, echoes, seen = 0, [], 0
 
     def slow_quit() -> bool:
         nonlocal seen
@@ -62,10 +62,12 @@ async def test_a_client_that_stops_reading_is_disconnected(bounded):
         assert sent < 30_000, "the slow client was never disconnected"
         started = time.perf_counter()
         assert (await fast.say(f"{sent:05d} " + "x" * 240))["name"] == "fast"
-        worst = max(worst, time.perf_counter() - started)
+        echoes.append(time.perf_counter() - started)
         sent += 1
-    assert worst < 1.0
-    print(f"slow client dropped after {sent} messages; slowest echo {worst * 1000:.1f} ms")
+    # Its own round trips stayed within the chat bench's target while the slow one lagged.
+    p99 = sorted(echoes)[int(len(echoes) * 0.99)]
+    print(f"slow client dropped after {sent} messages; echo p99 {p99 * 1000:.1f} ms")
+    assert p99 < 0.015
 
     # The gateway kept no backlog for the slow client: its memory barely moved.
     assert rss_kib(bounded.gateway.pid) - rss_before < 16 * 1024
