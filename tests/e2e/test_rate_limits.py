@@ -13,6 +13,7 @@ import websockets
 
 from contracts.ratelimit import RATE_LIMITED
 from services.localsystem import LocalSystem
+from tests.conftest import wait_for
 from tests.e2e.chat_clients import ChatClient
 
 pytestmark = pytest.mark.e2e
@@ -54,7 +55,7 @@ async def test_a_burst_passes_then_the_demo_refusal_frame(limited):
 
     # After one interval, one more frame passes.
     started = time.monotonic()
-    await wait_until(lambda: time.monotonic() - started > INTERVAL)
+    await wait_for(lambda: time.monotonic() - started > INTERVAL, what="one interval")
     assert (await client.say("later"))["message"] == "later"
     await client.close()
 
@@ -93,13 +94,6 @@ async def test_too_many_sockets_from_one_address_are_refused(limited):
     await wait_until_async(reconnect)
     for client in held:
         await client.close()
-
-
-async def wait_until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
 
 
 async def wait_until_async(check, timeout: float = 10.0) -> None:
