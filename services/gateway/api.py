@@ -28,6 +28,13 @@ async def create_private_room(gateway: Gateway) -> PlainTextResponse:
     return PlainTextResponse(room)
 
 
+@router.api_route(
+    "/api/room", methods=["GET", "PUT", "DELETE", "PATCH"], include_in_schema=False
+)
+async def room_wrong_method() -> PlainTextResponse:
+    return PlainTextResponse("Method not allowed", status_code=405)  # as the demo answers
+
+
 @router.get("/healthz", response_class=PlainTextResponse, tags=["ops"])
 async def health(gateway: Gateway) -> PlainTextResponse:
     """200 while the gateway is connected to NATS."""

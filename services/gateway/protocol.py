@@ -56,6 +56,15 @@ def _only(frame: dict, allowed: str, hint: str) -> None:
         raise FrameError(f"Unknown key(s) {', '.join(map(json.dumps, unknown))[:100]}; {hint}")
 
 
+def _text_only(value: str, field: str) -> None:
+    # JSON may escape lone surrogates ("\ud800"), which are not Unicode text: refuse them
+    # here, at the edge, rather than let them fail deeper in.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FrameError(f"{field} must be valid Unicode text.") from None
+
+
 def parse_name_frame(text: str | None, data: bytes | None, max_bytes: int) -> NameFrame:
     """The first frame: `{"name": ...}`; a missing or empty name is 'anonymous'."""
     frame = _decode(text, data, max_bytes)
@@ -65,6 +74,7 @@ def parse_name_frame(text: str | None, data: bytes | None, max_bytes: int) -> Na
         return NameFrame(ANONYMOUS)
     if not isinstance(name, str):
         raise FrameError("name must be a string.")
+    _text_only(name, "name")
     if len(name) > MAX_NAME_LENGTH:
         raise FrameError("Name too long.", close_code=CLOSE_TOO_BIG)
     return NameFrame(name)
@@ -79,6 +89,7 @@ def parse_message_frame(text: str | None, data: bytes | None, max_bytes: int) ->
     message = frame["message"]
     if not isinstance(message, str):
         raise FrameError("message must be a string.")
+    _text_only(message, "message")
     if len(message) > MAX_MESSAGE_LENGTH:
         raise FrameError("Message too long.")
     if not message:

@@ -6,6 +6,7 @@ import logging
 import secrets
 
 from fastapi import APIRouter, Request, WebSocket
+from pydantic import ValidationError
 from fastapi.responses import PlainTextResponse
 from starlette.websockets import WebSocketDisconnect
 
@@ -19,6 +20,7 @@ from services.gateway.identity import InvalidToken, verify
 from services.gateway.protocol import FrameError
 from services.gateway.ratelimit import client_address
 from services.gateway.rooms import RoomFanout
+from services.runtime.host import describe_validation_error
 from services.gateway.sockets import OutFrame, SocketWriter, open_writer
 
 log = logging.getLogger(__name__)
@@ -189,3 +191,7 @@ async def converse(session: ChatSession, gateway: Gateway, fanout: RoomFanout) -
             session.send(protocol.error_frame(str(exc)))
             if exc.close_code is not None:
                 session.writer.close(exc.close_code, str(exc))
+        except ValidationError as exc:
+            # A frame the protocol checks let through but the command contract refuses:
+            # still a clear error for the client, never a dropped socket.
+            session.send(protocol.error_frame(f"Invalid frame: {describe_validation_error(exc)}."))

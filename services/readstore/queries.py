@@ -25,7 +25,13 @@ class Cursor:
     @classmethod
     def decode(cls, text: str) -> Cursor:
         timestamp, sep, message_id = text.partition(":")
-        if not sep or not timestamp.isdigit() or not message_id or len(message_id) > 64:
+        if (
+            not sep
+            or not (timestamp.isascii() and timestamp.isdigit())
+            or len(timestamp) > 18  # SQLite integers are 64-bit; ms timestamps need 13 digits
+            or not message_id
+            or len(message_id) > 64
+        ):
             raise ValueError("a cursor is <timestamp>:<message id>, as returned in next_cursor")
         return cls(int(timestamp), message_id)
 

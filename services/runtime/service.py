@@ -85,8 +85,11 @@ async def serve(behaviour: ObjectBehaviour, settings: ObjectServiceSettings) -> 
     log.info("%s service stopping: handing partitions over", behaviour.kind)
     await alarms.stop()
     await leases.stop()
-    await host.stop()
-    await nc.drain()
+    await host.stop()  # every reply and broadcast of taken commands is published by now
+    # Flush and close rather than drain: a drain waited forever on the lease watcher's and
+    # the alarm consumer's subscriptions, whose tasks are already stopped.
+    await nc.flush(timeout=5)
+    await nc.close()
 
 
 def run(behaviour: ObjectBehaviour, settings: ObjectServiceSettings) -> None:

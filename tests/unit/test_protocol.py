@@ -82,3 +82,10 @@ def test_bad_name_frames_get_a_clear_error(frame, error):
 def test_binary_frames_are_refused():
     with pytest.raises(FrameError, match="Binary frames are not supported"):
         parse_message_frame(None, b"\x00", LIMIT)
+
+
+@pytest.mark.parametrize("frame, field", [('{"message": "\\ud800"}', "message"), ('{"name": "a\\udfff"}', "name")])
+def test_lone_surrogates_are_not_text(frame, field):
+    parse = parse_message_frame if field == "message" else parse_name_frame
+    with pytest.raises(FrameError, match=f"{field} must be valid Unicode text."):
+        parse(frame, None, LIMIT)
