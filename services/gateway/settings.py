@@ -36,6 +36,9 @@ class GatewaySettings(RuntimeSettings):
     rate_limit: bool = Field(True, description="ask the per-IP limiter for every frame")
     rate_interval: float = Field(5.0, gt=0, description="seconds each frame pushes an IP's next allowed time")
     rate_grace: float = Field(20.0, ge=0, description="how far ahead that time may run before frames are refused")
+    refusal_pause: float = Field(
+        1.0, ge=0, description="seconds a refused socket is not read (at most its cooldown)"
+    )
     ratelimit_timeout: float = Field(
         0.25, gt=0, description="seconds to wait for the ratelimit service before deciding locally"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 
@@ -50,12 +51,19 @@ class ChatSession:
     """A socket in a room: frames held until the name frame, then sent in order."""
 
     def __init__(
-        self, ws: WebSocket, room: str, writer: SocketWriter, address: str, user_id: str | None
+        self,
+        ws: WebSocket,
+        room: str,
+        writer: SocketWriter,
+        address: str,
+        user_id: str | None,
+        writer_limit: int = 1000,
     ) -> None:
         self.ws = ws
         self.room = room
         self.address = address
         self.user_id = user_id  # from a verified token; None for anonymous clients
+        self.max_blocked = writer_limit  # broadcasts held for a socket that has not named itself
         self.writer = writer
         self.id = secrets.token_urlsafe(12)
         self.name: str | None = None
@@ -68,6 +76,10 @@ class ChatSession:
         if version <= self.min_version:
             return
         if self.name is None:
+            if len(self.blocked) >= self.max_blocked:
+                # A socket that never names itself must not hold the room's traffic forever.
+                self.writer.close(CLOSE_POLICY, "Send your name first.")
+                return
             self.blocked.append((version, frame))
         else:
             self.writer.send(frame)
@@ -116,7 +128,7 @@ async def chat(
 ) -> None:
     settings = gateway.settings
     writer = open_writer(ws, settings.send_buffer_limit, settings.send_queue_limit)
-    session = ChatSession(ws, name, writer, address, user_id)
+    session = ChatSession(ws, name, writer, address, user_id, settings.send_queue_limit)
     fanout = await gateway.fanouts.attach(name, id(session), session.deliver)
     try:
         state = await gateway.rooms.send(name, GetRoom())
@@ -158,9 +170,15 @@ async def converse(session: ChatSession, gateway: Gateway, fanout: RoomFanout) -
             return
         text, data = incoming.get("text"), incoming.get("bytes")
         # Every frame takes a token from the client's IP, as in the demo, before anything else.
-        if settings.rate_limit and not (await gateway.limiter.take(session.address)).allowed:
-            session.send(protocol.error_frame(RATE_LIMITED))
-            continue
+        if settings.rate_limit:
+            decision = await gateway.limiter.take(session.address)
+            if not decision.allowed:
+                session.send(protocol.error_frame(RATE_LIMITED))
+                # Read nothing more from this socket for a while: a client that floods is
+                # held back by TCP itself instead of costing the gateway a refusal per frame
+                # (the frames it sends meanwhile are read, and judged, afterwards).
+                await asyncio.sleep(min(decision.cooldown, settings.refusal_pause))
+                continue
         try:
             if session.name is None:
                 frame = protocol.parse_name_frame(text, data, limit)

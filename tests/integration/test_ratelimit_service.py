@@ -232,10 +232,16 @@ async def test_the_gateway_asks_the_service_and_decides_locally_only_without_it(
         decisions = [await limiter.take(address) for _ in range(5)]
         assert [d.allowed for d in decisions] == [True] * 4 + [False]
         assert limiter.fallback.limiters == {}
-    # The service is gone: the same rule, decided by the gateway itself.
-    decisions = [await limiter.take(address) for _ in range(5)]
+    # The service is gone. The refused address stays refused for its cooldown without
+    # asking anyone (as the demo's limiter client does); the fallback never saw it.
+    again = await limiter.take(address)
+    assert not again.allowed and 0 < again.cooldown <= 5
+    assert limiter.fallback.limiters == {}
+    # Another address: the same rule, decided by the gateway itself.
+    other = f"203.0.113.{uuid.uuid4().int % 250}"
+    decisions = [await limiter.take(other) for _ in range(5)]
     assert [d.allowed for d in decisions] == [True] * 4 + [False]
-    assert list(limiter.fallback.limiters) == [f"ip:{address}"]
+    assert list(limiter.fallback.limiters) == [f"ip:{other}"]
 
 
 async def test_an_ai_request_is_refused_when_quotas_cannot_be_checked(nats_server, nc):
