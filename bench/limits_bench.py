@@ -41,7 +41,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from bench import chat_bench, load
-from bench.measure import cpu_seconds, machine_busy_seconds
+from bench.measure import cpu_seconds, machine_busy_seconds, write_figures
 
 TARGET_ADDED_P99_MS = 1.0
 TARGET_FLOOD_RATIO = 1.2
@@ -875,9 +875,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(root, ignore_errors=True)
     if args.json and status == 0:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
-        print(f"figures written to {args.json}")
+        write_figures(args.json, report)
     return status
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -28,3 +30,10 @@ def machine_busy_seconds() -> float:
     idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
     steal = values[7] if len(values) > 7 else 0
     return (sum(values[:8]) - idle - steal) / CLK_TCK
+
+
+def write_figures(path: Path, report: dict) -> None:
+    """Write a benchmark's figures as JSON (`--json PATH`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(f"figures written to {path}")
