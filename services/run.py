@@ -1,4 +1,4 @@
-"""`make run`: nats-server, the room service and the gateway as separate processes.
+"""`make run`: nats-server and every service (room, ratelimit, projector, gateway) as processes.
 
 Data lives under ./data (DURACHAT_DATA_DIR) and survives a restart. Ctrl-C (or SIGTERM)
 stops the services first, then nats-server, each by the PID this launcher started.
