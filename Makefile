@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(PY) -m bench.chat_bench
 	$(PY) -m bench.runtime_bench
 	$(PY) -m bench.projector_bench
+	$(PY) -m bench.limits_bench
 
 compose-config:
 	docker-compose -f docker-compose.yml config --quiet
