@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import urllib.request
 import uuid
 
@@ -20,25 +19,11 @@ from services.projector.main import Projector
 from services.readstore.projection import position
 from services.readstore.store import open_read_store
 from tests.conftest import wait_for
+from tests.e2e.read_models import TABLES, rows
 
 pytestmark = pytest.mark.e2e
 
-TABLES = {
-    "rooms": "name",
-    "messages": "room, id",
-    "members_seen": "room, name",
-    "projector_positions": "stream",
-    "dead_letters": "stream, sequence, event_index",
-}
 
-
-def rows(db, table: str) -> list[tuple]:
-    conn = sqlite3.connect(db)
-    found = conn.execute(f"SELECT * FROM {table} ORDER BY {TABLES[table]}").fetchall()
-    conn.close()
-    if table == "dead_letters":  # recorded_at is when, not what
-        found = [r[:-1] for r in found]
-    return found
 
 
 def projected_to(db) -> int:

@@ -22,18 +22,12 @@ from contracts.subjects import ROOM, event_stream
 from services.runtime.eventstore import ObjectEventStore
 from services.runtime.natsserver import free_port
 from tests.conftest import wait_for
+from tests.e2e.read_models import TABLES, rows
 from tests.e2e.chat_clients import ChatClient
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-TABLES = {
-    "rooms": "name",
-    "messages": "room, id",
-    "members_seen": "room, name",
-    "projector_positions": "stream",
-    "dead_letters": "stream, sequence, event_index",
-}
 
 
 def new_room() -> str:
@@ -52,14 +46,6 @@ def cli(system, *args: str, **where) -> subprocess.CompletedProcess:
         env={**os.environ, "COLUMNS": "250"},
     )
 
-
-def rows(db: Path, table: str) -> list[tuple]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        found = conn.execute(f"SELECT * FROM {table} ORDER BY {TABLES[table]}").fetchall()
-    finally:
-        conn.close()
-    return [r[:-1] for r in found] if table == "dead_letters" else found  # not recorded_at
 
 
 def projected_to(db: Path) -> int:

@@ -166,7 +166,7 @@ async def test_a_restarted_service_rebuilds_rooms_from_their_streams(nats_server
 
 
 async def test_a_full_mailbox_answers_overloaded_at_once(nats_server, nc, room_name):
-    async with hosted(nats_server, mailbox_limit=3) as host:
+    async with hosted(nats_server, mailbox_limit=3):
         await ask(nc, room_name, JoinRoom(session_id="s1", name="alice"))
         replies = await asyncio.gather(
             *(ask(nc, room_name, PostMessage(session_id="s1", text=str(i))) for i in range(200))
