@@ -42,10 +42,12 @@ from types import SimpleNamespace
 
 from bench import chat_bench, load
 from bench.measure import cpu_seconds, machine_busy_seconds, write_figures
+from contracts.ratelimit import RATE_LIMITED
+from services.gateway.protocol import error_frame
 
 TARGET_ADDED_P99_MS = 1.0
 TARGET_FLOOD_RATIO = 1.2
-REFUSAL = b'{"error":"Your IP is being rate-limited, please try again later."}'
+REFUSAL = error_frame(RATE_LIMITED).encode()  # the very bytes the gateway sends
 FLOOD_IP = "127.0.2.1"
 now_ns = time.monotonic_ns
 
@@ -231,7 +233,7 @@ async def legit_role(cfg: dict, conn) -> dict:
     if not all(ok for _, ok in opened):
         raise RuntimeError("a legitimate client's name frame was refused")
     sockets = [s for s, _ in opened]
-    listeners, senders = sockets[:n_l], sockets[n_l:]
+    senders = sockets[n_l:]  # the listeners only receive
     conn.send({"ready": True})
     t0, t1, t2, t3 = await receive(conn)
 
