@@ -12,16 +12,53 @@ MAX_NAME_LENGTH = 32
 MAX_MESSAGE_LENGTH = 256
 HISTORY_LENGTH = 100
 
+# A message addressed to the AI starts with one of these (case-insensitive), then a space.
+AI_PREFIXES = ("@ai", "/ai")
+AI_NAME = "AI"  # the author of AI replies
+SYSTEM_NAME = "system"  # the author of the room's own notices (an AI reply failed, ...)
+RESERVED_NAMES = frozenset({AI_NAME.casefold(), SYSTEM_NAME.casefold()})
+MAX_AI_REPLY_LENGTH = 32_000  # characters of one AI reply; the provider is cut off past it
+MAX_AI_QUEUE = 8  # AI questions a room holds (one streaming, the rest waiting)
+INCOMPLETE_MARK = " [incomplete]"
+
+
+def ai_question(text: str) -> str | None:
+    """The question of a message addressed to the AI (`@ai ...` or `/ai ...`), else None."""
+    head, _, rest = text.strip().partition(" ")
+    if head.casefold() in AI_PREFIXES and rest.strip():
+        return rest.strip()
+    return None
+
 SessionId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 MemberName = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]
 MessageText = Annotated[str, Field(max_length=MAX_MESSAGE_LENGTH)]
 
 
+MessageKind = Literal["user", "ai", "system"]
+AiFailure = Literal[
+    "timeout", "rate_limited", "blocked", "network", "cut", "server", "bad_request",
+    "quota", "unavailable", "too_long",
+]
+
+
 class ChatMessage(Contract):
-    id: str = Field(description="The id of the command that posted it.")
+    id: str = Field(description="The id of the command that posted it (of an AI reply: its id).")
     name: str = Field(examples=["alice"])
     message: str = Field(examples=["hello"])
     timestamp: int = Field(description="ms since the epoch, strictly increasing per room")
+    kind: MessageKind = "user"
+
+
+class AiReplyView(Contract):
+    """An AI reply the room has not finished: waiting in the room's queue, or streaming."""
+
+    id: str
+    asker: str
+    question: str
+    status: Literal["queued", "dispatched", "streaming"]
+    model: str | None = None
+    label: str | None = Field(None, description="Who answers, e.g. 'Gemini' or 'offline AI'.")
+    text: str = Field("", description="What was streamed so far (every chunk is stored).")
 
 
 # --- commands: gateway -> cmd.room.<name> -------------------------------------------------
@@ -49,6 +86,9 @@ class PostMessage(Command):
     type: Literal["post"] = "post"
     session_id: SessionId
     text: MessageText
+    user_id: str | None = Field(
+        None, max_length=160, description="Who is charged for an AI question (default: guest:<name>)."
+    )
 
 
 class LeaveRoom(Command):
@@ -56,8 +96,50 @@ class LeaveRoom(Command):
     session_id: SessionId
 
 
+class StartAiReply(Command):
+    """The context service is about to stream reply `reply_id` (the head of the AI queue)."""
+
+    type: Literal["ai_start"] = "ai_start"
+    reply_id: str = Field(max_length=64)
+    model: str = Field(max_length=64)
+    label: str = Field(max_length=64)
+
+
+class AppendAiReply(Command):
+    """Text the provider streamed, starting at character `offset` of the reply."""
+
+    type: Literal["ai_append"] = "ai_append"
+    reply_id: str = Field(max_length=64)
+    offset: int = Field(ge=0)
+    text: str = Field(min_length=1, max_length=MAX_AI_REPLY_LENGTH)
+
+
+class CompleteAiReply(Command):
+    """The provider finished; `length` is the reply's length in characters (all appended)."""
+
+    type: Literal["ai_complete"] = "ai_complete"
+    reply_id: str = Field(max_length=64)
+    length: int = Field(ge=0)
+    prompt_tokens: int = Field(0, ge=0)
+    output_tokens: int = Field(0, ge=0)
+
+
+class FailAiReply(Command):
+    """The reply cannot be (fully) given; what was streamed is kept, marked incomplete."""
+
+    type: Literal["ai_fail"] = "ai_fail"
+    reply_id: str = Field(max_length=64)
+    reason: AiFailure
+    message: str = Field(max_length=500, description="Said to the room, in words for users.")
+    prompt_tokens: int = Field(0, ge=0)
+    output_tokens: int = Field(0, ge=0)
+
+
 RoomCommand = Annotated[
-    Union[CreatePrivateRoom, GetRoom, JoinRoom, PostMessage, LeaveRoom],
+    Union[
+        CreatePrivateRoom, GetRoom, JoinRoom, PostMessage, LeaveRoom,
+        StartAiReply, AppendAiReply, CompleteAiReply, FailAiReply,
+    ],
     Field(discriminator="type"),
 ]
 room_command = TypeAdapter(RoomCommand)
@@ -74,6 +156,9 @@ class RoomState(Contract):
     private: bool
     members: list[str] = Field(description="Names of the members present, in joining order.")
     messages: list[ChatMessage] = Field(description=f"The last {HISTORY_LENGTH}, oldest first.")
+    ai: list[AiReplyView] = Field(
+        default_factory=list, description="AI replies not finished yet, in queue order."
+    )
 
 
 class Accepted(Contract):
@@ -109,5 +194,47 @@ class MemberQuit(Contract):
     name: str
 
 
-RoomUpdate = Annotated[Union[MemberJoined, MessagePosted, MemberQuit], Field(discriminator="type")]
+class AiQueued(Contract):
+    """Someone asked the AI; the reply waits its turn in the room's queue."""
+
+    type: Literal["ai_queued"] = "ai_queued"
+    version: int
+    id: str
+    asker: str
+    question: str
+
+
+class AiStarted(Contract):
+    type: Literal["ai_started"] = "ai_started"
+    version: int
+    id: str
+    asker: str
+    model: str
+    label: str
+
+
+class AiChunk(Contract):
+    """Text of a streaming reply, starting at character `offset` (chunks never overlap)."""
+
+    type: Literal["ai_chunk"] = "ai_chunk"
+    version: int
+    id: str
+    offset: int
+    text: str
+
+
+class AiFailed(Contract):
+    """The reply ended without finishing; what was streamed follows as an incomplete message."""
+
+    type: Literal["ai_failed"] = "ai_failed"
+    version: int
+    id: str
+    reason: AiFailure
+    message: ChatMessage | None = Field(None, description="The partial reply, marked incomplete.")
+
+
+RoomUpdate = Annotated[
+    Union[MemberJoined, MessagePosted, MemberQuit, AiQueued, AiStarted, AiChunk, AiFailed],
+    Field(discriminator="type"),
+]
 room_update = TypeAdapter(RoomUpdate)

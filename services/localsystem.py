@@ -1,5 +1,5 @@
-"""The whole system on one machine: nats-server, room replicas, the ratelimit service, the
-projector and a gateway as processes.
+"""The whole system on one machine: nats-server, room replicas, the ratelimit and context
+services, the projector and a gateway as processes.
 
 `make run` uses it with ./data and port 8000; tests and benchmarks with a temp dir and
 free ports. Every process is stopped by the PID this object started.
@@ -60,8 +60,8 @@ class ServiceProcess:
 
 @dataclass
 class LocalSystem:
-    """nats-server + room service replicas + ratelimit + projector + gateway, wired together on
-    127.0.0.1."""
+    """nats-server + room service replicas + ratelimit + context + projector + gateway, wired
+    together on 127.0.0.1."""
 
     data_dir: Path
     partitions: int = 16
@@ -75,6 +75,7 @@ class LocalSystem:
     gateway: ServiceProcess | None = field(default=None, init=False)
     projector: ServiceProcess | None = field(default=None, init=False)
     ratelimit: ServiceProcess | None = field(default=None, init=False)
+    context: ServiceProcess | None = field(default=None, init=False)
 
     @property
     def read_db(self) -> Path:
@@ -109,6 +110,7 @@ class LocalSystem:
         for _ in range(self.room_replicas):
             self.start_room()
         self.ratelimit = self.start_ratelimit()
+        self.context = self.start_context()
         self.projector = self.start_projector()
         self.gateway = ServiceProcess(
             "services.gateway", self.env(), self.data_dir / "gateway.log"
@@ -128,6 +130,14 @@ class LocalSystem:
             "services.ratelimit", self.env(), self.data_dir / "ratelimit.log"
         ).start()
         return self.ratelimit
+
+    def start_context(self) -> ServiceProcess:
+        """One context process: per-user AI contexts; it calls the AI provider (Gemini with
+        GEMINI_API_KEY, else the offline provider)."""
+        self.context = ServiceProcess(
+            "services.context", self.env(), self.data_dir / "context.log"
+        ).start()
+        return self.context
 
     def start_projector(self) -> ServiceProcess:
         self.projector = ServiceProcess(
@@ -153,7 +163,7 @@ class LocalSystem:
     def services(self) -> list[ServiceProcess]:
         return [
             s
-            for s in (self.gateway, self.projector, self.ratelimit, *self.rooms)
+            for s in (self.gateway, self.projector, self.context, self.ratelimit, *self.rooms)
             if s is not None
         ]
 

@@ -25,6 +25,10 @@ PARTITIONS = 16
 # per IP (all from 127.0.0.1): make the limit unreachable for them. The limiter itself is
 # still asked for every frame; tests of the limit set their own values.
 os.environ.setdefault("DURACHAT_RATE_INTERVAL", "0.000001")
+# Tests never reach the real Gemini, whatever the developer's shell holds: processes started
+# by tests answer with the offline provider unless a test points them at the local fake.
+os.environ.pop("GEMINI_API_KEY", None)
+os.environ.pop("DURACHAT_GEMINI_API_KEY", None)
 
 
 @dataclass

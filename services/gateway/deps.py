@@ -14,6 +14,7 @@ from collections import Counter
 from services.gateway.ratelimit import IpRateLimiter
 from services.gateway.rooms import RoomClient, RoomFanouts
 from services.gateway.settings import GatewaySettings
+from services.runtime.client import ObjectClient
 
 
 @dataclass
@@ -21,6 +22,7 @@ class GatewayState:
     settings: GatewaySettings
     nc: NATS
     rooms: RoomClient
+    contexts: ObjectClient
     fanouts: RoomFanouts
     limiter: IpRateLimiter
     sockets_per_ip: Counter[str]

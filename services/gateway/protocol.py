@@ -10,7 +10,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from contracts.room import MAX_MESSAGE_LENGTH, MAX_NAME_LENGTH, ChatMessage, RoomUpdate
+from contracts.room import (
+    MAX_MESSAGE_LENGTH,
+    MAX_NAME_LENGTH,
+    AiReplyView,
+    ChatMessage,
+    RoomUpdate,
+)
 
 CLOSE_TOO_BIG = 1009
 ANONYMOUS = "anonymous"
@@ -105,26 +111,64 @@ def encode(frame: dict) -> str:
 
 
 def message_frame(message: ChatMessage) -> str:
-    """A chat message as the demo sends it, plus its id (an extension old clients ignore)."""
-    return encode(
-        {
-            "name": message.name,
-            "message": message.message,
-            "timestamp": message.timestamp,
-            "id": message.id,
-        }
-    )
+    """A chat message as the demo sends it, plus its id and, for the AI's and the room's own
+    messages, its kind (extensions old clients ignore)."""
+    frame = {
+        "name": message.name,
+        "message": message.message,
+        "timestamp": message.timestamp,
+        "id": message.id,
+    }
+    if message.kind != "user":
+        frame["kind"] = message.kind
+    return encode(frame)
 
 
-def update_frame(update: RoomUpdate) -> str:
+def ai_frame(event: str, **fields) -> str:
+    """An AI reply's progress: `{"ai": {"event": ..., "id": ...}}`. It has no "timestamp", so
+    the demo's clients, which show only frames with a newer timestamp, ignore it."""
+    return encode({"ai": {"event": event, **fields}})
+
+
+def update_frames(update: RoomUpdate) -> list[str]:
+    """The socket frames of one broadcast (most are one frame)."""
     match update.type:
         case "joined":
-            return encode({"joined": update.name})
+            return [encode({"joined": update.name})]
         case "quit":
-            return encode({"quit": update.name})
+            return [encode({"quit": update.name})]
         case "message":
-            return message_frame(update.message)
+            return [message_frame(update.message)]
+        case "ai_queued":
+            return [ai_frame("queued", id=update.id, asker=update.asker, question=update.question)]
+        case "ai_started":
+            return [
+                ai_frame(
+                    "started", id=update.id, asker=update.asker, model=update.model,
+                    label=update.label,
+                )
+            ]
+        case "ai_chunk":
+            return [ai_frame("chunk", id=update.id, offset=update.offset, text=update.text)]
+        case "ai_failed":
+            frames = [ai_frame("failed", id=update.id, reason=update.reason)]
+            if update.message is not None:
+                frames.append(message_frame(update.message))
+            return frames
     raise AssertionError(update)
+
+
+def ai_progress_frames(reply: AiReplyView) -> list[str]:
+    """What a socket joining mid-reply is shown of an unfinished AI reply: the reply as it
+    stands (everything streamed so far, as one chunk); live chunks continue from there."""
+    if reply.status != "streaming":
+        return [ai_frame("queued", id=reply.id, asker=reply.asker, question=reply.question)]
+    frames = [
+        ai_frame("started", id=reply.id, asker=reply.asker, model=reply.model, label=reply.label)
+    ]
+    if reply.text:
+        frames.append(ai_frame("chunk", id=reply.id, offset=0, text=reply.text))
+    return frames
 
 
 def error_frame(message: str) -> str:

@@ -6,62 +6,24 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
-from contracts.common import Command, ErrorCode, ErrorReply
 from contracts.room import RoomReply, room_reply, room_update
-from contracts.subjects import ROOM, command_subject, out_subject
-from services.gateway.protocol import update_frame
+from contracts.subjects import ROOM, out_subject
+from services.gateway.protocol import update_frames
 from services.gateway.sockets import OutFrame
+from services.runtime.client import ObjectClient
 
 log = logging.getLogger(__name__)
 
-UNAVAILABLE = ErrorReply(code=ErrorCode.UNAVAILABLE, message="The room is unavailable; try again.")
-
-
-class RoomClient:
-    """Sends commands to room objects.
-
-    A command that times out, finds no owner (a room service restarting) or is refused as
-    retryable (busy, conflict) is sent again with the same command id until the deadline.
-    """
+class RoomClient(ObjectClient[RoomReply]):
+    """Sends commands to room objects (retried until `timeout`, as every object client)."""
 
     def __init__(self, nc: NATS, timeout: float, attempt_timeout: float = 2.0) -> None:
-        self.nc = nc
-        self.timeout = timeout
-        self.attempt_timeout = min(attempt_timeout, timeout)
-
-    async def send(self, room: str, command: Command) -> RoomReply:
-        subject = command_subject(ROOM, room)
-        data = command.model_dump_json().encode()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
-        backoff = 0.02
-        reply: RoomReply = UNAVAILABLE
-        while True:
-            remaining = deadline - loop.time()
-            try:
-                msg = await self.nc.request(
-                    subject, data, timeout=max(0.001, min(self.attempt_timeout, remaining))
-                )
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-                reply = UNAVAILABLE
-            else:
-                try:
-                    reply = room_reply.validate_json(msg.data)
-                except ValidationError:
-                    log.error("room %s sent a reply outside the contract: %r", room, msg.data[:200])
-                    return UNAVAILABLE
-                if not (isinstance(reply, ErrorReply) and reply.retryable):
-                    return reply
-            if loop.time() + backoff >= deadline:
-                return reply
-            await asyncio.sleep(backoff)  # back off before sending the same command id again
-            backoff = min(backoff * 2, 0.5)
+        super().__init__(nc, ROOM, room_reply, timeout, attempt_timeout)
 
 
 class RoomFanout:
@@ -83,9 +45,10 @@ class RoomFanout:
             return
         if update.version <= self.version:
             return  # said again by a new owner after a failover; already delivered
-        frame = OutFrame(update_frame(update))
-        for deliver in list(self.listeners.values()):
-            deliver(update.version, frame)
+        for text in update_frames(update):
+            frame = OutFrame(text)
+            for deliver in list(self.listeners.values()):
+                deliver(update.version, frame)
         self.version = update.version
         async with self._advanced:
             self._advanced.notify_all()

@@ -12,6 +12,7 @@ from fastapi.responses import PlainTextResponse
 from starlette.websockets import WebSocketDisconnect
 
 from contracts.common import ErrorReply
+from contracts.context import guest_user
 from contracts.keys import is_private_room_id
 from contracts.ratelimit import RATE_LIMITED
 from contracts.room import MAX_NAME_LENGTH, GetRoom, JoinRoom, LeaveRoom, PostMessage, RoomState
@@ -143,6 +144,11 @@ async def chat(
             session.blocked = (
                 [(0, OutFrame(protocol.encode({"joined": m}))) for m in state.members]
                 + [(0, OutFrame(protocol.message_frame(m))) for m in state.messages]
+                + [
+                    (0, OutFrame(text))
+                    for reply in state.ai
+                    for text in protocol.ai_progress_frames(reply)
+                ]
                 + [(v, f) for v, f in session.blocked if v > state.version]
             )
             await converse(session, gateway, fanout)
@@ -201,7 +207,12 @@ async def converse(session: ChatSession, gateway: Gateway, fanout: RoomFanout) -
             else:
                 frame = protocol.parse_message_frame(text, data, limit)
                 reply = await rooms.send(
-                    session.room, PostMessage(session_id=session.id, text=frame.text)
+                    session.room,
+                    PostMessage(
+                        session_id=session.id,
+                        text=frame.text,
+                        user_id=session.user_id or guest_user(session.name),
+                    ),
                 )
                 if isinstance(reply, ErrorReply):
                     raise FrameError(reply.message)

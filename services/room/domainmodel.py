@@ -7,7 +7,18 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.domain import Aggregate, event
 
 from contracts.keys import is_private_room_id
-from contracts.room import HISTORY_LENGTH, MAX_MESSAGE_LENGTH, MAX_NAME_LENGTH
+from contracts.room import (
+    AI_NAME,
+    HISTORY_LENGTH,
+    INCOMPLETE_MARK,
+    MAX_AI_QUEUE,
+    MAX_AI_REPLY_LENGTH,
+    MAX_MESSAGE_LENGTH,
+    MAX_NAME_LENGTH,
+    RESERVED_NAMES,
+    SYSTEM_NAME,
+    ai_question,
+)
 
 ROOM_NAMESPACE = uuid5(NAMESPACE_URL, "durachat:room")
 RECENT_IDS = 4096  # message ids remembered to apply a retried post once
@@ -37,13 +48,36 @@ class AlreadyExists(RoomError):
     """The room was created before."""
 
 
+class NameReserved(RoomError):
+    """A member name the room uses for itself (the AI, the system)."""
+
+
+class NoSuchAiReply(RoomError):
+    """An AI reply the room is not waiting for (finished, failed, or never asked)."""
+
+
+class AiReplyConflict(RoomError):
+    """Text that does not continue the reply where it stands."""
+
+
+def reply_id_of(message_id: str) -> str:
+    """The id of the AI reply to message `message_id`: the same on every retry."""
+    return str(uuid5(ROOM_NAMESPACE, f"ai-reply:{message_id}"))
+
+
 def room_id(name: str) -> UUID:
     """The aggregate id of room `name`: the same on every replica, as idFromName is."""
     return uuid5(ROOM_NAMESPACE, name)
 
 
 class Room(Aggregate):
-    """One chat room: who is present and the recent messages."""
+    """One chat room: who is present, the recent messages, and the AI replies under way."""
+
+    class_version = 2  # snapshots of v1 rooms have no AI queue
+
+    @staticmethod
+    def upcast_v1_v2(state: dict) -> None:
+        state["ai"] = {}
 
     @staticmethod
     def create_id(name: str, private: bool) -> UUID:
@@ -60,6 +94,8 @@ class Room(Aggregate):
         self.used = False  # someone has joined it at least once
         self.expired = False
         self.alarm_at: float | None = None
+        # AI replies not finished yet, in queue order; the first is being answered.
+        self.ai: dict[str, dict] = {}
 
     @classmethod
     def open_public(cls, name: str) -> Room:
@@ -80,16 +116,40 @@ class Room(Aggregate):
         if self.expired:
             raise NoSuchRoom("No such room.")
 
-    def alarm_due(self, at: float) -> bool:
-        """The alarm set for `at` fired. Returns False when it is no longer this room's alarm
-        (a duplicate delivery, or replaced since)."""
-        if self.alarm_at != at:
-            return False
-        if self.private and not self.used:
-            self._expired()
-        else:
-            self._alarm_cleared()
-        return True
+    def wake_at(self) -> float | None:
+        """When the room wants its alarm: a private room's expiry, or the deadline of the AI
+        reply being answered, whichever comes first."""
+        times = [t for t in (self.alarm_at, self._ai_deadline()) if t is not None]
+        return min(times) if times else None
+
+    def _ai_deadline(self) -> float | None:
+        head = self._ai_head()
+        return head["deadline"] if head is not None and head["status"] != "queued" else None
+
+    def alarm_due(self, at: float, now: float, now_ms: int, start_timeout: float) -> bool:
+        """The alarm set for `at` fired. Does only what is due by `at`: a duplicate delivery,
+        or an alarm replaced since, finds nothing to do and returns False."""
+        acted = False
+        if self.alarm_at is not None and self.alarm_at <= at:
+            if self.private and not self.used:
+                self._expired()
+            else:
+                self._alarm_cleared()
+            acted = True
+        head = self._ai_head()
+        if head is not None and head["status"] != "queued" and head["deadline"] <= at:
+            started = head["status"] == "streaming"
+            self._fail_ai(
+                head["id"],
+                "timeout",
+                "it did not finish in time." if started else "the AI service did not start answering.",
+                now_ms,
+                start_timeout=start_timeout,
+                now=now,
+                provider_called=started,
+            )
+            acted = True
+        return acted
 
     # --- commands: check, then record the event -------------------------------------------
 
@@ -98,14 +158,27 @@ class Room(Aggregate):
         self.check_open()
         if len(name) > MAX_NAME_LENGTH:
             raise NameTooLong("Name too long.")
+        if name.casefold() in RESERVED_NAMES:
+            raise NameReserved(f"The name {name!r} is reserved; choose another.")
         if self.members.get(session_id) == name:
             return False
         self._member_joined(session_id=session_id, member_name=name)
         return True
 
-    def post(self, message_id: str, session_id: str, text: str, now_ms: int) -> dict | None:
+    def post(
+        self,
+        message_id: str,
+        session_id: str,
+        text: str,
+        now_ms: int,
+        user_id: str | None = None,
+        now: float = 0.0,
+        start_timeout: float = 30.0,
+    ) -> dict | None:
         """Post `text`; the timestamp is `now_ms`, bumped past the last one if needed.
 
+        A message addressed to the AI (`@ai ...`) also asks for an AI reply on behalf of
+        `user_id`: it joins the room's queue, and is dispatched at once if the queue was empty.
         Returns the message, or None when `message_id` was posted before (a retry).
         """
         if message_id in self.recent_ids:
@@ -121,7 +194,136 @@ class Room(Aggregate):
             text=text,
             posted_at=timestamp,
         )
+        message = self.messages[-1]
+        question = ai_question(text)
+        if question is not None:
+            asker = self.members[session_id]
+            if len(self.ai) >= MAX_AI_QUEUE:
+                self._system_message(
+                    f"{message_id}:ai-busy",
+                    f"The AI has {MAX_AI_QUEUE} questions waiting; {asker}, ask again in a moment.",
+                    now_ms,
+                )
+            else:
+                reply_id = reply_id_of(message_id)
+                self._ai_reply_requested(
+                    reply_id=reply_id,
+                    user_id=user_id or f"guest:{asker}",
+                    asker=asker,
+                    question=question,
+                    requested_at=timestamp,
+                )
+                if len(self.ai) == 1:
+                    self._ai_reply_dispatched(reply_id=reply_id, deadline=now + start_timeout)
+        return message
+
+    # --- AI replies: one answered at a time, in the order asked ----------------------------
+
+    def _ai_head(self) -> dict | None:
+        return next(iter(self.ai.values()), None)
+
+    def _active_ai(self, reply_id: str) -> dict:
+        head = self._ai_head()
+        if head is None or head["id"] != reply_id:
+            raise NoSuchAiReply("No such AI reply in progress.")
+        return head
+
+    def start_ai(self, reply_id: str, model: str, label: str, now: float, max_duration: float) -> bool:
+        """The context service starts streaming the head of the queue; False if it had."""
+        head = self._active_ai(reply_id)
+        if head["status"] == "streaming":
+            return False
+        self._ai_reply_started(
+            reply_id=reply_id, asker=head["asker"], model=model, label=label,
+            deadline=now + max_duration,
+        )
+        return True
+
+    def append_ai(self, reply_id: str, offset: int, text: str) -> bool:
+        """Streamed text at `offset`; False for a retry of text already appended."""
+        head = self._active_ai(reply_id)
+        if head["status"] != "streaming":
+            raise NoSuchAiReply("The AI reply has not started.")
+        current = head["text"]
+        if offset + len(text) <= len(current) and current[offset : offset + len(text)] == text:
+            return False
+        if offset != len(current):
+            raise AiReplyConflict(f"The reply is at {len(current)} characters, not {offset}.")
+        if len(current) + len(text) > MAX_AI_REPLY_LENGTH:
+            raise AiReplyConflict(f"An AI reply holds at most {MAX_AI_REPLY_LENGTH} characters.")
+        self._ai_reply_chunk(reply_id=reply_id, offset=offset, text=text)
+        return True
+
+    def complete_ai(
+        self, reply_id: str, length: int, prompt_tokens: int, output_tokens: int,
+        now_ms: int, now: float, start_timeout: float,
+    ) -> dict | None:
+        """The reply is whole: it becomes a message by the AI. Dispatches the next question.
+        Returns the message, or None for a retry of a reply already finished."""
+        if reply_id in self.recent_ids:
+            return None
+        head = self._active_ai(reply_id)
+        if len(head["text"]) != length:
+            raise AiReplyConflict(
+                f"The reply has {len(head['text'])} characters stored, not {length}."
+            )
+        self._ai_reply_completed(
+            reply_id=reply_id,
+            user_id=head["user_id"],
+            text=head["text"],
+            posted_at=max(now_ms, self.last_timestamp + 1),
+            prompt_tokens=prompt_tokens,
+            output_tokens=output_tokens,
+        )
+        self._dispatch_next(now, start_timeout)
         return self.messages[-1]
+
+    def fail_ai(
+        self, reply_id: str, reason: str, message: str, prompt_tokens: int, output_tokens: int,
+        now_ms: int, now: float, start_timeout: float,
+    ) -> None:
+        if reply_id in self.recent_ids:
+            return  # a retry of a reply already finished
+        head = self._active_ai(reply_id)
+        self._fail_ai(
+            reply_id, reason, message, now_ms, start_timeout=start_timeout, now=now,
+            provider_called=head["status"] == "streaming" or reason not in ("quota", "unavailable"),
+            prompt_tokens=prompt_tokens, output_tokens=output_tokens,
+        )
+
+    def _fail_ai(
+        self, reply_id: str, reason: str, message: str, now_ms: int, *, start_timeout: float,
+        now: float, provider_called: bool, prompt_tokens: int = 0, output_tokens: int = 0,
+    ) -> None:
+        """End the reply early: what was streamed stays, marked incomplete; the room is told."""
+        head = self.ai[reply_id]
+        partial = head["text"]
+        self._ai_reply_failed(
+            reply_id=reply_id,
+            user_id=head["user_id"],
+            reason=reason,
+            text=partial + INCOMPLETE_MARK if partial else "",
+            posted_at=max(now_ms, self.last_timestamp + 1),
+            prompt_tokens=prompt_tokens,
+            output_tokens=output_tokens,
+            provider_called=provider_called,
+        )
+        self._system_message(
+            f"{reply_id}:failed",
+            f"The AI could not answer {head['asker']}: {message}",
+            now_ms,
+        )
+        self._dispatch_next(now, start_timeout)
+
+    def _dispatch_next(self, now: float, start_timeout: float) -> None:
+        head = self._ai_head()
+        if head is not None and head["status"] == "queued":
+            self._ai_reply_dispatched(reply_id=head["id"], deadline=now + start_timeout)
+
+    def _system_message(self, message_id: str, text: str, now_ms: int) -> None:
+        self._system_message_posted(
+            message_id=message_id, text=text, posted_at=max(now_ms, self.last_timestamp + 1)
+        )
 
     def leave(self, session_id: str) -> str:
         """Remove the session; returns the name it had."""
@@ -140,14 +342,69 @@ class Room(Aggregate):
 
     @event("MessagePosted")
     def _message_posted(self, message_id: str, member_name: str, text: str, posted_at: int) -> None:
-        self.messages.append(
+        self._remember(
             {"id": message_id, "name": member_name, "message": text, "timestamp": posted_at}
         )
+
+    def _remember(self, message: dict) -> None:
+        self.messages.append(message)
         del self.messages[:-HISTORY_LENGTH]
-        self.last_timestamp = posted_at
-        self.recent_ids[message_id] = posted_at
+        self.last_timestamp = message["timestamp"]
+        self.recent_ids[message["id"]] = message["timestamp"]
         if len(self.recent_ids) > RECENT_IDS:
             del self.recent_ids[next(iter(self.recent_ids))]
+
+    @event("AiReplyRequested")
+    def _ai_reply_requested(
+        self, reply_id: str, user_id: str, asker: str, question: str, requested_at: int
+    ) -> None:
+        self.ai[reply_id] = {
+            "id": reply_id, "user_id": user_id, "asker": asker, "question": question,
+            "status": "queued", "deadline": None, "model": None, "label": None, "text": "",
+        }
+
+    @event("AiReplyDispatched")
+    def _ai_reply_dispatched(self, reply_id: str, deadline: float) -> None:
+        self.ai[reply_id].update(status="dispatched", deadline=deadline)
+
+    @event("AiReplyStarted")
+    def _ai_reply_started(
+        self, reply_id: str, asker: str, model: str, label: str, deadline: float
+    ) -> None:
+        self.ai[reply_id].update(status="streaming", model=model, label=label, deadline=deadline)
+
+    @event("AiReplyChunk")
+    def _ai_reply_chunk(self, reply_id: str, offset: int, text: str) -> None:
+        self.ai[reply_id]["text"] += text
+
+    @event("AiReplyCompleted")
+    def _ai_reply_completed(
+        self, reply_id: str, user_id: str, text: str, posted_at: int,
+        prompt_tokens: int, output_tokens: int,
+    ) -> None:
+        del self.ai[reply_id]
+        self._remember(
+            {"id": reply_id, "name": AI_NAME, "message": text, "timestamp": posted_at, "kind": "ai"}
+        )
+
+    @event("AiReplyFailed")
+    def _ai_reply_failed(
+        self, reply_id: str, user_id: str, reason: str, text: str, posted_at: int,
+        prompt_tokens: int, output_tokens: int, provider_called: bool,
+    ) -> None:
+        del self.ai[reply_id]
+        self.recent_ids[reply_id] = posted_at  # a retried FailAiReply finds it finished
+        if text:
+            self._remember(
+                {"id": reply_id, "name": AI_NAME, "message": text, "timestamp": posted_at, "kind": "ai"}
+            )
+
+    @event("SystemMessagePosted")
+    def _system_message_posted(self, message_id: str, text: str, posted_at: int) -> None:
+        self._remember(
+            {"id": message_id, "name": SYSTEM_NAME, "message": text, "timestamp": posted_at,
+             "kind": "system"}
+        )
 
     @event("AlarmSet")
     def _alarm_set(self, at: float) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from functools import singledispatchmethod
 
@@ -9,9 +11,19 @@ from pydantic import BaseModel
 
 from contracts.common import ErrorCode, ErrorReply
 from contracts.keys import is_private_room_id
+from contracts.context import CONTEXT, ROOM_WINDOW, Ask, context_reply
 from contracts.room import (
     Accepted,
+    AiChunk,
+    AiFailed,
+    AiQueued,
+    AiReplyView,
+    AiStarted,
+    AppendAiReply,
     ChatMessage,
+    CompleteAiReply,
+    FailAiReply,
+    StartAiReply,
     CreatePrivateRoom,
     GetRoom,
     JoinRoom,
@@ -23,9 +35,14 @@ from contracts.room import (
     RoomState,
     room_command,
 )
+from contracts.room import AI_NAME, SYSTEM_NAME
 from contracts.subjects import ROOM
+from services.runtime.client import ObjectClient
 from services.room.domainmodel import (
+    AiReplyConflict,
     AlreadyExists,
+    NameReserved,
+    NoSuchAiReply,
     MessageTooLong,
     NameTooLong,
     NoSuchRoom,
@@ -33,8 +50,14 @@ from services.room.domainmodel import (
     Room,
     RoomError,
 )
+
+log = logging.getLogger(__name__)
+
 ERROR_CODES = {
     NotAMember: ErrorCode.NOT_MEMBER,
+    NameReserved: ErrorCode.BAD_REQUEST,
+    NoSuchAiReply: ErrorCode.NOT_FOUND,
+    AiReplyConflict: ErrorCode.BAD_REQUEST,
     NameTooLong: ErrorCode.TOO_LONG,
     MessageTooLong: ErrorCode.TOO_LONG,
     AlreadyExists: ErrorCode.EXISTS,
@@ -52,8 +75,16 @@ class RoomBehaviour:
     kind = ROOM
     aggregate_type = Room
 
-    def __init__(self, private_room_ttl: float = 86_400.0) -> None:
+    def __init__(
+        self,
+        private_room_ttl: float = 86_400.0,
+        ai_start_timeout: float = 30.0,
+        ai_max_duration: float = 180.0,
+    ) -> None:
         self.private_room_ttl = private_room_ttl
+        self.ai_start_timeout = ai_start_timeout  # dispatched -> started, else it fails
+        self.ai_max_duration = ai_max_duration  # started -> finished, else it fails
+        self._asking: set[asyncio.Task] = set()
 
     def parse(self, data: bytes):
         return room_command.validate_json(data)
@@ -82,16 +113,92 @@ class RoomBehaviour:
                         timestamp=event.posted_at,
                     ),
                 )
+            case Room.AiReplyRequested():
+                return AiQueued(
+                    version=event.originator_version,
+                    id=event.reply_id,
+                    asker=event.asker,
+                    question=event.question,
+                )
+            case Room.AiReplyStarted():
+                return AiStarted(
+                    version=event.originator_version,
+                    id=event.reply_id,
+                    asker=event.asker,
+                    model=event.model,
+                    label=event.label,
+                )
+            case Room.AiReplyChunk():
+                return AiChunk(
+                    version=event.originator_version,
+                    id=event.reply_id,
+                    offset=event.offset,
+                    text=event.text,
+                )
+            case Room.AiReplyCompleted():
+                return MessagePosted(
+                    version=event.originator_version,
+                    message=ChatMessage(
+                        id=event.reply_id, name=AI_NAME, message=event.text,
+                        timestamp=event.posted_at, kind="ai",
+                    ),
+                )
+            case Room.AiReplyFailed():
+                return AiFailed(
+                    version=event.originator_version,
+                    id=event.reply_id,
+                    reason=event.reason,
+                    message=ChatMessage(
+                        id=event.reply_id, name=AI_NAME, message=event.text,
+                        timestamp=event.posted_at, kind="ai",
+                    )
+                    if event.text
+                    else None,
+                )
+            case Room.SystemMessagePosted():
+                return MessagePosted(
+                    version=event.originator_version,
+                    message=ChatMessage(
+                        id=event.message_id, name=SYSTEM_NAME, message=event.text,
+                        timestamp=event.posted_at, kind="system",
+                    ),
+                )
         return None
 
     def alarm_time(self, room: Room) -> float | None:
-        return room.alarm_at
+        return room.wake_at()
 
     def on_alarm(self, key: str, room: Room | None, at: float) -> tuple[Room | None, BaseModel]:
-        """The room's only alarm today: expire a private room nobody joined in time."""
+        """Expire a private room nobody joined in time; fail an AI reply past its deadline."""
         if room is not None:
-            room.alarm_due(at)
+            room.alarm_due(at, time.time(), now_ms(), self.ai_start_timeout)
         return room, Accepted(version=room.version if room else 0)
+
+    async def after_commit(self, nc, key: str, room: Room | None, events) -> None:
+        """A question that reached the head of the queue is sent to the asker's context."""
+        for event in events:
+            if isinstance(event, Room.AiReplyDispatched) and room is not None:
+                reply = room.ai.get(event.reply_id)
+                if reply is None or reply["status"] != "dispatched":
+                    continue  # answered or failed since (a reload says old commits again)
+                ask = Ask(
+                    room=key,
+                    reply_id=reply["id"],
+                    asker=reply["asker"],
+                    question=reply["question"],
+                    room_messages=[ChatMessage(**m) for m in room.messages[-ROOM_WINDOW:]],
+                )
+                task = asyncio.create_task(self._ask(nc, reply["user_id"], ask))
+                self._asking.add(task)
+                task.add_done_callback(self._asking.discard)
+
+    async def _ask(self, nc, user_id: str, ask: Ask) -> None:
+        # Retried (same command id) for half the start timeout; if the context service never
+        # takes it, the room's alarm fails the reply at the start deadline.
+        client = ObjectClient(nc, CONTEXT, context_reply, timeout=self.ai_start_timeout / 2)
+        reply = await client.send(user_id, ask)
+        if isinstance(reply, ErrorReply):
+            log.warning("context %s refused reply %s: %s", user_id, ask.reply_id, reply.message)
 
     @staticmethod
     def _existing(key: str, room: Room | None) -> Room:
@@ -127,6 +234,13 @@ class RoomBehaviour:
             private=room.private,
             members=list(room.members.values()),
             messages=[ChatMessage(**m) for m in room.messages],
+            ai=[
+                AiReplyView(
+                    id=r["id"], asker=r["asker"], question=r["question"], status=r["status"],
+                    model=r["model"], label=r["label"], text=r["text"],
+                )
+                for r in room.ai.values()
+            ],
         )
         return room, state
 
@@ -139,7 +253,10 @@ class RoomBehaviour:
     @_decide.register
     def _(self, command: PostMessage, key: str, room: Room | None):
         room = self._existing(key, room)
-        posted = room.post(str(command.command_id), command.session_id, command.text, now_ms())
+        posted = room.post(
+            str(command.command_id), command.session_id, command.text, now_ms(),
+            user_id=command.user_id, now=time.time(), start_timeout=self.ai_start_timeout,
+        )
         # None: a retry of a post already applied. Once is enough; if the first attempt's
         # broadcast was lost in a crash, the next owner re-broadcasts it when it loads the room.
         message = ChatMessage(**posted) if posted is not None else None
@@ -149,4 +266,36 @@ class RoomBehaviour:
     def _(self, command: LeaveRoom, key: str, room: Room | None):
         room = self._existing(key, room)
         room.leave(command.session_id)
+        return room, Accepted(version=room.version)
+
+    @_decide.register
+    def _(self, command: StartAiReply, key: str, room: Room | None):
+        room = self._existing(key, room)
+        room.start_ai(command.reply_id, command.model, command.label, time.time(), self.ai_max_duration)
+        return room, Accepted(version=room.version)
+
+    @_decide.register
+    def _(self, command: AppendAiReply, key: str, room: Room | None):
+        room = self._existing(key, room)
+        room.append_ai(command.reply_id, command.offset, command.text)
+        return room, Accepted(version=room.version)
+
+    @_decide.register
+    def _(self, command: CompleteAiReply, key: str, room: Room | None):
+        room = self._existing(key, room)
+        message = room.complete_ai(
+            command.reply_id, command.length, command.prompt_tokens, command.output_tokens,
+            now_ms(), time.time(), self.ai_start_timeout,
+        )
+        return room, Accepted(
+            version=room.version, message=ChatMessage(**message) if message else None
+        )
+
+    @_decide.register
+    def _(self, command: FailAiReply, key: str, room: Room | None):
+        room = self._existing(key, room)
+        room.fail_ai(
+            command.reply_id, command.reason, command.message, command.prompt_tokens,
+            command.output_tokens, now_ms(), time.time(), self.ai_start_timeout,
+        )
         return room, Accepted(version=room.version)

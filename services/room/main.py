@@ -12,11 +12,22 @@ class RoomSettings(ObjectServiceSettings):
     private_room_ttl: float = Field(
         86_400.0, gt=0, description="seconds a private room may stay unjoined before it expires"
     )
+    ai_start_timeout: float = Field(
+        30.0, gt=0, description="seconds an AI question waits to start streaming, then fails"
+    )
+    ai_max_duration: float = Field(
+        180.0, gt=0, description="seconds an AI reply may stream before the room closes it"
+    )
 
 
 def main() -> None:
     settings = RoomSettings()
-    run(RoomBehaviour(private_room_ttl=settings.private_room_ttl), settings)
+    behaviour = RoomBehaviour(
+        private_room_ttl=settings.private_room_ttl,
+        ai_start_timeout=settings.ai_start_timeout,
+        ai_max_duration=settings.ai_max_duration,
+    )
+    run(behaviour, settings)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,12 @@ class ObjectBehaviour(Protocol[A]):
         """The alarm set for `at` is due. It may come more than once, or after the object
         changed its alarm: act only if `at` is still the object's alarm. Raising retries it."""
 
+    # Optional: `async after_commit(nc, key, aggregate, events)`. Called with the events of
+    # each commit once it is acknowledged and broadcast (and, when an object is loaded, with
+    # its last commit's events: the previous owner may have died before calling it). This is
+    # where an object starts work outside itself (asks another object, starts a stream); the
+    # work must tolerate being started twice.
+    #
     # Optional: `durable(key) -> bool`. A behaviour may define it to keep some objects in
     # memory only: for a key it says False of, the host never reads the object's stream
     # (it starts from None each time the object is woken), and the object's state must have
@@ -150,6 +156,7 @@ class ObjectMailbox(Generic[A]):
             # The previous owner may have stored its last commit and died before broadcasting
             # it: say it again. Watchers drop versions they already have, so this is harmless.
             await self._broadcast(loaded.last_events)
+            await self._after_commit(loaded.last_events)
 
         events: list[Any] = []
         outcomes: list[tuple[Msg, bytes, list[Any]]] = []
@@ -233,12 +240,21 @@ class ObjectMailbox(Generic[A]):
         for msg, reply, command_events in outcomes:
             await self._broadcast(command_events)
             await host.reply(msg, reply)
+        await self._after_commit(events)
 
         self.unsnapshotted += len(events)
         if self.aggregate is not None and self.unsnapshotted >= host.snapshot_every:
             # After the broadcasts: a snapshot never covers a commit whose broadcast is owed.
             await host.store.save_snapshot(self.key, self.aggregate, self.sequence)
             self.unsnapshotted = 0
+
+    async def _after_commit(self, events: list[Any]) -> None:
+        after_commit = self.host.after_commit
+        if events and after_commit is not None:
+            try:
+                await after_commit(self.host.nc, self.key, self.aggregate, events)
+            except Exception:
+                log.exception("%s/%s: after_commit failed", self.host.behaviour.kind, self.key)
 
     async def _broadcast(self, events: list[Any]) -> None:
         for event in events:
@@ -268,6 +284,7 @@ class ObjectHost(Generic[A]):
         self._on_lease_lapsed = on_lease_lapsed
         self.behaviour = behaviour
         self.durable: Callable[[str], bool] = getattr(behaviour, "durable", lambda key: True)
+        self.after_commit = getattr(behaviour, "after_commit", None)
         self.store = ObjectEventStore(nc, behaviour.kind, replicas=stream_replicas)
         self.alarms = AlarmSchedule(nc, behaviour.kind, replicas=stream_replicas)
         self.mailbox_limit = mailbox_limit

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 
 import nats
 import uvloop
+from nats.aio.client import Client as NATS
 from pydantic import Field
 
 from services.runtime.alarms import AlarmRunner
@@ -39,10 +41,21 @@ async def connect(settings: RuntimeSettings, name: str) -> nats.NATS:
     )
 
 
-async def serve(behaviour: ObjectBehaviour, settings: ObjectServiceSettings) -> None:
+async def serve(
+    behaviour: ObjectBehaviour,
+    settings: ObjectServiceSettings,
+    *,
+    on_connected: Callable[[NATS], None] | None = None,
+    on_stopping: Callable[[], Awaitable[None]] | None = None,
+) -> None:
     """Host `behaviour`'s objects on the partitions this replica leases, until SIGTERM or
-    SIGINT; then hand every partition over and drain."""
+    SIGINT; then hand every partition over and drain.
+
+    `on_connected` gets the connection before any object runs; `on_stopping` is awaited first
+    when the service stops, while the connection and the partitions are still there."""
     nc = await connect(settings, f"durachat-{behaviour.kind}")
+    if on_connected is not None:
+        on_connected(nc)
     leases: PartitionLeases | None = None
 
     def may_write(partition: int) -> bool:
@@ -83,6 +96,8 @@ async def serve(behaviour: ObjectBehaviour, settings: ObjectServiceSettings) -> 
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
     log.info("%s service stopping: handing partitions over", behaviour.kind)
+    if on_stopping is not None:
+        await on_stopping()
     await alarms.stop()
     await leases.stop()
     await host.stop()  # every reply and broadcast of taken commands is published by now

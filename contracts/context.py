@@ -1,0 +1,109 @@
+"""The context objects' commands and replies: one object per user (`context`, keyed by user id).
+
+A context holds the user's AI settings and their recent exchanges with the AI; when a room
+asks it to answer (`Ask`), it builds the window sent to the model and streams the reply back
+into the room.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, TypeAdapter
+
+from contracts.common import Command, Contract, ErrorReply
+from contracts.room import MAX_MESSAGE_LENGTH, ChatMessage
+
+CONTEXT = "context"
+MAX_EXCHANGES = 10  # the user's own recent exchanges kept (and offered to the window)
+MAX_SYSTEM_PROMPT = 4000
+ROOM_WINDOW = 30  # recent room messages a room sends along with a question
+
+UserId = Annotated[str, Field(min_length=1, max_length=128)]
+ModelName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.\-]{0,63}$", examples=["gemini-2.5-flash"])]
+Language = Annotated[
+    str, Field(pattern=r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8}){0,3}$", examples=["en", "pt-BR"])
+]
+
+
+def guest_user(name: str) -> str:
+    """The user id of a client without a token: guests are told apart by name only."""
+    return f"guest:{name}"
+
+
+class ContextSettings(Contract):
+    """A user's AI settings; an unset field takes the service's default."""
+
+    model: ModelName | None = None
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    system_prompt: str | None = Field(None, max_length=MAX_SYSTEM_PROMPT)
+    language: Language | None = Field(None, description="Answer in this language (BCP 47).")
+
+
+class Exchange(Contract):
+    reply_id: str
+    room: str
+    question: str
+    answer: str
+
+
+# --- commands: -> cmd.context.<user id> ------------------------------------------------------
+
+
+class GetContext(Command):
+    type: Literal["get"] = "get"
+
+
+class PutSettings(Command):
+    """Replace the user's settings (PUT semantics: a field left out goes back to default)."""
+
+    type: Literal["put"] = "put"
+    settings: ContextSettings
+
+
+class Ask(Command):
+    """A room asks this user's context to answer `question` as reply `reply_id`."""
+
+    type: Literal["ask"] = "ask"
+    room: str = Field(min_length=1, max_length=64)
+    reply_id: str = Field(min_length=1, max_length=64)
+    asker: str
+    question: str = Field(min_length=1, max_length=MAX_MESSAGE_LENGTH)
+    room_messages: list[ChatMessage] = Field(
+        default_factory=list, max_length=ROOM_WINDOW, description="Recent messages, oldest first."
+    )
+
+
+class RecordExchange(Command):
+    """A reply finished: remember the question and answer for the user's next windows."""
+
+    type: Literal["record"] = "record"
+    exchange: Exchange
+
+
+ContextCommand = Annotated[
+    Union[GetContext, PutSettings, Ask, RecordExchange], Field(discriminator="type")
+]
+context_command = TypeAdapter(ContextCommand)
+
+
+# --- replies -----------------------------------------------------------------------------------
+
+
+class ContextView(Contract):
+    """The user's context: settings as stored, the effective ones, and recent exchanges."""
+
+    type: Literal["context"] = "context"
+    user_id: str
+    version: int
+    settings: ContextSettings
+    exchanges: list[Exchange] = Field(description="Oldest first.")
+
+
+class AskAccepted(Contract):
+    type: Literal["ask_accepted"] = "ask_accepted"
+    duplicate: bool = Field(description="This reply id was asked before; nothing new started.")
+
+
+ContextReply = Annotated[Union[ContextView, AskAccepted, ErrorReply], Field(discriminator="type")]
+context_reply = TypeAdapter(ContextReply)

@@ -1,0 +1,225 @@
+"""Answering one question: quota, window, provider stream, and the reply streamed into the room.
+
+Every piece of text the provider streams is appended to the room (`AppendAiReply`), which
+stores it and broadcasts it to every member; the room is the one authority on the reply, so a
+member who reconnects gets exactly what was streamed so far and the rest live. One append is
+in flight per reply at a time; text that arrives meanwhile rides the next one, so a fast
+provider costs fewer, larger appends instead of a queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from nats.aio.client import Client as NATS
+
+from contracts.common import ErrorReply
+from contracts.context import CONTEXT, Ask, ContextSettings, Exchange, RecordExchange, context_reply
+from contracts.room import (
+    MAX_AI_REPLY_LENGTH,
+    AppendAiReply,
+    CompleteAiReply,
+    FailAiReply,
+    StartAiReply,
+    room_reply,
+)
+from contracts.subjects import ROOM
+from services.context.provider import Provider, ProviderError, Usage
+from services.context.window import fit_window, generation_for
+from services.ratelimit.client import QuotaRefused, charge_ai_request, charge_ai_tokens
+from services.runtime.client import ObjectClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReplyConfig:
+    default_model: str = "gemini-2.5-flash"
+    token_budget: int = 8000  # prompt tokens a window may take
+    max_duration: float = 150.0  # seconds a reply may stream; the room's own deadline is later
+    request_timeout: float = 10.0  # per room/context command, retries included
+
+
+class ChunkSender:
+    """Appends streamed text to the room's reply, one append in flight at a time."""
+
+    def __init__(self, rooms: ObjectClient, room: str, reply_id: str) -> None:
+        self.rooms = rooms
+        self.room = room
+        self.reply_id = reply_id
+        self.length = 0  # characters pushed
+        self.sent = 0  # characters the room has stored
+        self.pending: list[str] = []
+        self.refused: ErrorReply | None = None  # the room will take no more (e.g. it timed out)
+        self._task: asyncio.Task | None = None
+
+    def push(self, text: str) -> None:
+        self.pending.append(text)
+        self.length += len(text)
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self.pending and self.refused is None:
+                text = "".join(self.pending)
+                self.pending.clear()
+                reply = await self.rooms.send(
+                    self.room, AppendAiReply(reply_id=self.reply_id, offset=self.sent, text=text)
+                )
+                if isinstance(reply, ErrorReply):
+                    self.refused = reply
+                    return
+                self.sent += len(text)
+        finally:
+            self._task = None
+
+    async def flush(self) -> None:
+        """Wait until everything pushed is stored (or the room refused more)."""
+        while self._task is not None:
+            await asyncio.shield(self._task)
+
+
+class ReplyStreamer:
+    """Runs the replies this context service was asked for, each as a task."""
+
+    def __init__(self, nc: NATS, provider: Provider, config: ReplyConfig) -> None:
+        self.nc = nc
+        self.provider = provider
+        self.config = config
+        self.rooms = ObjectClient(nc, ROOM, room_reply, timeout=config.request_timeout)
+        self.contexts = ObjectClient(nc, CONTEXT, context_reply, timeout=config.request_timeout)
+        self.tasks: set[asyncio.Task] = set()
+
+    def start(
+        self, user_id: str, ask: Ask, settings: ContextSettings, exchanges: list[Exchange]
+    ) -> None:
+        task = asyncio.create_task(
+            self.answer(user_id, ask, settings, exchanges), name=f"reply {ask.reply_id}"
+        )
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop the replies under way: each one streaming keeps its text and is failed in its
+        room at once (a reply not started yet is failed by its room's deadline)."""
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=timeout)
+
+    async def answer(
+        self, user_id: str, ask: Ask, settings: ContextSettings, exchanges: list[Exchange]
+    ) -> None:
+        try:
+            await self._answer(user_id, ask, settings, exchanges)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("reply %s in room %s failed", ask.reply_id, ask.room)
+            await self._fail(ask, "server", "the AI service had an internal error.")
+
+    async def _answer(
+        self, user_id: str, ask: Ask, settings: ContextSettings, exchanges: list[Exchange]
+    ) -> None:
+        provider = self.provider
+        try:
+            await charge_ai_request(self.nc, user_id)
+        except QuotaRefused as exc:
+            await self._fail(ask, "quota", str(exc))
+            return
+        generation = generation_for(settings, self.config.default_model, ask)
+        try:
+            window = await fit_window(provider, generation, ask, exchanges, self.config.token_budget)
+        except ProviderError as exc:
+            await self._fail(ask, exc.reason, exc.message)
+            return
+        started = await self.rooms.send(
+            ask.room, StartAiReply(reply_id=ask.reply_id, model=generation.model, label=provider.label)
+        )
+        if isinstance(started, ErrorReply):
+            log.warning("room %s will not take reply %s: %s", ask.room, ask.reply_id, started.message)
+            return
+        sender = ChunkSender(self.rooms, ask.room, ask.reply_id)
+        cancelled = False
+        usage: Usage | None = None
+        failure: tuple[str, str] | None = None
+        try:
+            async with asyncio.timeout(self.config.max_duration):
+                async for chunk in provider.stream(generation, window.turns):
+                    usage = chunk.usage or usage
+                    text = chunk.text
+                    if sender.length + len(text) > MAX_AI_REPLY_LENGTH:
+                        sender.push(text[: MAX_AI_REPLY_LENGTH - sender.length])
+                        failure = ("too_long", f"the reply passed {MAX_AI_REPLY_LENGTH:,} characters.")
+                        break
+                    if text:
+                        sender.push(text)
+                    if sender.refused is not None:
+                        break
+        except ProviderError as exc:
+            failure = (exc.reason, exc.message)
+        except TimeoutError:
+            failure = ("timeout", f"the reply took longer than {self.config.max_duration:.0f} s.")
+        except asyncio.CancelledError:
+            # The service is stopping: store what came, say so in the room, then stop.
+            cancelled = True
+            if (task := asyncio.current_task()) is not None:
+                task.uncancel()  # the appends below must not be cancelled again
+            failure = ("unavailable", "the AI service restarted; ask again.")
+        await sender.flush()
+        prompt_tokens = usage.prompt_tokens if usage and usage.prompt_tokens else window.tokens
+        output_tokens = (
+            usage.output_tokens if usage and usage.output_tokens else (sender.sent + 3) // 4
+        )
+        await self._charge_tokens(user_id, prompt_tokens + output_tokens)
+        if sender.refused is not None:
+            # The room gave up on the reply (its deadline passed) and told the room so.
+            log.warning("room %s refused more of reply %s: %s", ask.room, ask.reply_id,
+                        sender.refused.message)
+            return
+        if failure is not None:
+            await self._fail(ask, *failure, prompt_tokens=prompt_tokens, output_tokens=output_tokens)
+            if cancelled:
+                raise asyncio.CancelledError
+            return
+        done = await self.rooms.send(
+            ask.room,
+            CompleteAiReply(
+                reply_id=ask.reply_id, length=sender.sent,
+                prompt_tokens=prompt_tokens, output_tokens=output_tokens,
+            ),
+        )
+        if isinstance(done, ErrorReply):
+            log.warning("room %s refused to complete %s: %s", ask.room, ask.reply_id, done.message)
+            return
+        answer = done.message.message if getattr(done, "message", None) else ""
+        record = RecordExchange(
+            exchange=Exchange(reply_id=ask.reply_id, room=ask.room, question=ask.question, answer=answer)
+        )
+        recorded = await self.contexts.send(user_id, record)
+        if isinstance(recorded, ErrorReply):
+            log.warning("context %s did not record %s: %s", user_id, ask.reply_id, recorded.message)
+
+    async def _charge_tokens(self, user_id: str, tokens: int) -> None:
+        if tokens <= 0:
+            return
+        try:
+            await charge_ai_tokens(self.nc, user_id, tokens)
+        except QuotaRefused as exc:  # spent already; the next request will be refused
+            log.warning("tokens of %s not recorded: %s", user_id, exc)
+
+    async def _fail(
+        self, ask: Ask, reason: str, message: str, prompt_tokens: int = 0, output_tokens: int = 0
+    ) -> None:
+        reply = await self.rooms.send(
+            ask.room,
+            FailAiReply(
+                reply_id=ask.reply_id, reason=reason, message=message[:500],
+                prompt_tokens=prompt_tokens, output_tokens=output_tokens,
+            ),
+        )
+        if isinstance(reply, ErrorReply):
+            log.warning("room %s refused to fail %s: %s", ask.room, ask.reply_id, reply.message)

@@ -1,0 +1,125 @@
+"""The Room aggregate's AI replies: one answered at a time, in order; every chunk stored;
+failures keep the partial text; deadlines close what never finished."""
+
+from __future__ import annotations
+
+import pytest
+
+from contracts.room import INCOMPLETE_MARK, MAX_AI_QUEUE, ai_question
+from services.room.domainmodel import (
+    AiReplyConflict,
+    NameReserved,
+    NoSuchAiReply,
+    Room,
+    reply_id_of,
+)
+
+START = 30.0
+NOW = 1_000.0
+
+
+def room_with(*names: str) -> Room:
+    room = Room.open_public("lobby")
+    for name in names:
+        room.join(f"s-{name}", name)
+    return room
+
+
+def ask(room: Room, name: str, text: str, message_id: str, ms: int = 1) -> str:
+    room.post(message_id, f"s-{name}", text, ms, user_id=f"u-{name}", now=NOW, start_timeout=START)
+    return reply_id_of(message_id)
+
+
+def test_only_messages_starting_with_the_prefix_ask_the_ai():
+    assert ai_question("@ai what is NATS?") == "what is NATS?"
+    assert ai_question("/AI  hello ") == "hello"
+    assert ai_question("@ai") is None  # nothing asked
+    assert ai_question("hey @ai what") is None
+    assert ai_question("@aid me") is None
+
+
+def test_questions_queue_and_are_answered_in_order():
+    room = room_with("alice", "bob")
+    first = ask(room, "alice", "@ai one", "m1")
+    second = ask(room, "bob", "/ai two", "m2")
+    assert [r["status"] for r in room.ai.values()] == ["dispatched", "queued"]
+    assert room.ai[first]["deadline"] == NOW + START
+    assert room.wake_at() == NOW + START
+    with pytest.raises(NoSuchAiReply):  # only the head of the queue may start
+        room.start_ai(second, "m", "Gemini", NOW, 100)
+
+    assert room.start_ai(first, "gemini-2.5-flash", "Gemini", NOW, 100)
+    assert not room.start_ai(first, "gemini-2.5-flash", "Gemini", NOW, 100)  # a retry
+    assert room.append_ai(first, 0, "Hel")
+    assert room.append_ai(first, 3, "lo")
+    assert not room.append_ai(first, 0, "Hel")  # a retry of stored text changes nothing
+    with pytest.raises(AiReplyConflict):
+        room.append_ai(first, 9, "gap")
+    with pytest.raises(AiReplyConflict):
+        room.complete_ai(first, 4, 0, 0, 10, NOW, START)  # not what is stored
+    message = room.complete_ai(first, 5, 7, 2, 10, NOW + 1, START)
+    assert message == {"id": first, "name": "AI", "message": "Hello", "timestamp": 10, "kind": "ai"}
+    assert room.complete_ai(first, 5, 7, 2, 11, NOW, START) is None  # a retried completion
+    assert list(room.ai) == [second] and room.ai[second]["status"] == "dispatched"
+    assert room.ai[second]["deadline"] == NOW + 1 + START
+    assert room.ai[second]["user_id"] == "u-bob"
+
+
+def test_a_failure_keeps_the_partial_text_and_tells_the_room():
+    room = room_with("alice")
+    reply = ask(room, "alice", "@ai tell me", "m1")
+    room.start_ai(reply, "m", "Gemini", NOW, 100)
+    room.append_ai(reply, 0, "Part")
+    room.fail_ai(reply, "rate_limited", "the provider is busy.", 5, 1, 20, NOW, START)
+    *_, partial, notice = room.messages
+    assert partial["message"] == "Part" + INCOMPLETE_MARK and partial["kind"] == "ai"
+    assert notice["kind"] == "system" and notice["name"] == "system"
+    assert "alice" in notice["message"] and "the provider is busy." in notice["message"]
+    assert room.ai == {}
+    room.fail_ai(reply, "rate_limited", "again", 0, 0, 30, NOW, START)  # a retry: nothing new
+    assert room.messages[-1] == notice
+
+
+def test_the_deadline_alarm_fails_a_reply_that_never_started_or_finished():
+    room = room_with("alice")
+    first = ask(room, "alice", "@ai one", "m1")
+    second = ask(room, "alice", "@ai two", "m2")
+    assert not room.alarm_due(NOW + START - 1, NOW, 5, START)  # not due yet: nothing
+    assert room.alarm_due(NOW + START, NOW + START, 6, START)
+    assert first not in room.ai and room.ai[second]["status"] == "dispatched"
+    assert "did not start" in room.messages[-1]["message"]
+    room.start_ai(second, "m", "Gemini", NOW + START, 100)
+    room.append_ai(second, 0, "half")
+    assert room.wake_at() == NOW + START + 100
+    assert room.alarm_due(NOW + START + 100, NOW + START + 100, 9, START)
+    assert room.messages[-2]["message"] == "half" + INCOMPLETE_MARK
+    assert room.wake_at() is None
+    assert not room.alarm_due(NOW + START + 100, NOW, 10, START)  # a duplicate does nothing
+
+
+def test_the_queue_is_bounded_and_a_question_over_it_is_told_so():
+    room = room_with("alice")
+    for i in range(MAX_AI_QUEUE):
+        ask(room, "alice", f"@ai q{i}", f"m{i}")
+    ask(room, "alice", "@ai one too many", "extra")
+    assert len(room.ai) == MAX_AI_QUEUE
+    assert room.messages[-1]["kind"] == "system" and "ask again" in room.messages[-1]["message"]
+
+
+def test_the_ai_and_system_names_are_reserved():
+    room = room_with()
+    for name in ("AI", "ai", "System"):
+        with pytest.raises(NameReserved):
+            room.join("s", name)
+
+
+def test_a_room_rebuilt_from_its_events_has_the_same_ai_state():
+    room = room_with("alice")
+    reply = ask(room, "alice", "@ai one", "m1")
+    room.start_ai(reply, "m", "Gemini", NOW, 100)
+    room.append_ai(reply, 0, "so far")
+    events = room.collect_events()
+    copy = None
+    for event in events:
+        copy = event.mutate(copy)
+    assert copy.ai == room.ai and copy.messages == room.messages
