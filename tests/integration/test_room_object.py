@@ -13,6 +13,7 @@ from contracts.common import ErrorCode, ErrorReply
 from contracts.keys import new_private_room_id
 from contracts.room import (
     Accepted,
+    ChatMessage,
     CreatePrivateRoom,
     GetRoom,
     JoinRoom,
@@ -240,4 +241,4 @@ async def test_a_woken_room_is_rebuilt_from_its_snapshot_and_the_tail(nats_serve
         await wait_for(lambda: room_name not in host.resident(), what="eviction")
         assert await ask(nc, room_name, GetRoom()) == before
         loaded = await store.load(room_name)
-        assert loaded.aggregate.messages == [m.model_dump() for m in before.messages]
+        assert [ChatMessage(**m) for m in loaded.aggregate.messages] == before.messages
