@@ -11,6 +11,7 @@
   const BACKOFF_MIN_MS = 1000;
   const BACKOFF_MAX_MS = 10000;
   const CLOSE_TOO_BIG = 1009; // server closes with this when the name is too long
+  const INCOMPLETE = " [incomplete]"; // ends the final text of a failed AI reply
 
   const $ = (id) => document.getElementById(id);
 
@@ -46,8 +47,11 @@
     // skipped (the server hands out strictly increasing timestamps).
     lastSeenTimestamp: 0,
     // Message elements by server-provided id, so a message can be updated in
-    // place later (e.g. a streamed AI reply growing token by token).
+    // place later.
     byId: new Map(),
+    // AI reply bubbles by reply id: { li, who, status, text, time, shown }, where
+    // `shown` counts the characters (code points) in `text`, as chunk offsets do.
+    ai: new Map(),
   };
 
   // ---------------------------------------------------------------- helpers
@@ -118,16 +122,19 @@
     return li;
   }
 
+  function setTime(li, timestamp) {
+    const ts = Number(timestamp);
+    if (!Number.isFinite(ts)) return;
+    const time = li.querySelector(".time");
+    li.dataset.timestamp = String(ts);
+    time.textContent = formatTime(ts);
+    time.dateTime = new Date(ts).toISOString();
+  }
+
   function fillMessage(li, data) {
-    const ts = Number(data.timestamp);
     li.querySelector(".author").textContent = String(data.name);
     li.querySelector(".text").textContent = String(data.message);
-    const time = li.querySelector(".time");
-    if (Number.isFinite(ts)) {
-      li.dataset.timestamp = String(ts);
-      time.textContent = formatTime(ts);
-      time.dateTime = new Date(ts).toISOString();
-    }
+    setTime(li, data.timestamp);
     li.classList.toggle("mine", data.name === state.name);
   }
 
@@ -157,11 +164,140 @@
     if (Number.isFinite(ts)) state.lastSeenTimestamp = Math.max(state.lastSeenTimestamp, ts);
   }
 
+  // Skips history replayed after a reconnect; otherwise records the timestamp.
+  function isReplayed(timestamp) {
+    const ts = Number(timestamp);
+    if (!Number.isFinite(ts)) return false;
+    if (ts <= state.lastSeenTimestamp) return true;
+    state.lastSeenTimestamp = ts;
+    return false;
+  }
+
+  // A notice from the server ({"kind": "system"}), shown like a local system line.
+  function systemNotice(data) {
+    if (isReplayed(data.timestamp)) return;
+    const li = document.createElement("li");
+    li.className = "system notice";
+    li.dataset.kind = "system";
+    li.textContent = String(data.message);
+    appendToLog(li);
+  }
+
   function systemLine(text) {
     const li = document.createElement("li");
     li.className = "system";
     li.textContent = text;
     appendToLog(li);
+  }
+
+  // ---------------------------------------------------------------- AI replies
+  // One bubble per reply id. data-ai-state: queued -> streaming -> final | failed.
+  // Class ai-final is set once the server's final text is shown (either outcome).
+
+  function buildAiBubble(id) {
+    const li = document.createElement("li");
+    li.className = "ai";
+    li.dataset.aiId = id;
+
+    const head = document.createElement("div");
+    head.className = "ai-head";
+    const who = document.createElement("span");
+    who.className = "ai-who";
+    const status = document.createElement("span");
+    status.className = "ai-status";
+    const time = document.createElement("time");
+    time.className = "time";
+    head.append(who, status, time);
+
+    const text = document.createElement("div");
+    text.className = "ai-text";
+
+    li.append(head, text);
+    const bubble = { li, who, status, text, time, shown: 0 };
+    if (id) state.ai.set(id, bubble);
+    appendToLog(li);
+    return bubble;
+  }
+
+  function setAiState(bubble, aiState, statusText) {
+    const cl = bubble.li.classList;
+    bubble.li.dataset.aiState = aiState;
+    cl.toggle("ai-queued", aiState === "queued");
+    cl.toggle("ai-streaming", aiState === "streaming");
+    cl.toggle("ai-failed", aiState === "failed");
+    bubble.status.textContent = statusText;
+  }
+
+  function isOpen(bubble) {
+    const s = bubble.li.dataset.aiState;
+    return s === "queued" || s === "streaming";
+  }
+
+  // Appends what lies beyond the text already shown; never leaves a gap.
+  function appendAiChunk(bubble, offset, text) {
+    if (!Number.isInteger(offset) || offset < 0 || offset > bubble.shown) return;
+    const fresh = Array.from(text).slice(bubble.shown - offset);
+    if (!fresh.length) return;
+    const stick = isNearBottom();
+    bubble.text.append(fresh.join("")); // a text node, never markup
+    bubble.shown += fresh.length;
+    if (stick) el.messages.scrollTop = el.messages.scrollHeight;
+  }
+
+  // {"ai": {"event": "queued" | "started" | "chunk" | "failed", "id": R, ...}}
+  function handleAiEvent(ev) {
+    if (!ev || typeof ev !== "object" || ev.id === undefined || ev.id === null) return;
+    const id = String(ev.id);
+    let bubble = state.ai.get(id);
+    const asker = typeof ev.asker === "string" ? ev.asker : "";
+
+    if (ev.event === "queued") {
+      if (bubble) return;
+      bubble = buildAiBubble(id);
+      bubble.who.textContent = asker ? "AI, for " + asker : "AI";
+      if (typeof ev.question === "string") bubble.li.title = ev.question;
+      setAiState(bubble, "queued", "queued");
+    } else if (ev.event === "started") {
+      if (bubble && !isOpen(bubble)) return;
+      if (!bubble) bubble = buildAiBubble(id);
+      const label = String(ev.label || ev.model || "AI");
+      bubble.who.textContent = asker ? label + ", answering " + asker : label;
+      setAiState(bubble, "streaming", "typing…");
+    } else if (ev.event === "chunk") {
+      if (bubble && bubble.li.dataset.aiState === "streaming" && typeof ev.text === "string") {
+        appendAiChunk(bubble, ev.offset, ev.text);
+      }
+    } else if (ev.event === "failed") {
+      if (bubble && isOpen(bubble)) {
+        setAiState(bubble, "failed", "stopped" + (ev.reason ? " (" + String(ev.reason) + ")" : ""));
+      }
+    }
+  }
+
+  // The final AI message {"name": "AI", "message", "timestamp", "kind": "ai", "id"}:
+  // replaces the streamed text; without a bubble (history) it adds a final one.
+  function finishAiMessage(data) {
+    const id = data.id !== undefined && data.id !== null ? String(data.id) : "";
+    let bubble = id ? state.ai.get(id) : undefined;
+    if (bubble) {
+      isReplayed(data.timestamp); // only records it
+    } else {
+      if (isReplayed(data.timestamp)) return;
+      bubble = buildAiBubble(id);
+      bubble.who.textContent = String(data.name);
+    }
+    const stick = isNearBottom();
+    const text = String(data.message);
+    bubble.text.textContent = text;
+    bubble.shown = Array.from(text).length;
+    if (bubble.li.dataset.aiState === "failed" || text.endsWith(INCOMPLETE)) {
+      setAiState(bubble, "failed", bubble.status.textContent || "stopped");
+    } else {
+      setAiState(bubble, "final", "");
+    }
+    bubble.li.classList.add("ai-final");
+    setTime(bubble.li, data.timestamp);
+    if (stick) el.messages.scrollTop = el.messages.scrollHeight;
   }
 
   function rosterAdd(name) {
@@ -249,8 +385,12 @@
       setInputEnabled(true);
       const active = document.activeElement;
       if (!active || active === document.body || el.stepChat.contains(active)) el.messageInput.focus();
+    } else if (data.ai && typeof data.ai === "object") {
+      handleAiEvent(data.ai);
     } else if (typeof data.name === "string" && typeof data.message === "string") {
-      upsertMessage(data);
+      if (data.kind === "ai") finishAiMessage(data);
+      else if (data.kind === "system") systemNotice(data);
+      else upsertMessage(data);
     }
     // Anything else (unknown frame kinds / keys) is ignored.
   }
@@ -367,8 +507,8 @@
     el.messageInput.focus();
   });
 
-  // Hook for future features (e.g. streamed AI replies updating a message by id).
-  window.durachat = { state, upsertMessage, systemLine };
+  // Hook for future features and for driving the renderer from the console.
+  window.durachat = { state, handleFrame, upsertMessage, systemLine, systemNotice, handleAiEvent, finishAiMessage };
 
   showStep(el.stepName);
   el.nameInput.focus();
