@@ -5,6 +5,10 @@ the stored format, not on the service's code): a topic, a version and a JSON sta
 event. Every event is matched by name; an unknown name or a payload without the expected
 fields is recorded in `dead_letters` with its stream sequence and the error, and skipped.
 The caller records the stream position in the same transaction as the rows.
+
+AI usage: every finished AI reply is a row of `ai_replies` (keyed by room and reply id), and
+`ai_usage_daily` is kept equal to their sums per user and UTC day: a reply's counts are added
+only when its row is new, and `forget_room` re-counts the days of the rows it deletes.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import json
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contracts.keys import InvalidKey, key_from_token
+from contracts.room import AI_NAME, SYSTEM_NAME
 from services.runtime.eventstore import new_mapper
 
 ROOM_STREAM = "EVT_ROOM"
@@ -69,6 +74,11 @@ class _Payload(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+# Bounds keep a bad payload a dead letter rather than a value SQLite or a date cannot hold.
+Millis = Annotated[int, Field(ge=0, lt=253_402_300_800_000)]  # ms since the epoch, before 10000
+Tokens = Annotated[int, Field(ge=0, le=1_000_000_000_000)]
+
+
 class Created(_Payload):
     name: str
     private: bool
@@ -86,11 +96,43 @@ class MessagePosted(_Payload):
     message_id: str
     member_name: str
     text: str
-    posted_at: int
+    posted_at: Millis
 
 
-IGNORED = frozenset({"AlarmSet", "AlarmCleared"})
-KNOWN = IGNORED | {"Created", "MemberJoined", "MemberLeft", "MessagePosted", "Expired"}
+class SystemMessagePosted(_Payload):
+    message_id: str
+    text: str
+    posted_at: Millis
+
+
+class _AiReplyFinished(_Payload):
+    reply_id: str = Field(min_length=1)
+    user_id: str = Field(min_length=1)
+    text: str
+    posted_at: Millis
+    prompt_tokens: Tokens
+    output_tokens: Tokens
+
+
+class AiReplyCompleted(_AiReplyFinished):
+    pass
+
+
+class AiReplyFailed(_AiReplyFinished):
+    reason: str
+    provider_called: bool
+
+
+# The AI reply's progress (asked, dispatched, started, every streamed chunk) is the room's
+# live state, not a read model: only the finished reply is projected.
+IGNORED = frozenset({
+    "AlarmSet", "AlarmCleared",
+    "AiReplyRequested", "AiReplyDispatched", "AiReplyStarted", "AiReplyChunk",
+})
+KNOWN = IGNORED | {
+    "Created", "MemberJoined", "MemberLeft", "MessagePosted", "Expired",
+    "SystemMessagePosted", "AiReplyCompleted", "AiReplyFailed",
+}
 
 
 class UnknownEvent(Exception):
@@ -129,18 +171,119 @@ def apply_room_event(conn: sqlite3.Connection, room: str, event: StoredEvent) ->
             )
         case "MessagePosted":
             e = MessagePosted.model_validate(event.data)
-            inserted = conn.execute(
-                "INSERT INTO messages (room, id, author, text, timestamp, kind, version)"
-                " VALUES (?, ?, ?, ?, ?, 'user', ?) ON CONFLICT (room, id) DO NOTHING",
-                (room, e.message_id, e.member_name, e.text, e.posted_at, event.version),
-            ).rowcount
-            conn.execute(
-                "UPDATE rooms SET message_count = message_count + ?,"
-                " last_activity = max(last_activity, ?) WHERE name = ?",
-                (inserted, e.posted_at, room),
-            )
+            _message(conn, room, e.message_id, e.member_name, e.text, e.posted_at, "user",
+                     event.version)
+        case "SystemMessagePosted":
+            e = SystemMessagePosted.model_validate(event.data)
+            _message(conn, room, e.message_id, SYSTEM_NAME, e.text, e.posted_at, "system",
+                     event.version)
+        case "AiReplyCompleted":
+            e = AiReplyCompleted.model_validate(event.data)
+            _message(conn, room, e.reply_id, AI_NAME, e.text, e.posted_at, "ai", event.version)
+            _ai_reply(conn, room, e, "completed", None, requests=1)
+        case "AiReplyFailed":
+            e = AiReplyFailed.model_validate(event.data)
+            if e.text:  # what was streamed, marked incomplete; nothing streamed: no message
+                _message(conn, room, e.reply_id, AI_NAME, e.text, e.posted_at, "ai",
+                         event.version)
+            _ai_reply(conn, room, e, "failed", e.reason, requests=int(e.provider_called))
         case "Expired":
             conn.execute("UPDATE rooms SET expired = 1 WHERE name = ?", (room,))
+
+
+def _message(
+    conn: sqlite3.Connection, room: str, message_id: str, author: str, text: str, at: int,
+    kind: str, version: int,
+) -> None:
+    """A message row, and the room's count and activity (counted once per message id)."""
+    inserted = conn.execute(
+        "INSERT INTO messages (room, id, author, text, timestamp, kind, version)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (room, id) DO NOTHING",
+        (room, message_id, author, text, at, kind, version),
+    ).rowcount
+    conn.execute(
+        "UPDATE rooms SET message_count = message_count + ?,"
+        " last_activity = max(last_activity, ?) WHERE name = ?",
+        (inserted, at, room),
+    )
+
+
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+
+
+def utc_day(ms: int) -> str:
+    """The UTC day `YYYY-MM-DD` of a time in ms since the epoch (integer arithmetic)."""
+    return dt.date.fromordinal(_EPOCH_ORDINAL + ms // 86_400_000).isoformat()
+
+
+def _ai_reply(
+    conn: sqlite3.Connection, room: str, e: _AiReplyFinished, outcome: str,
+    reason: str | None, requests: int,
+) -> None:
+    """The reply's fact row; its counts go into ai_usage_daily only if the row is new."""
+    day = utc_day(e.posted_at)
+    inserted = conn.execute(
+        "INSERT INTO ai_replies (room, reply_id, user_id, outcome, reason, finished_at, day,"
+        " requests, prompt_tokens, output_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (room, reply_id) DO NOTHING",
+        (room, e.reply_id, e.user_id, outcome, reason, e.posted_at, day, requests,
+         e.prompt_tokens, e.output_tokens),
+    ).rowcount
+    tokens = e.prompt_tokens + e.output_tokens
+    if inserted and (requests or tokens):
+        conn.execute(
+            "INSERT INTO ai_usage_daily (user_id, day, requests, tokens) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (user_id, day) DO UPDATE SET requests = requests + excluded.requests,"
+            " tokens = tokens + excluded.tokens",
+            (e.user_id, day, requests, tokens),
+        )
+
+
+def recount_ai_usage(conn: sqlite3.Connection, user_id: str, day: str) -> None:
+    """Set one ai_usage_daily row to the sums of its ai_replies rows (none: no row)."""
+    requests, tokens = conn.execute(
+        "SELECT coalesce(sum(requests), 0), coalesce(sum(prompt_tokens + output_tokens), 0)"
+        " FROM ai_replies WHERE user_id = ? AND day = ?",
+        (user_id, day),
+    ).fetchone()
+    if requests or tokens:
+        conn.execute(
+            "INSERT INTO ai_usage_daily (user_id, day, requests, tokens) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (user_id, day) DO UPDATE SET requests = excluded.requests,"
+            " tokens = excluded.tokens",
+            (user_id, day, requests, tokens),
+        )
+    else:
+        conn.execute("DELETE FROM ai_usage_daily WHERE user_id = ? AND day = ?", (user_id, day))
+
+
+def forget_room(conn: sqlite3.Connection, room: str) -> dict[str, int]:
+    """Delete every row projected from room `room` (before re-projecting it); returns how
+    many rows each table lost. Usage is per user across rooms, so the days the room's AI
+    replies counted in are re-counted from what the other rooms' replies left."""
+    days = conn.execute(
+        "SELECT DISTINCT user_id, day FROM ai_replies WHERE room = ?", (room,)
+    ).fetchall()
+    deleted = {
+        "rooms": conn.execute("DELETE FROM rooms WHERE name = ?", (room,)).rowcount,
+        "messages": conn.execute("DELETE FROM messages WHERE room = ?", (room,)).rowcount,
+        "members_seen": conn.execute(
+            "DELETE FROM members_seen WHERE room = ?", (room,)).rowcount,
+        "ai_replies": conn.execute("DELETE FROM ai_replies WHERE room = ?", (room,)).rowcount,
+    }
+    for user_id, day in days:
+        recount_ai_usage(conn, user_id, day)
+    return deleted
+
+
+def recount_room_ai_usage(conn: sqlite3.Connection, room: str) -> None:
+    """Re-count every ai_usage_daily row that room `room`'s AI replies count in (after
+    re-projecting it: this also repairs a row that had drifted from its replies)."""
+    days = conn.execute(
+        "SELECT DISTINCT user_id, day FROM ai_replies WHERE room = ?", (room,)
+    ).fetchall()
+    for user_id, day in days:
+        recount_ai_usage(conn, user_id, day)
 
 
 def _touch(conn: sqlite3.Connection, room: str, at: int) -> None:

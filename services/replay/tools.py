@@ -36,9 +36,11 @@ from services.readstore.projection import (
     ROOM_STREAM,
     CommitUnreadable,
     decode_commit,
+    forget_room,
     position,
     project_commit,
     record_position,
+    recount_room_ai_usage,
 )
 from services.readstore.store import open_read_store
 from services.room.domainmodel import room_id
@@ -316,10 +318,27 @@ class RoomRebuilt:
     deleted: dict[str, int]
 
 
+def reproject_room(
+    conn: sqlite3.Connection, name: str, commits: Iterable[StoredMessage], upto: int
+) -> RoomRebuilt:
+    """Inside the caller's transaction: delete room `name`'s rows and project its `commits`
+    with a sequence <= `upto` again. AI usage is per user across rooms, so the days the
+    room's replies count in are re-counted from `ai_replies`, never re-added on top."""
+    deleted = forget_room(conn, name)
+    applied = dead = 0
+    for msg in commits:
+        if msg.sequence > upto:
+            break
+        dead += project_commit(conn, ROOM_STREAM, msg.subject, msg.sequence, msg.data)
+        applied += 1
+    recount_room_ai_usage(conn, name)  # also repairs a day that had drifted from its replies
+    return RoomRebuilt(name, upto, applied, dead, deleted)
+
+
 async def rebuild_room(nc: NATS, db: Path, name: str, attempts: int = 20) -> RoomRebuilt:
     """Delete room `name`'s rows and re-project its commits up to the store's recorded
     position, in ONE transaction: the projector (a concurrent writer) waits for it and
-    never sees a half-rebuilt room.
+    never sees a half-rebuilt room (see `reproject_room`).
 
     The commits are read from NATS *before* the transaction, so it stays short (the
     projector waits at most its busy timeout). They cover every commit of the room up to
@@ -339,24 +358,12 @@ async def rebuild_room(nc: NATS, db: Path, name: str, attempts: int = 20) -> Roo
                 if reached > covered:
                     conn.execute("ROLLBACK")
                     continue
-                deleted = {
-                    "rooms": conn.execute("DELETE FROM rooms WHERE name = ?", (name,)).rowcount,
-                    "messages": conn.execute(
-                        "DELETE FROM messages WHERE room = ?", (name,)).rowcount,
-                    "members_seen": conn.execute(
-                        "DELETE FROM members_seen WHERE room = ?", (name,)).rowcount,
-                }
-                commits = dead = 0
-                for msg in fetched:
-                    if msg.sequence > reached:
-                        break
-                    dead += project_commit(conn, ROOM_STREAM, msg.subject, msg.sequence, msg.data)
-                    commits += 1
+                result = reproject_room(conn, name, fetched, reached)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-            return RoomRebuilt(name, reached, commits, dead, deleted)
+            return result
         raise ReplayError("the projector kept moving ahead of the room's commits; try again")
     finally:
         conn.close()

@@ -10,6 +10,8 @@ TABLES = {
     "rooms": "name",
     "messages": "room, id",
     "members_seen": "room, name",
+    "ai_replies": "room, reply_id",
+    "ai_usage_daily": "user_id, day",
     "projector_positions": "stream",
     "dead_letters": "stream, sequence, event_index",
 }

@@ -247,6 +247,65 @@ async def test_check_finds_a_tampered_row_and_rebuild_room_repairs_it(system):
     await leave(system, room, alice)
 
 
+def stored_commit(room: str, first_version: int, *events: tuple[str, dict]) -> bytes:
+    """A commit as the room stores one: its events' topics, versions and JSON state."""
+    stamp = {"_type_": "datetime_iso", "_data_": dt.datetime.now(dt.UTC).isoformat()}
+    return json.dumps({
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, room)),
+        "events": [[f"services.room.domainmodel:Room.{name}", first_version + n,
+                    json.dumps({"timestamp": stamp, **fields})]
+                   for n, (name, fields) in enumerate(events)],
+    }).encode()
+
+
+async def test_check_and_rebuild_room_keep_ai_usage_exact(system):
+    # One user's AI replies in two rooms on one day (appended as the room stores them;
+    # the room service never loads these rooms).
+    user, lobby, den = f"user-{uuid.uuid4().hex[:8]}", new_room(), new_room()
+    at = int(dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC).timestamp() * 1000)
+    created = ("Created", {"private": False})
+    nc = await nats.connect(system.nats.url)
+    js = nc.jetstream()
+    await js.publish(f"evt.{ROOM}.{subject_token(lobby)}", stored_commit(
+        lobby, 1, (created[0], {**created[1], "name": lobby}),
+        ("AiReplyChunk", {"reply_id": "r1", "offset": 0, "text": "hi"}),
+        ("AiReplyCompleted", {"reply_id": "r1", "user_id": user, "text": "hi", "posted_at": at,
+                              "prompt_tokens": 10, "output_tokens": 1})))
+    await js.publish(f"evt.{ROOM}.{subject_token(den)}", stored_commit(
+        den, 1, (created[0], {**created[1], "name": den}),
+        ("AiReplyCompleted", {"reply_id": "r2", "user_id": user, "text": "yo",
+                              "posted_at": at + 1, "prompt_tokens": 20, "output_tokens": 2}),
+        ("AiReplyFailed", {"reply_id": "r3", "user_id": user, "reason": "cut",
+                           "text": "y [incomplete]", "posted_at": at + 2, "prompt_tokens": 3,
+                           "output_tokens": 0, "provider_called": True})))
+    await nc.close()
+    await caught_up(system)
+
+    def usage() -> list[tuple]:
+        return [r for r in rows(system.read_db, "ai_usage_daily") if r[0] == user]
+
+    assert usage() == [(user, "2026-03-01", 3, 36)]
+    assert cli(system, "check").returncode == 0
+
+    # A day's usage tampered: check sees it, rebuild-room of either room repairs it.
+    conn = sqlite3.connect(system.read_db, timeout=10)
+    with conn:
+        conn.execute("UPDATE ai_usage_daily SET tokens = 0 WHERE user_id = ?", (user,))
+    conn.close()
+    tampered = cli(system, "check")
+    assert tampered.returncode == 1 and "ai_usage_daily" in tampered.stdout, tampered.stdout
+    repaired = cli(system, "rebuild-room", lobby)
+    assert repaired.returncode == 0, repaired.stderr
+    assert "1 ai_replies" in repaired.stdout
+    assert usage() == [(user, "2026-03-01", 3, 36)]
+
+    # Rebuilding a room again and again never counts its replies twice.
+    for room in (lobby, den, lobby):
+        assert cli(system, "rebuild-room", room).returncode == 0
+    assert usage() == [(user, "2026-03-01", 3, 36)]
+    assert cli(system, "check").returncode == 0
+
+
 async def test_check_lists_dead_letters(system):
     nc = await nats.connect(system.nats.url)
     js = nc.jetstream()

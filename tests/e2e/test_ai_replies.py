@@ -1,0 +1,286 @@
+"""AI replies end to end: real processes (gateway, room, context, ratelimit, projector), real
+WebSocket clients, and the real google-genai client in the context service talking to a local
+server that speaks the Gemini REST API (tests/fakes/gemini.py)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from contracts.room import INCOMPLETE_MARK
+from services.localsystem import LocalSystem
+from tests.conftest import PARTITIONS, wait_for
+from tests.e2e.chat_clients import ChatClient
+from tests.fakes.gemini import Block, Cut, Fail, Held, Reply
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def gemini() -> Iterator:
+    from tests.fakes.gemini import FakeGemini
+
+    with FakeGemini() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def ai_system(tmp_path_factory, gemini) -> Iterator[LocalSystem]:
+    local = LocalSystem(
+        tmp_path_factory.mktemp("ai-system"),
+        partitions=PARTITIONS,
+        extra_env={"GEMINI_API_KEY": "test-key", "DURACHAT_GEMINI_BASE_URL": gemini.base_url},
+    )
+    try:
+        local.start()
+    except Exception:
+        local.stop()
+        print(local.logs())
+        raise
+    yield local
+    local.stop()
+
+
+def read_rows(db, sql: str, params: tuple) -> list[tuple]:
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError:  # not migrated yet
+        return []
+    finally:
+        conn.close()
+
+
+def new_room() -> str:
+    return f"ai-{uuid.uuid4().hex[:10]}"
+
+
+def is_ai(event: str):
+    return lambda f: isinstance(f.get("ai"), dict) and f["ai"]["event"] == event
+
+
+def is_final(f: dict) -> bool:
+    return f.get("kind") == "ai"
+
+
+def streamed_text(frames: list[dict], reply_id: str) -> str:
+    """The reply as a client rebuilds it from chunk frames: each continues at its offset."""
+    text = ""
+    for f in frames:
+        ai = f.get("ai")
+        if isinstance(ai, dict) and ai["event"] == "chunk" and ai["id"] == reply_id:
+            assert ai["offset"] == len(text), f"chunk at {ai['offset']}, have {len(text)}"
+            text += ai["text"]
+    return text
+
+
+async def joined(system: LocalSystem, room: str, *names: str) -> list[ChatClient]:
+    clients = []
+    for name in names:
+        client = await ChatClient.connect(system.ws_url, room)
+        await client.join(name)
+        clients.append(client)
+    return clients
+
+
+def http_json(system, method: str, path: str, body=None, headers=None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        system.base_url + path, data=data, method=method,
+        headers={"content-type": "application/json", **(headers or {})},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+async def test_three_members_see_the_same_chunks_in_order_and_the_same_final_text(ai_system, gemini):
+    room = new_room()
+    alice, bob, carol = await joined(ai_system, room, "alice", "bob", "carol")
+    await bob.say("NATS is a messaging system")
+    chunks = ["Durable ", "objects ", "are ", "single-threaded."]
+    gemini.script(Held(chunks))
+    asked = len(gemini.requests)
+    await alice.send({"message": "@ai what is a durable object?"})
+
+    for i in range(len(chunks)):
+        gemini.release()
+        for client in (alice, bob, carol):
+            await client.recv_until(lambda f: is_ai("chunk")(f) and f["ai"]["text"] == chunks[i])
+    finals = [await c.recv_until(is_final, timeout=10) for c in (alice, bob, carol)]
+    for client, last in zip((alice, bob, carol), finals):
+        final = last[-1]
+        assert final["name"] == "AI" and final["message"] == "".join(chunks)
+        assert isinstance(final["timestamp"], int)
+        started = next(f["ai"] for f in client.frames if is_ai("started")(f))
+        assert started["label"] == "Gemini" and started["asker"] == "alice"
+        assert streamed_text(client.frames, final["id"]) == "".join(chunks)
+    # Everyone saw the same chunk frames, in the same order.
+    seqs = [[f["ai"] for f in c.frames if is_ai("chunk")(f)] for c in (alice, bob, carol)]
+    assert seqs[0] == seqs[1] == seqs[2] and len(seqs[0]) >= 1
+
+    # What the provider received: the window and the settings.
+    stream_calls = [r for r in gemini.requests[asked:] if r.kind == "stream"]
+    assert len(stream_calls) == 1
+    call = stream_calls[0]
+    assert call.model == "gemini-2.5-flash" and call.headers.get("x-goog-api-key") == "test-key"
+    role, last_turn = call.turns[-1]
+    assert role == "user"
+    assert last_turn.endswith("alice asks: what is a durable object?")
+    assert "bob: NATS is a messaging system" in last_turn
+    assert room in call.system_instruction and "alice" in call.system_instruction
+    assert any(r.kind == "count" for r in gemini.requests[asked:])  # the window was counted
+    for client in (alice, bob, carol):
+        await client.close()
+
+
+async def test_a_member_who_reconnects_mid_reply_gets_the_text_so_far_then_the_rest(
+    ai_system, gemini
+):
+    room = new_room()
+    alice, bob = await joined(ai_system, room, "alice", "bob")
+    chunks = ["One, ", "two, ", "three, ", "four."]
+    gemini.script(Held(chunks))
+    await alice.send({"message": "/ai count to four"})
+    gemini.release(2)
+    await bob.recv_until(lambda f: is_ai("chunk")(f) and "two" in f["ai"]["text"])
+    await bob.close()
+
+    # Bob comes back in the middle of the reply.
+    bob = await ChatClient.connect(ai_system.ws_url, room)
+    history = await bob.join("bob")
+    started = next(f["ai"] for f in history if is_ai("started")(f))
+    assert streamed_text(history, started["id"]) == "One, two, "
+    gemini.release(2)
+    await bob.recv_until(is_final, timeout=10)
+    assert streamed_text(bob.frames, started["id"]) == "One, two, three, four."
+    assert bob.frames[-1]["message"] == "One, two, three, four."
+    for client in (alice, bob):
+        await client.close()
+
+
+async def test_the_room_chats_on_while_a_reply_streams_and_questions_queue(ai_system, gemini):
+    room = new_room()
+    alice, bob = await joined(ai_system, room, "alice", "bob")
+    gemini.script(Held(["first ", "answer"]), Reply(["second answer"]))
+    await alice.send({"message": "@ai first question"})
+    await alice.recv_until(is_ai("started"))
+    # While the reply streams: ordinary chat goes on, and a second question waits its turn.
+    assert (await bob.say("still chatting"))["message"] == "still chatting"
+    await bob.send({"message": "@ai second question"})
+    queued = (await bob.recv_until(lambda f: is_ai("queued")(f) and f["ai"]["asker"] == "bob"))[-1]
+    gemini.release(2)
+    first = (await alice.recv_until(is_final, timeout=10))[-1]
+    second = (await alice.recv_until(is_final, timeout=10))[-1]
+    assert (first["message"], second["message"]) == ("first answer", "second answer")
+    assert second["id"] == queued["ai"]["id"]
+    for client in (alice, bob):
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    "step, reason, partial, words",
+    [
+        (Fail(429), "rate_limited", "", "429"),
+        (Fail(500), "server", "", "500"),
+        (Cut(["Half an ", "answer"]), "cut", "Half an answer", "dropped"),
+        (Block(["Some text "], reason="SAFETY"), "blocked", "Some text ", "safety"),
+    ],
+)
+async def test_a_failed_reply_keeps_its_text_and_the_room_is_told(
+    ai_system, gemini, step, reason, partial, words
+):
+    room = new_room()
+    (alice,) = await joined(ai_system, room, "alice")
+    gemini.script(step)
+    await alice.send({"message": "@ai please answer"})
+    frames = await alice.recv_until(lambda f: f.get("kind") == "system", timeout=15)
+    failed = next(f["ai"] for f in frames if is_ai("failed")(f))
+    assert failed["reason"] == reason
+    notice = frames[-1]["message"]
+    assert notice.startswith("The AI could not answer alice:") and words in notice.lower()
+    finals = [f for f in frames if is_final(f)]
+    if partial:
+        assert [f["message"] for f in finals] == [partial + INCOMPLETE_MARK]
+    else:
+        assert finals == []
+    # Nothing blocks the room: the next question is answered.
+    gemini.script(Reply(["fine now"]))
+    await alice.send({"message": "@ai again"})
+    assert (await alice.recv_until(is_final, timeout=10))[-1]["message"] == "fine now"
+    await alice.close()
+
+
+async def test_context_settings_shape_the_request_and_exchanges_join_the_window(ai_system, gemini):
+    room = new_room()
+    user = "guest:dora"
+    path = f"/api/users/{urllib.parse.quote(user)}/context"
+    settings = {
+        "model": "gemini-test-model", "temperature": 0.25,
+        "system_prompt": "Answer like a pirate.", "language": "fr",
+    }
+    status, view = http_json(ai_system, "PUT", path, settings)
+    assert status == 200 and view["settings"] == settings
+    assert http_json(ai_system, "PUT", path, {"temperature": 9})[0] == 422
+    assert http_json(ai_system, "PUT", path, {"colour": "red"})[0] == 422
+    assert http_json(ai_system, "GET", "/api/users/alice/context")[0] == 401
+
+    (dora,) = await joined(ai_system, room, "dora")
+    gemini.script(Reply(["Arr, ", "bonjour."]), Reply(["Encore."]))
+    asked = len(gemini.requests)
+    await dora.send({"message": "@ai say hello"})
+    await dora.recv_until(is_final, timeout=10)
+    await dora.send({"message": "@ai again"})
+    await dora.recv_until(lambda f: is_final(f) and f["message"] == "Encore.", timeout=10)
+
+    first, second = [r for r in gemini.requests[asked:] if r.kind == "stream"]
+    assert first.model == "gemini-test-model"
+    assert first.generation_config.get("temperature") == 0.25
+    assert "Answer like a pirate." in first.system_instruction and "fr" in first.system_instruction
+    # The second window holds the first exchange as a user turn and a model turn.
+    assert second.turns[:2] == [("user", "say hello"), ("model", "Arr, bonjour.")]
+    status, view = http_json(ai_system, "GET", path)
+    assert status == 200
+    assert [(e["question"], e["answer"]) for e in view["exchanges"]] == [
+        ("say hello", "Arr, bonjour."), ("again", "Encore."),
+    ]
+    await dora.close()
+
+
+async def test_ai_replies_reach_the_read_store_as_messages(ai_system, gemini):
+    room = new_room()
+    (erin,) = await joined(ai_system, room, "erin")
+    gemini.script(Reply(["stored ", "reply"]), Fail(429))
+    await erin.send({"message": "@ai store this"})
+    final = (await erin.recv_until(is_final, timeout=10))[-1]
+    await erin.send({"message": "@ai and fail"})
+    await erin.recv_until(lambda f: f.get("kind") == "system", timeout=10)
+
+    def rows():
+        return read_rows(
+            ai_system.read_db,
+            "SELECT author, text, kind FROM messages WHERE room = ? ORDER BY timestamp",
+            (room,),
+        )
+
+    await wait_for(lambda: len(rows()) >= 4, timeout=10, what="projected rows")
+    got = rows()
+    assert ("AI", "stored reply", "ai") in got and final["message"] == "stored reply"
+    assert [r[2] for r in got] == ["user", "ai", "user", "system"]
+    usage = read_rows(
+        ai_system.read_db, "SELECT requests, tokens FROM ai_usage_daily WHERE user_id = ?",
+        ("guest:erin",),
+    )
+    assert usage and usage[0][0] == 2 and usage[0][1] > 0
+    await erin.close()
