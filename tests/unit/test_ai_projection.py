@@ -17,7 +17,7 @@ from services.readstore import queries
 from services.readstore.projection import ROOM_STREAM, project_commit, record_position
 from services.readstore.store import open_read_store, transaction
 from services.replay.tools import reproject_room
-from services.room.domainmodel import room_id
+from services.room.domainmodel import Room, room_id
 from services.runtime.eventstore import CommitCodec, StoredMessage
 
 
@@ -353,3 +353,33 @@ def test_re_projecting_a_room_counts_its_usage_once(tmp_path):
         for msg in stream.messages:
             project_commit(fresh, ROOM_STREAM, msg.subject, msg.sequence, msg.data)
     assert everything(fresh) == projected
+
+
+def test_the_room_aggregates_own_ai_events_project_as_the_stand_in_does(tmp_path):
+    conn = open_read_store(tmp_path / "read.db")
+    stream = Stream(conn)
+    now_ms, now = int(time.time() * 1000), time.time()
+
+    # The real Room: alice asks twice; the first reply completes, the second is cut off.
+    room = Room.open_public("lobby")
+    room.join("s1", "alice")
+    room.post("m1", "s1", "@ai hi", now_ms, user_id="u1", now=now)
+    room.post("m2", "s1", "@ai again", now_ms + 1, user_id="u1", now=now)
+    first = next(iter(room.ai))
+    room.start_ai(first, "gemini-2.5-flash", "Gemini", now, 60)
+    room.append_ai(first, 0, "hel")
+    room.append_ai(first, 3, "lo")
+    room.complete_ai(first, 5, 10, 2, now_ms + 5, now, 30)
+    second = next(iter(room.ai))
+    room.start_ai(second, "gemini-2.5-flash", "Gemini", now, 60)
+    room.append_ai(second, 0, "par")
+    room.fail_ai(second, "cut", "cut off", 3, 1, now_ms + 9, now, 30)
+    assert stream.commit(room) == 0
+
+    assert table(conn, "SELECT author, text, kind FROM messages WHERE kind != 'user'"
+                       " ORDER BY timestamp") == [
+        (AI_NAME, "hello", "ai"),
+        (AI_NAME, "par" + INCOMPLETE_MARK, "ai"),
+        (SYSTEM_NAME, "The AI could not answer alice: cut off", "system"),
+    ]
+    assert sum(r[2] for r in usage(conn)) == 2 and sum(r[3] for r in usage(conn)) == 16
