@@ -1,0 +1,181 @@
+"""The AI path's objects on a real nats-server, in this process: room, context and quota
+hosts, the room's alarms, and the real google-genai client against the local Gemini fake.
+What only these can show: quotas refuse before the provider is called, a question nobody
+takes is closed by the room's deadline, the window is trimmed to its token budget with the
+provider's counter, and a context service that stops fails its replies with their text kept."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import nats
+import pytest
+
+from contracts.room import INCOMPLETE_MARK, JoinRoom, PostMessage, room_reply, room_update
+from contracts.subjects import ROOM, command_subject, out_subject
+from services.context.handlers import ContextBehaviour
+from services.context.provider import make_provider
+from services.context.replies import ReplyConfig, ReplyStreamer
+from services.ratelimit.domainmodel import QuotaLimits
+from services.ratelimit.handlers import RateLimitBehaviour
+from services.room.handlers import RoomBehaviour
+from services.runtime.alarms import AlarmRunner
+from services.runtime.host import ObjectHost
+from tests.conftest import wait_for
+from tests.fakes.gemini import FakeGemini, Held, Reply, count_tokens
+
+pytestmark = pytest.mark.nats
+
+
+@pytest.fixture(scope="module")
+def gemini() -> Iterator[FakeGemini]:
+    with FakeGemini() as fake:
+        yield fake
+
+
+@asynccontextmanager
+async def host_of(url: str, partitions: int, make_behaviour) -> AsyncIterator[ObjectHost]:
+    nc = await nats.connect(url)
+    host = ObjectHost(nc, make_behaviour(nc))
+    await host.start(range(partitions))
+    try:
+        yield host
+    finally:
+        await host.stop()
+        await nc.drain()
+
+
+class Watcher:
+    """A room member over NATS, recording the room's broadcasts."""
+
+    def __init__(self, nc: nats.NATS, room: str) -> None:
+        self.nc = nc
+        self.room = room
+        self.updates: list = []
+
+    async def start(self) -> Watcher:
+        async def on_update(msg):
+            self.updates.append(room_update.validate_json(msg.data))
+
+        await self.nc.subscribe(out_subject(ROOM, self.room), cb=on_update)
+        await self.nc.flush()
+        await self.send(JoinRoom(session_id="s1", name="alice"))
+        return self
+
+    async def send(self, command):
+        msg = await self.nc.request(
+            command_subject(ROOM, self.room), command.model_dump_json().encode(), timeout=5
+        )
+        return room_reply.validate_json(msg.data)
+
+    async def say(self, text: str, user_id: str = "alice"):
+        return await self.send(PostMessage(session_id="s1", text=text, user_id=user_id))
+
+    def of(self, kind: str) -> list:
+        return [u for u in self.updates if u.type == kind]
+
+    def notices(self) -> list[str]:
+        return [u.message.message for u in self.of("message") if u.message.kind == "system"]
+
+
+@asynccontextmanager
+async def ai_stack(
+    nats_server, gemini: FakeGemini, *, context=True, daily_requests=100, budget=8000,
+    start_timeout=30.0,
+):
+    """Room + quota (+ context) hosts and the room's alarm runner; yields the streamer."""
+    url, partitions = nats_server.url, nats_server.partitions
+    streamers: list[ReplyStreamer] = []
+
+    def context_behaviour(nc):
+        provider = make_provider("test-key", gemini.base_url)
+        streamer = ReplyStreamer(nc, provider, ReplyConfig(token_budget=budget, request_timeout=5))
+        streamers.append(streamer)
+        return ContextBehaviour(streamer)
+
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(
+            host_of(url, partitions, lambda nc: RoomBehaviour(ai_start_timeout=start_timeout))
+        )
+        limits = QuotaLimits(daily_requests=daily_requests)
+        await stack.enter_async_context(
+            host_of(url, partitions, lambda nc: RateLimitBehaviour(limits=limits))
+        )
+        if context:
+            await stack.enter_async_context(host_of(url, partitions, context_behaviour))
+        nc = await nats.connect(url)
+        stack.push_async_callback(nc.drain)
+        runner = AlarmRunner(nc, ROOM, request_timeout=5)
+        await runner.start()
+        stack.push_async_callback(runner.stop)
+        yield nc, (streamers[0] if streamers else None)
+
+
+def new_room() -> str:
+    return f"ai-{uuid.uuid4().hex[:10]}"
+
+
+async def test_a_question_over_quota_is_refused_before_the_provider_is_called(nats_server, gemini):
+    async with ai_stack(nats_server, gemini, daily_requests=1) as (nc, _):
+        room = await Watcher(nc, new_room()).start()
+        user = f"u-{uuid.uuid4().hex[:8]}"
+        calls = len([r for r in gemini.requests if r.kind == "stream"])
+        gemini.script(Reply(["allowed"]))
+        await room.say("@ai first", user_id=user)
+        await wait_for(lambda: any(u.message.kind == "ai" for u in room.of("message")), 10)
+        await room.say("@ai second", user_id=user)
+        await wait_for(lambda: room.of("ai_failed"), 10, "the refusal")
+        assert room.of("ai_failed")[0].reason == "quota"
+        assert "quota" in room.notices()[0].lower()
+        assert len([r for r in gemini.requests if r.kind == "stream"]) == calls + 1
+
+
+async def test_a_question_nobody_takes_is_closed_by_the_rooms_deadline(nats_server, gemini):
+    async with ai_stack(nats_server, gemini, context=False, start_timeout=1.0) as (nc, _):
+        room = await Watcher(nc, new_room()).start()
+        await room.say("@ai anyone there?")
+        # The alarm's granularity is 1 s and a due alarm may be redelivered: allow some.
+        await wait_for(lambda: room.of("ai_failed"), 15, "the deadline")
+        assert room.of("ai_failed")[0].reason == "timeout"
+        assert "did not start" in room.notices()[0]
+        assert room.of("ai_failed")[0].message is None  # nothing was streamed
+
+
+async def test_the_window_is_trimmed_to_the_token_budget_with_the_providers_counter(
+    nats_server, gemini
+):
+    budget = 300
+    async with ai_stack(nats_server, gemini, budget=budget) as (nc, _):
+        room = await Watcher(nc, new_room()).start()
+        for i in range(25):
+            await room.say(f"message number {i:02d} with some padding to take up tokens")
+        asked = len(gemini.requests)
+        gemini.script(Reply(["ok"]))
+        await room.say("@ai summarise please")
+        await wait_for(lambda: any(u.message.kind == "ai" for u in room.of("message")), 10)
+        requests = gemini.requests[asked:]
+        counts = [r for r in requests if r.kind == "count"]
+        (stream,) = [r for r in requests if r.kind == "stream"]
+        assert len(counts) >= 2  # over budget at first, then trimmed and counted again
+        assert count_tokens(stream.json) <= budget
+        last_turn = stream.turns[-1][1]
+        assert last_turn.endswith("alice asks: summarise please")
+        assert "message number 24" in last_turn and "message number 00" not in last_turn
+
+
+async def test_a_stopping_context_service_fails_its_replies_with_the_text_kept(nats_server, gemini):
+    async with ai_stack(nats_server, gemini) as (nc, streamer):
+        room = await Watcher(nc, new_room()).start()
+        gemini.script(Held(["kept ", "lost"]))
+        await room.say("@ai go")
+        gemini.release(1)
+        await wait_for(lambda: room.of("ai_chunk"), 10, "the first chunk")
+        await streamer.stop()
+        await wait_for(lambda: room.of("ai_failed"), 10, "the failure")
+        failed = room.of("ai_failed")[0]
+        assert failed.reason == "unavailable"
+        assert failed.message.message == "kept " + INCOMPLETE_MARK
+        assert "restarted" in room.notices()[0]
+        gemini.release(1)  # let the fake finish the held step
