@@ -52,6 +52,7 @@ class ChunkSender:
         self.length = 0  # characters pushed
         self.sent = 0  # characters the room has stored
         self.pending: list[str] = []
+        self.stored: list[str] = []  # the pieces the room has stored, in order
         self.refused: ErrorReply | None = None  # the room will take no more (e.g. it timed out)
         self._task: asyncio.Task | None = None
 
@@ -73,6 +74,7 @@ class ChunkSender:
                     self.refused = reply
                     return
                 self.sent += len(text)
+                self.stored.append(text)
         finally:
             self._task = None
 
@@ -185,6 +187,17 @@ class ReplyStreamer:
             if cancelled:
                 raise asyncio.CancelledError
             return
+        # The exchange is recorded before the reply completes: completing dispatches the
+        # room's next question, which may be this user's, and its window must include this one.
+        record = RecordExchange(
+            exchange=Exchange(
+                reply_id=ask.reply_id, room=ask.room, question=ask.question,
+                answer="".join(sender.stored),
+            )
+        )
+        recorded = await self.contexts.send(user_id, record)
+        if isinstance(recorded, ErrorReply):
+            log.warning("context %s did not record %s: %s", user_id, ask.reply_id, recorded.message)
         done = await self.rooms.send(
             ask.room,
             CompleteAiReply(
@@ -194,14 +207,6 @@ class ReplyStreamer:
         )
         if isinstance(done, ErrorReply):
             log.warning("room %s refused to complete %s: %s", ask.room, ask.reply_id, done.message)
-            return
-        answer = done.message.message if getattr(done, "message", None) else ""
-        record = RecordExchange(
-            exchange=Exchange(reply_id=ask.reply_id, room=ask.room, question=ask.question, answer=answer)
-        )
-        recorded = await self.contexts.send(user_id, record)
-        if isinstance(recorded, ErrorReply):
-            log.warning("context %s did not record %s: %s", user_id, ask.reply_id, recorded.message)
 
     async def _charge_tokens(self, user_id: str, tokens: int) -> None:
         if tokens <= 0:

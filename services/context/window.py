@@ -57,9 +57,14 @@ async def fit_window(
     provider: Provider, generation: Generation, ask: Ask, exchanges: list[Exchange], budget: int
 ) -> Window:
     """The largest recent window within `budget` tokens (the question itself always goes)."""
+    # The room's messages, without what the window holds already: this question, and the
+    # user's own exchanges (their questions and the AI's answers to them).
+    asked = {ask.question} | {e.question for e in exchanges}
+    answered = {e.reply_id for e in exchanges}
     messages = [
         m for m in ask.room_messages
-        if not (m.name == ask.asker and ai_question(m.message) == ask.question)
+        if not (m.name == ask.asker and ai_question(m.message) in asked)
+        and not (m.kind == "ai" and m.id in answered)
     ]
     exchanges = list(exchanges)
     for attempt in range(MAX_COUNTS):

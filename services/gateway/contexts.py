@@ -10,16 +10,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Path
+from fastapi import APIRouter, Header, HTTPException, Path, Request
+from pydantic import ValidationError
 
 from contracts.common import ErrorCode, ErrorReply
 from contracts.context import ContextSettings, ContextView, GetContext, PutSettings
 from services.gateway.deps import Gateway
 from services.gateway.identity import USER_ID, InvalidToken, verify
+from services.runtime.host import describe_validation_error
 
 router = APIRouter(tags=["context"])
 
 GUEST_PREFIX = "guest:"
+MAX_BODY = 16_384
 
 UserIdPath = Annotated[
     str,
@@ -76,14 +79,37 @@ async def get_context(
     return answer(await gateway.contexts.send(user_id, GetContext()))
 
 
-@router.put("/api/users/{user_id}/context", response_model=ContextView)
+@router.put(
+    "/api/users/{user_id}/context",
+    response_model=ContextView,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": ContextSettings.model_json_schema()}},
+        }
+    },
+)
 async def put_context(
     user_id: UserIdPath,
-    settings: ContextSettings,
+    request: Request,
     gateway: Gateway,
     authorization: Annotated[str | None, Header()] = None,
 ) -> ContextView:
     """Replace the user's AI settings: model, temperature, system prompt, language.
     A field left out goes back to the default."""
     authorize(user_id, authorization, gateway.settings.token_secret.get_secret_value())
+    # The body is read and validated here rather than by FastAPI's form/JSON machinery, so
+    # that any body (a form, bytes that are not UTF-8, NaN) gets a 4xx naming the problem.
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise HTTPException(status_code=415, detail="Send the settings as application/json.")
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise HTTPException(status_code=413, detail=f"The settings are at most {MAX_BODY} bytes.")
+    try:
+        settings = ContextSettings.model_validate_json(body)
+    except ValidationError as exc:
+        raise HTTPException(
+            status_code=422, detail=f"Invalid settings: {describe_validation_error(exc)}."
+        ) from None
     return answer(await gateway.contexts.send(user_id, PutSettings(settings=settings)))

@@ -250,6 +250,8 @@ async def test_context_settings_shape_the_request_and_exchanges_join_the_window(
     assert "Answer like a pirate." in first.system_instruction and "fr" in first.system_instruction
     # The second window holds the first exchange as a user turn and a model turn.
     assert second.turns[:2] == [("user", "say hello"), ("model", "Arr, bonjour.")]
+    # ... and not a second time among the room's recent messages.
+    assert "bonjour" not in second.turns[-1][1] and "say hello" not in second.turns[-1][1]
     status, view = http_json(ai_system, "GET", path)
     assert status == 200
     assert [(e["question"], e["answer"]) for e in view["exchanges"]] == [
