@@ -1,0 +1,1 @@
+"""Stand-ins for outside services that speak their real protocols over real sockets."""
