@@ -9,7 +9,7 @@ from pydantic import AliasChoices, Field, SecretStr
 
 from services.context.handlers import ContextBehaviour
 from services.context.provider import make_provider
-from services.context.replies import ReplyConfig, ReplyStreamer
+from services.context.replies import ReplyConfig, ReplyStreamer, stream_limit
 from services.runtime.service import ObjectServiceSettings, serve
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,12 @@ class ContextServiceSettings(ObjectServiceSettings):
     ai_token_budget: int = Field(8000, ge=256, description="prompt tokens a window may take")
     ai_first_chunk_timeout: float = Field(30.0, gt=0, description="seconds to the first chunk")
     ai_chunk_timeout: float = Field(30.0, gt=0, description="seconds between chunks at most")
-    ai_max_duration: float = Field(150.0, gt=0, description="seconds a reply may stream")
+    ai_max_duration: float = Field(
+        180.0,
+        gt=0,
+        description="seconds a reply may stream: the room's deadline (the same setting there); "
+        "the streamer stops itself a little before it",
+    )
     ai_offline_delay: float = Field(0.03, ge=0, description="seconds between offline chunks")
 
 
@@ -54,7 +59,7 @@ async def serve_context(settings: ContextServiceSettings) -> None:
     config = ReplyConfig(
         default_model=settings.ai_model,
         token_budget=settings.ai_token_budget,
-        max_duration=settings.ai_max_duration,
+        max_duration=stream_limit(settings.ai_max_duration),
         request_timeout=settings.request_timeout,
     )
 

@@ -38,8 +38,15 @@ log = logging.getLogger(__name__)
 class ReplyConfig:
     default_model: str = "gemini-2.5-flash"
     token_budget: int = 8000  # prompt tokens a window may take
-    max_duration: float = 150.0  # seconds a reply may stream; the room's own deadline is later
+    max_duration: float = 160.0  # seconds a reply may stream; see stream_limit()
     request_timeout: float = 10.0  # per room/context command, retries included
+
+
+def stream_limit(room_deadline: float) -> float:
+    """How long the streamer lets a reply run, given the room's deadline for it: a little
+    less, so that the streamer ends a reply itself (with its own words) and the room's alarm
+    is left for a streamer that died."""
+    return max(room_deadline * 0.9 - 1.0, room_deadline / 2)
 
 
 class ChunkSender:

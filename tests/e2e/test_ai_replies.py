@@ -36,7 +36,12 @@ def ai_system(tmp_path_factory, gemini) -> Iterator[LocalSystem]:
     local = LocalSystem(
         tmp_path_factory.mktemp("ai-system"),
         partitions=PARTITIONS,
-        extra_env={"GEMINI_API_KEY": "test-key", "DURACHAT_GEMINI_BASE_URL": gemini.base_url},
+        extra_env={
+            "GEMINI_API_KEY": "test-key",
+            "DURACHAT_GEMINI_BASE_URL": gemini.base_url,
+            # Short enough for a test to see the room close a reply whose streamer died.
+            "DURACHAT_AI_MAX_DURATION": "6",
+        },
     )
     try:
         local.start()
@@ -286,3 +291,32 @@ async def test_ai_replies_reach_the_read_store_as_messages(ai_system, gemini):
     )
     assert usage and usage[0][0] == 2 and usage[0][1] > 0
     await erin.close()
+
+
+async def test_a_reply_whose_context_service_is_killed_is_closed_by_the_rooms_alarm(
+    ai_system, gemini
+):
+    room = new_room()
+    (alice,) = await joined(ai_system, room, "alice")
+    gemini.script(Held(["Before the crash ", "after"]))
+    await alice.send({"message": "@ai tell me a long story"})
+    gemini.release()
+    await alice.recv_until(lambda f: is_ai("chunk")(f) and "crash" in f["ai"]["text"])
+    ai_system.context.kill()  # kill -9: no goodbye, the reply is left streaming
+    try:
+        # The room's deadline (DURACHAT_AI_MAX_DURATION, 6 s here) closes it; the alarm's
+        # granularity is 1 s.
+        frames = await alice.recv_until(lambda f: f.get("kind") == "system", timeout=20)
+        assert next(f["ai"] for f in frames if is_ai("failed")(f))["reason"] == "timeout"
+        assert [f["message"] for f in frames if is_final(f)] == [
+            "Before the crash " + INCOMPLETE_MARK
+        ]
+        assert "did not finish in time" in frames[-1]["message"]
+    finally:
+        gemini.release()  # let the fake finish the held step of the dead connection
+        ai_system.start_context()
+    # A new context service answers the next question.
+    gemini.script(Reply(["back"]))
+    await alice.send({"message": "@ai are you back?"})
+    assert (await alice.recv_until(is_final, timeout=20))[-1]["message"] == "back"
+    await alice.close()
