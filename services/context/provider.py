@@ -354,6 +354,10 @@ class OfflineProvider:
         # The question is the last line of the last user turn; lines before it (recent room
         # messages, say) came with it as context.
         question = " ".join(lines[-1].split())
+        # The window's last line reads "<asker> asks: <question>" (services/context/window.py).
+        asker, said, rest = question.partition(" asks: ")
+        if said and rest and len(asker) <= 32:
+            question = rest
         given = [_count(asked, "earlier turn")]
         if len(lines) > 1:
             given.append(_count(len(lines) - 1, "line") + " of context with the question")

@@ -352,7 +352,7 @@ async def test_the_offline_provider_answers_labelled_word_by_word_and_the_same_e
     # Labelled as offline, about the question, and says what it was given besides.
     reply = "".join(texts(first))
     assert error is None and reply.startswith(OFFLINE_PREFIX)
-    assert '"alice asks: What is a partition?" (6 words)' in reply
+    assert '"What is a partition?" (4 words)' in reply  # the asker's name is not echoed
     assert "2 earlier turns, 3 lines of context with the question and a system prompt" in reply
     # Streamed a word (and its space) at a time, the same on every call.
     assert len(first) > 5 and all(len(chunk.text.split()) == 1 for chunk in first)
