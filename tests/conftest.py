@@ -7,7 +7,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 import nats
@@ -18,6 +18,7 @@ from services.room.handlers import RoomBehaviour
 from services.runtime.host import ObjectHost
 from services.runtime.natsconf import render_nats_conf
 from services.runtime.natsserver import NatsServerProcess
+from tests.fakes.gemini import FakeGemini
 
 PARTITIONS = 16
 
@@ -104,18 +105,38 @@ def room_name() -> str:
     return f"room-{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
-    """nats-server, the room service and the gateway as real processes on free ports."""
-    local = LocalSystem(tmp_path_factory.mktemp("system"), partitions=PARTITIONS)
+@contextmanager
+def running(local: LocalSystem) -> Iterator[LocalSystem]:
+    """`local` started (its logs printed if it cannot start), stopped afterwards."""
     try:
         local.start()
     except Exception:
         local.stop()
         print(local.logs())
         raise
-    yield local
-    local.stop()
+    try:
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
+    """nats-server, the room service and the gateway as real processes on free ports."""
+    with running(LocalSystem(tmp_path_factory.mktemp("system"), partitions=PARTITIONS)) as local:
+        yield local
+
+
+@pytest.fixture(scope="module")
+def gemini() -> Iterator[FakeGemini]:
+    """A local server speaking the Gemini REST API (the one part that cannot run here)."""
+    with FakeGemini() as fake:
+        yield fake
+
+
+def gemini_env(fake: FakeGemini) -> dict[str, str]:
+    """What points a system's context service at `fake` instead of Google."""
+    return {"GEMINI_API_KEY": "test-key", "DURACHAT_GEMINI_BASE_URL": fake.base_url}
 
 
 async def wait_for(predicate, timeout: float = 5.0, what: str = "condition") -> None:

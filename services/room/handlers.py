@@ -69,6 +69,13 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def ai_message(event) -> ChatMessage:
+    """The message an AI reply ends as (completed, or failed with its partial text)."""
+    return ChatMessage(
+        id=event.reply_id, name=AI_NAME, message=event.text, timestamp=event.posted_at, kind="ai"
+    )
+
+
 class RoomBehaviour:
     """How the room service hosts Room objects."""
 
@@ -98,71 +105,40 @@ class RoomBehaviour:
 
     def broadcast(self, event) -> BaseModel | None:
         """What sockets in the room are told of a stored event."""
+        version = event.originator_version
         match event:
             case Room.MemberJoined():
-                return MemberJoined(version=event.originator_version, name=event.member_name)
+                return MemberJoined(version=version, name=event.member_name)
             case Room.MemberLeft():
-                return MemberQuit(version=event.originator_version, name=event.member_name)
+                return MemberQuit(version=version, name=event.member_name)
             case Room.MessagePosted():
-                return MessagePosted(
-                    version=event.originator_version,
-                    message=ChatMessage(
-                        id=event.message_id,
-                        name=event.member_name,
-                        message=event.text,
-                        timestamp=event.posted_at,
-                    ),
+                message = ChatMessage(
+                    id=event.message_id, name=event.member_name, message=event.text,
+                    timestamp=event.posted_at,
                 )
+                return MessagePosted(version=version, message=message)
             case Room.AiReplyRequested():
                 return AiQueued(
-                    version=event.originator_version,
-                    id=event.reply_id,
-                    asker=event.asker,
-                    question=event.question,
+                    version=version, id=event.reply_id, asker=event.asker, question=event.question
                 )
             case Room.AiReplyStarted():
                 return AiStarted(
-                    version=event.originator_version,
-                    id=event.reply_id,
-                    asker=event.asker,
-                    model=event.model,
+                    version=version, id=event.reply_id, asker=event.asker, model=event.model,
                     label=event.label,
                 )
             case Room.AiReplyChunk():
-                return AiChunk(
-                    version=event.originator_version,
-                    id=event.reply_id,
-                    offset=event.offset,
-                    text=event.text,
-                )
+                return AiChunk(version=version, id=event.reply_id, offset=event.offset, text=event.text)
             case Room.AiReplyCompleted():
-                return MessagePosted(
-                    version=event.originator_version,
-                    message=ChatMessage(
-                        id=event.reply_id, name=AI_NAME, message=event.text,
-                        timestamp=event.posted_at, kind="ai",
-                    ),
-                )
+                return MessagePosted(version=version, message=ai_message(event))
             case Room.AiReplyFailed():
-                return AiFailed(
-                    version=event.originator_version,
-                    id=event.reply_id,
-                    reason=event.reason,
-                    message=ChatMessage(
-                        id=event.reply_id, name=AI_NAME, message=event.text,
-                        timestamp=event.posted_at, kind="ai",
-                    )
-                    if event.text
-                    else None,
-                )
+                partial = ai_message(event) if event.text else None
+                return AiFailed(version=version, id=event.reply_id, reason=event.reason, message=partial)
             case Room.SystemMessagePosted():
-                return MessagePosted(
-                    version=event.originator_version,
-                    message=ChatMessage(
-                        id=event.message_id, name=SYSTEM_NAME, message=event.text,
-                        timestamp=event.posted_at, kind="system",
-                    ),
+                message = ChatMessage(
+                    id=event.message_id, name=SYSTEM_NAME, message=event.text,
+                    timestamp=event.posted_at, kind="system",
                 )
+                return MessagePosted(version=version, message=message)
         return None
 
     def alarm_time(self, room: Room) -> float | None:

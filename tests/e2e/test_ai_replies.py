@@ -16,7 +16,7 @@ import pytest
 
 from contracts.room import INCOMPLETE_MARK
 from services.localsystem import LocalSystem
-from tests.conftest import PARTITIONS, wait_for
+from tests.conftest import PARTITIONS, gemini_env, running, wait_for
 from tests.e2e.chat_clients import ChatClient
 from tests.fakes.gemini import Block, Cut, Fail, Held, Reply
 
@@ -24,33 +24,13 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def gemini() -> Iterator:
-    from tests.fakes.gemini import FakeGemini
-
-    with FakeGemini() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def ai_system(tmp_path_factory, gemini) -> Iterator[LocalSystem]:
-    local = LocalSystem(
-        tmp_path_factory.mktemp("ai-system"),
-        partitions=PARTITIONS,
-        extra_env={
-            "GEMINI_API_KEY": "test-key",
-            "DURACHAT_GEMINI_BASE_URL": gemini.base_url,
-            # Short enough for a test to see the room close a reply whose streamer died.
-            "DURACHAT_AI_MAX_DURATION": "6",
-        },
-    )
-    try:
-        local.start()
-    except Exception:
-        local.stop()
-        print(local.logs())
-        raise
-    yield local
-    local.stop()
+    env = gemini_env(gemini)
+    # Short enough for a test to see the room close a reply whose streamer died.
+    env["DURACHAT_AI_MAX_DURATION"] = "6"
+    local = LocalSystem(tmp_path_factory.mktemp("ai-system"), partitions=PARTITIONS, extra_env=env)
+    with running(local):
+        yield local
 
 
 def read_rows(db, sql: str, params: tuple) -> list[tuple]:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from services.localsystem import LocalSystem
-from tests.conftest import PARTITIONS
+from tests.conftest import PARTITIONS, gemini_env, running
 from tests.e2e.test_browser import (  # noqa: F401  (fixtures, used by name)
     CHROMIUM,
     choose_name,
@@ -20,7 +20,7 @@ from tests.e2e.test_browser import (  # noqa: F401  (fixtures, used by name)
     open_tab,
     send,
 )
-from tests.fakes.gemini import FakeGemini, Held
+from tests.fakes.gemini import Held
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -28,27 +28,13 @@ from playwright.sync_api import expect  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def gemini() -> Iterator[FakeGemini]:
-    with FakeGemini() as fake:
-        yield fake
-
-
-@pytest.fixture(scope="module")
 def system(tmp_path_factory, gemini) -> Iterator[LocalSystem]:
     """The system `open_tab` serves, here with the fake Gemini behind the context service."""
     local = LocalSystem(
-        tmp_path_factory.mktemp("browser-ai"),
-        partitions=PARTITIONS,
-        extra_env={"GEMINI_API_KEY": "test-key", "DURACHAT_GEMINI_BASE_URL": gemini.base_url},
+        tmp_path_factory.mktemp("browser-ai"), partitions=PARTITIONS, extra_env=gemini_env(gemini)
     )
-    try:
-        local.start()
-    except Exception:
-        local.stop()
-        print(local.logs())
-        raise
-    yield local
-    local.stop()
+    with running(local):
+        yield local
 
 
 def test_the_web_client_shows_an_ai_reply_growing_then_final(open_tab, gemini, system) -> None:

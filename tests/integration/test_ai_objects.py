@@ -7,7 +7,7 @@ provider's counter, and a context service that stops fails its replies with thei
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import nats
@@ -27,12 +27,6 @@ from tests.conftest import wait_for
 from tests.fakes.gemini import FakeGemini, Held, Reply, count_tokens
 
 pytestmark = pytest.mark.nats
-
-
-@pytest.fixture(scope="module")
-def gemini() -> Iterator[FakeGemini]:
-    with FakeGemini() as fake:
-        yield fake
 
 
 @asynccontextmanager
