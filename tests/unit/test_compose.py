@@ -19,4 +19,4 @@ def test_compose_config_is_valid(files):
     args = [COMPOSE] + [a for f in files for a in ("-f", f)] + ["config", "--services"]
     result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert {"nats", "room", "ratelimit", "projector", "gateway"} <= set(result.stdout.split())
+    assert {"nats", "room", "ratelimit", "context", "projector", "gateway"} <= set(result.stdout.split())
