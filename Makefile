@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) -m bench.runtime_bench
 	$(PY) -m bench.projector_bench
 	$(PY) -m bench.limits_bench
+	$(PY) -m bench.ai_bench
 
 compose-config:
 	docker-compose -f docker-compose.yml config --quiet
