@@ -38,10 +38,10 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 from pathlib import Path
 
 from bench import load
+from bench.load import run_in_child
 from bench.measure import cpu_seconds, machine_busy_seconds, pct, write_figures
 
 TARGET_P99_MS = 10.0
@@ -116,32 +116,8 @@ def chunk_text(n: int, chars: int) -> str:
 # --- child processes (spawned) ----------------------------------------------------------------
 
 
-def _watch_parent(parent: int) -> None:
-    """Exit if the benchmark process goes away (so no child outlives it)."""
-    while True:
-        time.sleep(1.0)
-        if os.getppid() != parent:
-            os._exit(3)
-
-
 def _child(target, cfg: dict, conn, parent: int, barrier) -> None:
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    try:
-        coro = target(cfg, conn, barrier)
-        if cfg.get("uvloop", True):
-            import uvloop
-
-            result = uvloop.run(coro)
-        else:
-            result = asyncio.run(coro)
-    except KeyboardInterrupt:
-        return
-    except BaseException:
-        if barrier is not None:
-            barrier.abort()
-        result = {"error": traceback.format_exc()}
-    conn.send(result)
-    conn.close()
+    run_in_child(lambda: target(cfg, conn, barrier), cfg, conn, parent, barrier)
 
 
 def load_entry(cfg: dict, conn, parent: int, barrier) -> None:

@@ -562,9 +562,16 @@ def _watch_parent(parent: int) -> None:
 
 def entry(kind: str, cfg: dict, index: int, procs: int, barrier, conn, parent: int) -> None:
     """Target of a spawned load process: run one phase, send its result dict through `conn`."""
+    run_in_child(lambda: PHASES[kind](cfg, index, procs, barrier), cfg, conn, parent, barrier)
+
+
+def run_in_child(make_coro, cfg: dict, conn, parent: int, barrier) -> None:
+    """Body of a spawned bench process: run `make_coro()` (under uvloop unless cfg says
+    "uvloop": False) and send its result dict, or the traceback, through `conn`; exit when
+    the parent does."""
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     try:
-        coro = PHASES[kind](cfg, index, procs, barrier)
+        coro = make_coro()
         if cfg.get("uvloop", True):
             import uvloop
 
