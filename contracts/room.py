@@ -11,6 +11,10 @@ from contracts.common import Command, Contract, ErrorReply
 MAX_NAME_LENGTH = 32
 MAX_MESSAGE_LENGTH = 256
 HISTORY_LENGTH = 100
+# ... and at most this many characters in all (the newest message is always kept): AI replies
+# are long, and a room's state travels whole in a NATS message (max_payload 1 MB) and in its
+# snapshot. 100 chat messages of the demo's 256 characters fit easily.
+HISTORY_CHARS = 64_000
 
 # A message addressed to the AI starts with one of these (case-insensitive), then a space.
 AI_PREFIXES = ("@ai", "/ai")
@@ -155,7 +159,9 @@ class RoomState(Contract):
     version: int = Field(description="The room's version; broadcasts above it are newer.")
     private: bool
     members: list[str] = Field(description="Names of the members present, in joining order.")
-    messages: list[ChatMessage] = Field(description=f"The last {HISTORY_LENGTH}, oldest first.")
+    messages: list[ChatMessage] = Field(
+        description=f"The last {HISTORY_LENGTH} (at most {HISTORY_CHARS:,} characters), oldest first."
+    )
     ai: list[AiReplyView] = Field(
         default_factory=list, description="AI replies not finished yet, in queue order."
     )

@@ -9,6 +9,7 @@ from eventsourcing.domain import Aggregate, event
 from contracts.keys import is_private_room_id
 from contracts.room import (
     AI_NAME,
+    HISTORY_CHARS,
     HISTORY_LENGTH,
     INCOMPLETE_MARK,
     MAX_AI_QUEUE,
@@ -349,6 +350,9 @@ class Room(Aggregate):
     def _remember(self, message: dict) -> None:
         self.messages.append(message)
         del self.messages[:-HISTORY_LENGTH]
+        kept = sum(len(m["message"]) for m in self.messages)
+        while kept > HISTORY_CHARS and len(self.messages) > 1:
+            kept -= len(self.messages.pop(0)["message"])
         self.last_timestamp = message["timestamp"]
         self.recent_ids[message["id"]] = message["timestamp"]
         if len(self.recent_ids) > RECENT_IDS:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from contracts.room import INCOMPLETE_MARK, MAX_AI_QUEUE, ai_question
+from contracts.room import HISTORY_CHARS, INCOMPLETE_MARK, MAX_AI_QUEUE, ai_question
 from services.room.domainmodel import (
     AiReplyConflict,
     NameReserved,
@@ -123,3 +123,21 @@ def test_a_room_rebuilt_from_its_events_has_the_same_ai_state():
     for event in events:
         copy = event.mutate(copy)
     assert copy.ai == room.ai and copy.messages == room.messages
+
+
+def test_long_ai_replies_bound_the_history_by_characters_too():
+    # A room's state travels whole in one NATS message and one snapshot: 100 long replies
+    # must not make it larger than the server takes.
+    room = room_with("alice")
+    for i in range(12):
+        reply = ask(room, "alice", f"@ai q{i}", f"m{i}", ms=10 * i)
+        room.start_ai(reply, "m", "Gemini", NOW, 100)
+        room.append_ai(reply, 0, "x" * 10_000)
+        room.complete_ai(reply, 10_000, 0, 0, 10 * i + 1, NOW, START)
+    assert sum(len(m["message"]) for m in room.messages) <= HISTORY_CHARS
+    assert room.messages[-1]["message"] == "x" * 10_000  # the newest stays
+    # Ordinary chat keeps its 100 messages.
+    chat = room_with("bob")
+    for i in range(150):
+        chat.post(f"c{i}", "s-bob", "y" * 256, i)
+    assert len(chat.messages) == 100
