@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import aclosing
 from dataclasses import dataclass
 
 from nats.aio.client import Client as NATS
@@ -156,8 +157,11 @@ class ReplyStreamer:
         usage: Usage | None = None
         failure: tuple[str, str] | None = None
         try:
-            async with asyncio.timeout(self.config.max_duration):
-                async for chunk in provider.stream(generation, window.turns):
+            async with (
+                asyncio.timeout(self.config.max_duration),
+                aclosing(provider.stream(generation, window.turns)) as chunks,
+            ):
+                async for chunk in chunks:
                     usage = chunk.usage or usage
                     text = chunk.text
                     if sender.length + len(text) > MAX_AI_REPLY_LENGTH:
@@ -179,21 +183,33 @@ class ReplyStreamer:
                 task.uncancel()  # the appends below must not be cancelled again
             failure = ("unavailable", "the AI service restarted; ask again.")
         await sender.flush()
+        if failure is None and sender.refused is None and sender.sent == 0:
+            failure = ("server", "the AI sent an empty reply.")
         prompt_tokens = usage.prompt_tokens if usage and usage.prompt_tokens else window.tokens
         output_tokens = (
             usage.output_tokens if usage and usage.output_tokens else (sender.sent + 3) // 4
         )
-        await self._charge_tokens(user_id, prompt_tokens + output_tokens)
-        if sender.refused is not None:
-            # The room gave up on the reply (its deadline passed) and told the room so.
-            log.warning("room %s refused more of reply %s: %s", ask.room, ask.reply_id,
-                        sender.refused.message)
-            return
-        if failure is not None:
-            await self._fail(ask, *failure, prompt_tokens=prompt_tokens, output_tokens=output_tokens)
-            if cancelled:
-                raise asyncio.CancelledError
-            return
+        try:
+            if sender.refused is not None:
+                # The room gave up on the reply (its deadline passed) and told the room so.
+                log.warning("room %s refused more of reply %s: %s", ask.room, ask.reply_id,
+                            sender.refused.message)
+            elif failure is not None:
+                await self._fail(
+                    ask, *failure, prompt_tokens=prompt_tokens, output_tokens=output_tokens
+                )
+                if cancelled:
+                    raise asyncio.CancelledError
+            else:
+                await self._complete(user_id, ask, sender, prompt_tokens, output_tokens)
+        finally:
+            # The tokens were spent whatever became of the reply; charged after the room is
+            # told, so the final message does not wait for the quota's round trip.
+            await self._charge_tokens(user_id, prompt_tokens + output_tokens)
+
+    async def _complete(
+        self, user_id: str, ask: Ask, sender: ChunkSender, prompt_tokens: int, output_tokens: int
+    ) -> None:
         # The exchange is recorded before the reply completes: completing dispatches the
         # room's next question, which may be this user's, and its window must include this one.
         record = RecordExchange(

@@ -181,6 +181,7 @@ async def test_the_room_chats_on_while_a_reply_streams_and_questions_queue(ai_sy
         (Fail(500), "server", "", "500"),
         (Cut(["Half an ", "answer"]), "cut", "Half an answer", "dropped"),
         (Block(["Some text "], reason="SAFETY"), "blocked", "Some text ", "safety"),
+        (Reply([]), "server", "", "empty"),
     ],
 )
 async def test_a_failed_reply_keeps_its_text_and_the_room_is_told(
