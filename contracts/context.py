@@ -91,7 +91,7 @@ context_command = TypeAdapter(ContextCommand)
 
 
 class ContextView(Contract):
-    """The user's context: settings as stored, the effective ones, and recent exchanges."""
+    """The user's context: settings as stored (unset: the service's default) and recent exchanges."""
 
     type: Literal["context"] = "context"
     user_id: str
