@@ -127,7 +127,7 @@ class AiReplyFailed(_AiReplyFinished):
 # live state, not a read model: only the finished reply is projected.
 IGNORED = frozenset({
     "AlarmSet", "AlarmCleared",
-    "AiReplyRequested", "AiReplyDispatched", "AiReplyStarted", "AiReplyChunk",
+    "AiReplyRequested", "AiReplyDispatched", "AiReplyStarted", "AiReplyChunk", "AiReplyAlive",
 })
 KNOWN = IGNORED | {
     "Created", "MemberJoined", "MemberLeft", "MessagePosted", "Expired",

@@ -125,7 +125,9 @@ class Room(Aggregate):
 
     def _ai_deadline(self) -> float | None:
         head = self._ai_head()
-        return head["deadline"] if head is not None and head["status"] != "queued" else None
+        if head is None or head["status"] == "queued":
+            return None
+        return min(head["deadline"], head.get("alive_until") or head["deadline"])
 
     def alarm_due(self, at: float, now: float, now_ms: int, start_timeout: float) -> bool:
         """The alarm set for `at` fired. Does only what is due by `at`: a duplicate delivery,
@@ -138,12 +140,19 @@ class Room(Aggregate):
                 self._alarm_cleared()
             acted = True
         head = self._ai_head()
-        if head is not None and head["status"] != "queued" and head["deadline"] <= at:
+        due = self._ai_deadline()
+        if head is not None and due is not None and due <= at:
             started = head["status"] == "streaming"
+            if not started:
+                why = "the AI service did not start answering."
+            elif head["deadline"] <= at:
+                why = "it did not finish in time."
+            else:
+                why = "the AI service stopped answering."
             self._fail_ai(
                 head["id"],
                 "timeout",
-                "it did not finish in time." if started else "the AI service did not start answering.",
+                why,
                 now_ms,
                 start_timeout=start_timeout,
                 now=now,
@@ -229,19 +238,32 @@ class Room(Aggregate):
             raise NoSuchAiReply("No such AI reply in progress.")
         return head
 
-    def start_ai(self, reply_id: str, model: str, label: str, now: float, max_duration: float) -> bool:
-        """The context service starts streaming the head of the queue; False if it had."""
+    def start_ai(
+        self, reply_id: str, model: str, label: str, now: float, max_duration: float,
+        stall_timeout: float | None = None,
+    ) -> bool:
+        """The context service starts streaming the head of the queue; False if it had.
+
+        The reply must finish within `max_duration`, and, with a `stall_timeout`, show signs
+        of life (appends) within that, or the room's alarm fails it: a streamer that died
+        leaves its reply open only that long."""
         head = self._active_ai(reply_id)
         if head["status"] == "streaming":
             return False
+        deadline = now + max_duration
         self._ai_reply_started(
-            reply_id=reply_id, asker=head["asker"], model=model, label=label,
-            deadline=now + max_duration,
+            reply_id=reply_id, asker=head["asker"], model=model, label=label, deadline=deadline,
+            alive_until=min(now + stall_timeout, deadline) if stall_timeout else None,
         )
         return True
 
-    def append_ai(self, reply_id: str, offset: int, text: str) -> bool:
-        """Streamed text at `offset`; False for a retry of text already appended."""
+    def append_ai(
+        self, reply_id: str, offset: int, text: str, now: float = 0.0,
+        stall_timeout: float | None = None,
+    ) -> bool:
+        """Streamed text at `offset`; False for a retry of text already appended. Once half
+        the stall window has passed, an append also renews it (`AiReplyAlive`), so the alarm
+        is re-scheduled about every `stall_timeout / 2`, not on every chunk."""
         head = self._active_ai(reply_id)
         if head["status"] != "streaming":
             raise NoSuchAiReply("The AI reply has not started.")
@@ -253,6 +275,11 @@ class Room(Aggregate):
         if len(current) + len(text) > MAX_AI_REPLY_LENGTH:
             raise AiReplyConflict(f"An AI reply holds at most {MAX_AI_REPLY_LENGTH} characters.")
         self._ai_reply_chunk(reply_id=reply_id, offset=offset, text=text)
+        alive_until = head.get("alive_until")
+        if stall_timeout and alive_until is not None and alive_until - now <= stall_timeout / 2:
+            until = min(now + stall_timeout, head["deadline"])
+            if until > alive_until:
+                self._ai_reply_alive(reply_id=reply_id, until=until)
         return True
 
     def complete_ai(
@@ -373,9 +400,17 @@ class Room(Aggregate):
 
     @event("AiReplyStarted")
     def _ai_reply_started(
-        self, reply_id: str, asker: str, model: str, label: str, deadline: float
+        self, reply_id: str, asker: str, model: str, label: str, deadline: float,
+        alive_until: float | None = None,
     ) -> None:
-        self.ai[reply_id].update(status="streaming", model=model, label=label, deadline=deadline)
+        self.ai[reply_id].update(
+            status="streaming", model=model, label=label, deadline=deadline,
+            alive_until=alive_until,
+        )
+
+    @event("AiReplyAlive")
+    def _ai_reply_alive(self, reply_id: str, until: float) -> None:
+        self.ai[reply_id]["alive_until"] = until
 
     @event("AiReplyChunk")
     def _ai_reply_chunk(self, reply_id: str, offset: int, text: str) -> None:

@@ -87,10 +87,12 @@ class RoomBehaviour:
         private_room_ttl: float = 86_400.0,
         ai_start_timeout: float = 30.0,
         ai_max_duration: float = 180.0,
+        ai_stall_timeout: float | None = 45.0,
     ) -> None:
         self.private_room_ttl = private_room_ttl
         self.ai_start_timeout = ai_start_timeout  # dispatched -> started, else it fails
         self.ai_max_duration = ai_max_duration  # started -> finished, else it fails
+        self.ai_stall_timeout = ai_stall_timeout  # streaming with no append that long: fails
         self._asking: set[asyncio.Task] = set()
 
     def parse(self, data: bytes):
@@ -247,13 +249,18 @@ class RoomBehaviour:
     @_decide.register
     def _(self, command: StartAiReply, key: str, room: Room | None):
         room = self._existing(key, room)
-        room.start_ai(command.reply_id, command.model, command.label, time.time(), self.ai_max_duration)
+        room.start_ai(
+            command.reply_id, command.model, command.label, time.time(), self.ai_max_duration,
+            self.ai_stall_timeout,
+        )
         return room, Accepted(version=room.version)
 
     @_decide.register
     def _(self, command: AppendAiReply, key: str, room: Room | None):
         room = self._existing(key, room)
-        room.append_ai(command.reply_id, command.offset, command.text)
+        room.append_ai(
+            command.reply_id, command.offset, command.text, time.time(), self.ai_stall_timeout
+        )
         return room, Accepted(version=room.version)
 
     @_decide.register

@@ -18,6 +18,12 @@ class RoomSettings(ObjectServiceSettings):
     ai_max_duration: float = Field(
         180.0, gt=0, description="seconds an AI reply may stream before the room closes it"
     )
+    ai_stall_timeout: float = Field(
+        45.0,
+        gt=0,
+        description="seconds a streaming AI reply may go without new text before the room "
+        "closes it (its streamer died); keep it above the provider's chunk timeouts",
+    )
 
 
 def main() -> None:
@@ -26,6 +32,7 @@ def main() -> None:
         private_room_ttl=settings.private_room_ttl,
         ai_start_timeout=settings.ai_start_timeout,
         ai_max_duration=settings.ai_max_duration,
+        ai_stall_timeout=settings.ai_stall_timeout,
     )
     run(behaviour, settings)
 

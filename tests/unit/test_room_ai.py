@@ -141,3 +141,30 @@ def test_long_ai_replies_bound_the_history_by_characters_too():
     for i in range(150):
         chat.post(f"c{i}", "s-bob", "y" * 256, i)
     assert len(chat.messages) == 100
+
+
+def test_a_streaming_reply_must_show_signs_of_life_within_the_stall_timeout():
+    stall, hard = 40.0, 100.0
+    room = room_with("alice")
+    reply = ask(room, "alice", "@ai one", "m1")
+    room.start_ai(reply, "m", "Gemini", NOW, hard, stall)
+    assert room.wake_at() == NOW + stall
+    room.collect_events()
+    # Appends early in the window renew nothing (the alarm is not re-scheduled per chunk) ...
+    room.append_ai(reply, 0, "a", NOW + 5, stall)
+    assert [type(e).__name__ for e in room.collect_events()] == ["AiReplyChunk"]
+    # ... past half of it, one append renews it, never beyond the hard deadline.
+    room.append_ai(reply, 1, "b", NOW + 25, stall)
+    assert [type(e).__name__ for e in room.collect_events()] == ["AiReplyChunk", "AiReplyAlive"]
+    assert room.wake_at() == NOW + 25 + stall
+    room.append_ai(reply, 2, "c", NOW + 90, stall)
+    assert room.wake_at() == NOW + hard
+    # A streamer that goes quiet: the alarm at the stall deadline fails the reply, text kept.
+    quiet = room_with("bob")
+    other = ask(quiet, "bob", "@ai two", "m2")
+    quiet.start_ai(other, "m", "Gemini", NOW, hard, stall)
+    quiet.append_ai(other, 0, "half", NOW + 1, stall)
+    assert quiet.alarm_due(NOW + stall, NOW + stall, 50, START)
+    *_, partial, notice = quiet.messages
+    assert partial["message"] == "half" + INCOMPLETE_MARK
+    assert notice["message"].endswith("the AI service stopped answering.")
