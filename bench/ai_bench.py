@@ -31,7 +31,6 @@ import multiprocessing as mp
 import os
 import platform
 import re
-import resource
 import secrets
 import signal
 import sys
@@ -42,7 +41,15 @@ from pathlib import Path
 
 from bench import load
 from bench.load import run_in_child
-from bench.measure import cpu_seconds, machine_busy_seconds, pct, write_figures
+from bench.measure import (
+    cpu_sample,
+    machine_busy_percent,
+    pct,
+    raise_fd_limit,
+    shut_down,
+    wait_machine_quiet,
+    write_figures,
+)
 
 TARGET_P99_MS = 10.0
 TARGET_MEMBERS = 100
@@ -200,18 +207,6 @@ async def join_tasks(cfg: dict, specs: list[tuple[str, str, Member]]) -> list[Ta
     return list(await asyncio.gather(*(one(*spec) for spec in specs)))
 
 
-def cpu_sample(pids: dict[str, int]) -> dict[str, float]:
-    sample = {}
-    for name, pid in pids.items():
-        try:
-            sample[name] = cpu_seconds(pid)
-        except OSError:
-            pass
-    sample["load"] = time.process_time()
-    sample["machine"] = machine_busy_seconds()
-    return sample
-
-
 async def barrier_wait(barrier, timeout: float) -> bool:
     """Wait for the other load processes; False if one of them gave up (the barrier broke)."""
     if barrier is None:
@@ -249,7 +244,7 @@ async def members_run(cfg: dict, conn, barrier) -> dict:
     t_start = t_end = 0.0
     for k in range(replies if ok else 0):
         if k == 1:
-            before, t_start = cpu_sample(pids), time.time()
+            before, t_start = cpu_sample(pids, self_as="load"), time.time()
         if index == 0:
             sockets[0].send_text(json.dumps({"message": f"@ai bench question {k}: stream it"}))
         _, pending = await asyncio.wait([m.final[k] for m in members], timeout=timeout)
@@ -261,7 +256,7 @@ async def members_run(cfg: dict, conn, barrier) -> dict:
         if not await barrier_wait(barrier, timeout):
             break
         if k == replies - 1:
-            after, t_end = cpu_sample(pids), time.time()
+            after, t_end = cpu_sample(pids, self_as="load"), time.time()
         else:
             await asyncio.sleep(cfg["pause"])  # the context service records the exchange
     health = load.socket_health(sockets) if cfg["client"] == "protocol" else {}
@@ -734,32 +729,12 @@ def print_report(runs: list[dict], args) -> None:
 # --- main -----------------------------------------------------------------------------------------
 
 
-def raise_fd_limit(want: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
-def machine_busy_percent(seconds: float = 1.0) -> float:
-    before = machine_busy_seconds()
-    time.sleep(seconds)
-    return 100 * (machine_busy_seconds() - before) / seconds
-
-
 def wait_quiet(pids: list[int], machine_limit: float) -> float:
     """Wait until our services are idle, then (at most `machine_limit` s) until the whole
     machine is under 25% of one core busy; how busy it was at the end."""
     for pid in pids:
         asyncio.run(load.wait_quiet(pid))
-    deadline = time.monotonic() + machine_limit
-    busy = machine_busy_percent(0.5)
-    while busy > 25 and time.monotonic() < deadline:
-        busy = machine_busy_percent(0.5)
-    if busy > 25:
-        print(f"    (the machine is still {busy:.0f}% busy after waiting {machine_limit:g} s: "
-              "other work is running; the figures will be disturbed)", flush=True)
-    return busy
+    return wait_machine_quiet(25.0, machine_limit)
 
 
 def _terminate(signum, frame):
@@ -855,17 +830,7 @@ def main(argv: list[str] | None = None) -> int:
                 pass
         status = 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the stop
-        if system is not None:
-            system.stop()
-        fake.stop()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        if not args.keep_dir:
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print(f"kept {tmp}", file=sys.stderr)
+        shut_down([*([system.stop] if system is not None else []), fake.stop], tmp, args.keep_dir)
     if args.json and status == 0:
         write_figures(args.json, report)
     return status

@@ -17,7 +17,6 @@ import asyncio
 import multiprocessing as mp
 import os
 import platform
-import resource
 import secrets
 import signal
 import sys
@@ -27,7 +26,7 @@ from array import array
 from pathlib import Path
 
 from bench import load
-from bench.measure import write_figures
+from bench.measure import machine_busy_percent, raise_fd_limit, shut_down, write_figures
 
 TARGET_P50_MS = 3.0
 TARGET_P99_MS = 15.0
@@ -424,21 +423,6 @@ def print_memory(m: dict) -> None:
 # --- main -----------------------------------------------------------------------------------------
 
 
-def raise_fd_limit(want: int) -> None:
-    """Enough descriptors for every socket; children (the gateway too) inherit the limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
-def machine_busy_percent(seconds: float = 1.0) -> float:
-    """How busy the whole machine is (% of one core) over `seconds`, before we add load."""
-    before = load.machine_busy_seconds()
-    time.sleep(seconds)
-    return 100 * (load.machine_busy_seconds() - before) / seconds
-
-
 def stop_resource_tracker() -> None:
     """Stop and reap multiprocessing's resource tracker (started by spawn) now rather than
     leave it to exit after us. Best effort: `_stop` is private (Python 3.11+)."""
@@ -533,16 +517,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
         status = 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the stop
-        system.stop()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        stop_resource_tracker()
-        if not args.keep_dir:
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print(f"kept {tmp}", file=sys.stderr)
+        shut_down([system.stop, stop_resource_tracker], tmp, args.keep_dir)
     if args.json and status == 0:
         write_figures(args.json, report)
     return status

@@ -41,7 +41,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from bench import chat_bench, load
-from bench.measure import cpu_seconds, machine_busy_seconds, write_figures
+from bench.measure import (
+    cpu_sample,
+    machine_busy_percent,
+    raise_fd_limit,
+    wait_machine_quiet,
+    write_figures,
+)
 from contracts.ratelimit import RATE_LIMITED
 from services.gateway.protocol import error_frame
 
@@ -478,28 +484,6 @@ def base_cfg(system, args) -> dict:
     }
 
 
-def wait_machine_quiet(below: float = 25.0, limit: float = 30.0) -> float:
-    """Wait (at most `limit` s) until the whole machine is under `below`% of one core busy, so
-    that other work on a shared box disturbs the figures less; returns the last reading."""
-    deadline = time.monotonic() + limit
-    busy = chat_bench.machine_busy_percent(0.5)
-    while busy > below and time.monotonic() < deadline:
-        busy = chat_bench.machine_busy_percent(0.5)
-    if busy > below:
-        print(f"    (the machine is still {busy:.0f}% busy after waiting {limit:g} s: other work is "
-              "running, the figures will be disturbed)", flush=True)
-    return busy
-
-
-def cpu_sample(pids: dict[str, int]) -> dict[str, float]:
-    sample = {}
-    for name, pid in pids.items():
-        with contextlib.suppress(OSError):
-            sample[name] = cpu_seconds(pid)
-    sample["machine"] = machine_busy_seconds()
-    return sample
-
-
 def cpu_percent(a: dict, b: dict, wall: float) -> dict[str, float]:
     return {k: round(100 * (b[k] - a[k]) / wall, 1) for k in b if k in a}
 
@@ -836,7 +820,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from bench import limits_bench as this  # spawned processes import entry() by this name
 
-    chat_bench.raise_fd_limit(args.idle_ips * args.idle_per_ip * 2 + 4096)
+    raise_fd_limit(args.idle_ips * args.idle_per_ip * 2 + 4096)
     signal.signal(signal.SIGTERM, _terminate)
     root = Path(tempfile.mkdtemp(prefix="durachat-limits-"))
     report: dict = {
@@ -846,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": {"added_p99_ms": TARGET_ADDED_P99_MS, "flood_p99_ratio": TARGET_FLOOD_RATIO},
     }
     status = 0
-    busy = chat_bench.machine_busy_percent()
+    busy = machine_busy_percent()
     report["machine"]["busy_before_start_percent"] = round(busy, 1)
     print(f"durachat limits benchmark: {os.cpu_count()} CPUs, Python {platform.python_version()}; "
           f"machine {busy:.0f}% busy before start; dir {root}", flush=True)

@@ -33,7 +33,7 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from bench.measure import cpu_seconds, machine_busy_seconds
+from bench.measure import cpu_sample, cpu_seconds
 
 READY = b'{"ready":true}'
 ERROR_PREFIX = b'{"error"'
@@ -66,15 +66,7 @@ class CpuMeter:
         self.result: dict[str, float] = {}
 
     def _sample(self) -> dict[str, float]:
-        sample = {}
-        for name, pid in self.pids.items():
-            try:
-                sample[name] = cpu_seconds(pid)
-            except OSError:
-                pass
-        sample["load"] = time.process_time()
-        sample["machine"] = machine_busy_seconds()
-        return sample
+        return cpu_sample(self.pids, self_as="load")
 
     def start(self) -> None:
         self.start_wall = time.monotonic()
