@@ -105,20 +105,15 @@
 
   // ---------------------------------------------------------------- rendering
 
+  function elem(tag, className) {
+    const node = document.createElement(tag);
+    node.className = className;
+    return node;
+  }
+
   function buildMessage() {
-    const li = document.createElement("li");
-    li.className = "message";
-
-    const author = document.createElement("span");
-    author.className = "author";
-
-    const text = document.createElement("span");
-    text.className = "text";
-
-    const time = document.createElement("time");
-    time.className = "time";
-
-    li.append(author, text, time);
+    const li = elem("li", "message");
+    li.append(elem("span", "author"), elem("span", "text"), elem("time", "time"));
     return li;
   }
 
@@ -176,16 +171,14 @@
   // A notice from the server ({"kind": "system"}), shown like a local system line.
   function systemNotice(data) {
     if (isReplayed(data.timestamp)) return;
-    const li = document.createElement("li");
-    li.className = "system notice";
+    const li = elem("li", "system notice");
     li.dataset.kind = "system";
     li.textContent = String(data.message);
     appendToLog(li);
   }
 
   function systemLine(text) {
-    const li = document.createElement("li");
-    li.className = "system";
+    const li = elem("li", "system");
     li.textContent = text;
     appendToLog(li);
   }
@@ -195,22 +188,16 @@
   // Class ai-final is set once the server's final text is shown (either outcome).
 
   function buildAiBubble(id) {
-    const li = document.createElement("li");
-    li.className = "ai";
+    const li = elem("li", "ai");
     li.dataset.aiId = id;
 
-    const head = document.createElement("div");
-    head.className = "ai-head";
-    const who = document.createElement("span");
-    who.className = "ai-who";
-    const status = document.createElement("span");
-    status.className = "ai-status";
-    const time = document.createElement("time");
-    time.className = "time";
+    const head = elem("div", "ai-head");
+    const who = elem("span", "ai-who");
+    const status = elem("span", "ai-status");
+    const time = elem("time", "time");
     head.append(who, status, time);
 
-    const text = document.createElement("div");
-    text.className = "ai-text";
+    const text = elem("div", "ai-text");
 
     li.append(head, text);
     const bubble = { li, who, status, text, time, shown: 0 };
