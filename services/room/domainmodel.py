@@ -6,6 +6,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
+from contracts.context import guest_user
 from contracts.keys import is_private_room_id
 from contracts.room import (
     AI_NAME,
@@ -218,7 +219,7 @@ class Room(Aggregate):
                 reply_id = reply_id_of(message_id)
                 self._ai_reply_requested(
                     reply_id=reply_id,
-                    user_id=user_id or f"guest:{asker}",
+                    user_id=user_id or guest_user(asker),
                     asker=asker,
                     question=question,
                     requested_at=timestamp,
