@@ -6,7 +6,7 @@ from enum import StrEnum
 from typing import Literal
 from uuid import UUID, uuid4
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class Contract(BaseModel):
@@ -31,6 +31,7 @@ class ErrorCode(StrEnum):
     CONFLICT = "conflict"
     EXISTS = "exists"
     UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"  # the object failed on this command; sending it again fails again
 
 
 class ErrorReply(Contract):
@@ -43,3 +44,12 @@ class ErrorReply(Contract):
     @property
     def retryable(self) -> bool:
         return self.code in (ErrorCode.OVERLOADED, ErrorCode.CONFLICT, ErrorCode.UNAVAILABLE)
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming each field that was wrong and why."""
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error["loc"]) or "message"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)

@@ -11,6 +11,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, TypeAdapter
 
+from contracts.client import ObjectClient
 from contracts.common import Command, Contract, ErrorReply
 from contracts.room import MAX_MESSAGE_LENGTH, ChatMessage
 
@@ -107,3 +108,10 @@ class AskAccepted(Contract):
 
 ContextReply = Annotated[Union[ContextView, AskAccepted, ErrorReply], Field(discriminator="type")]
 context_reply = TypeAdapter(ContextReply)
+
+
+class ContextClient(ObjectClient[ContextReply]):
+    """Sends commands to users' context objects (`cmd.context.<user id>`)."""
+
+    kind = CONTEXT
+    replies = context_reply

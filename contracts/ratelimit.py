@@ -1,8 +1,9 @@
-"""The ratelimit objects' commands and replies.
+"""The ratelimit service's two object kinds: their commands, replies and clients.
 
-Two kinds of key share the `ratelimit` object kind (see `ip_key` and `user_key`):
-- `ip:<address>`: the chat demo's per-IP limiter, in memory only, as the demo keeps it;
-- `user:<id>`: a user's AI quotas (daily and monthly, requests and tokens), durable as events.
+- `limiter`, keyed by client address: the chat demo's per-IP limiter, in memory only, as the
+  demo keeps it;
+- `quota`, keyed by user id: a user's AI quotas (daily and monthly, requests and tokens),
+  durable as events.
 """
 
 from __future__ import annotations
@@ -11,20 +12,12 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, TypeAdapter
 
+from contracts.client import ObjectClient
 from contracts.common import Command, Contract, ErrorReply
 
-RATELIMIT = "ratelimit"
+LIMITER = "limiter"
+QUOTA = "quota"
 RATE_LIMITED = "Your IP is being rate-limited, please try again later."
-
-
-def ip_key(address: str) -> str:
-    """The limiter object of a client address (made subject-safe by `subject_token`)."""
-    return f"ip:{address}"
-
-
-def user_key(user_id: str) -> str:
-    """The quota object of a user."""
-    return f"user:{user_id}"
 
 
 # --- per-IP limiter -------------------------------------------------------------------------
@@ -77,9 +70,24 @@ class QuotaUsage(Contract):
     month_tokens: int
 
 
-RateLimitCommand = Annotated[
-    Union[TakeToken, ChargeQuota, GetQuota], Field(discriminator="type")
-]
-ratelimit_command = TypeAdapter(RateLimitCommand)
-RateLimitReply = Annotated[Union[RateDecision, QuotaUsage, ErrorReply], Field(discriminator="type")]
-ratelimit_reply = TypeAdapter(RateLimitReply)
+LimiterCommand = Annotated[Union[TakeToken], Field(discriminator="type")]
+LimiterReply = Annotated[Union[RateDecision, ErrorReply], Field(discriminator="type")]
+limiter_reply = TypeAdapter(LimiterReply)
+
+QuotaCommand = Annotated[Union[ChargeQuota, GetQuota], Field(discriminator="type")]
+QuotaReply = Annotated[Union[QuotaUsage, ErrorReply], Field(discriminator="type")]
+quota_reply = TypeAdapter(QuotaReply)
+
+
+class LimiterClient(ObjectClient[LimiterReply]):
+    """Sends commands to per-IP limiters (`cmd.limiter.<address>`)."""
+
+    kind = LIMITER
+    replies = limiter_reply
+
+
+class QuotaClient(ObjectClient[QuotaReply]):
+    """Sends commands to users' AI quotas (`cmd.quota.<user id>`)."""
+
+    kind = QUOTA
+    replies = quota_reply

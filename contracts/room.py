@@ -6,7 +6,9 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, TypeAdapter
 
+from contracts.client import ObjectClient
 from contracts.common import Command, Contract, ErrorReply
+from contracts.subjects import ROOM
 
 MAX_NAME_LENGTH = 32
 MAX_MESSAGE_LENGTH = 256
@@ -177,6 +179,13 @@ class Accepted(Contract):
 
 RoomReply = Annotated[Union[RoomState, Accepted, ErrorReply], Field(discriminator="type")]
 room_reply = TypeAdapter(RoomReply)
+
+
+class RoomClient(ObjectClient[RoomReply]):
+    """Sends commands to room objects (`cmd.room.<name>`)."""
+
+    kind = ROOM
+    replies = room_reply
 
 
 # --- broadcasts: room owner -> out.room.<name> ------------------------------------------------

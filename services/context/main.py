@@ -1,21 +1,29 @@
-"""The context service process: hosts per-user AI contexts and streams their replies."""
+"""The context service: hosts per-user AI contexts and streams their replies."""
 
 from __future__ import annotations
 
 import logging
 
-import uvloop
+from nats.aio.client import Client as NATS
 from pydantic import AliasChoices, Field, SecretStr
 
-from services.context.handlers import ContextBehaviour
+from services.context.handlers import ContextDeps, context
 from services.context.provider import make_provider
 from services.context.replies import ReplyConfig, ReplyStreamer, stream_limit
-from services.runtime.service import ObjectServiceSettings, serve
+from services.runtime.kind import Clock
+from services.runtime.service import (
+    Hosting,
+    ObjectService,
+    ObjectServiceSettings,
+    ServiceParts,
+    run,
+)
+from services.settings import AiTimeouts
 
 log = logging.getLogger(__name__)
 
 
-class ContextServiceSettings(ObjectServiceSettings):
+class ContextServiceSettings(ObjectServiceSettings, AiTimeouts):
     gemini_api_key: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("GEMINI_API_KEY", "DURACHAT_GEMINI_API_KEY"),
@@ -26,18 +34,10 @@ class ContextServiceSettings(ObjectServiceSettings):
     )
     ai_model: str = Field("gemini-2.5-flash", description="model for users who chose none")
     ai_token_budget: int = Field(8000, ge=256, description="prompt tokens a window may take")
-    ai_first_chunk_timeout: float = Field(30.0, gt=0, description="seconds to the first chunk")
-    ai_chunk_timeout: float = Field(30.0, gt=0, description="seconds between chunks at most")
-    ai_max_duration: float = Field(
-        180.0,
-        gt=0,
-        description="seconds a reply may stream: the room's deadline (the same setting there); "
-        "the streamer stops itself a little before it",
-    )
     ai_offline_delay: float = Field(0.03, ge=0, description="seconds between offline chunks")
 
 
-async def serve_context(settings: ContextServiceSettings) -> None:
+async def build(nc: NATS, settings: ContextServiceSettings, clock: Clock) -> ServiceParts:
     key = settings.gemini_api_key.get_secret_value() if settings.gemini_api_key else None
     provider = make_provider(
         key,
@@ -47,44 +47,26 @@ async def serve_context(settings: ContextServiceSettings) -> None:
         offline_delay=settings.ai_offline_delay,
     )
     log.info("AI replies come from %s (%s)", provider.label, provider.name)
-    streamer: ReplyStreamer | None = None
-
-    class LateBoundReplies:
-        """The streamer needs the service's NATS connection, made inside serve()."""
-
-        def start(self, *args) -> None:
-            assert streamer is not None
-            streamer.start(*args)
-
     config = ReplyConfig(
         default_model=settings.ai_model,
         token_budget=settings.ai_token_budget,
+        # The streamer ends a reply a little before the room's deadline, with its own words.
         max_duration=stream_limit(settings.ai_max_duration),
         request_timeout=settings.request_timeout,
     )
+    streamer = ReplyStreamer(nc, provider, config)
+    return ServiceParts(
+        [Hosting(context, ContextDeps(streamer))],
+        stopping=[streamer.stop],
+        closing=[provider.aclose],
+    )
 
-    def on_connected(nc) -> None:
-        nonlocal streamer
-        streamer = ReplyStreamer(nc, provider, config)
 
-    async def on_stopping() -> None:
-        if streamer is not None:
-            await streamer.stop()
-
-    try:
-        await serve(
-            ContextBehaviour(LateBoundReplies()),
-            settings,
-            on_connected=on_connected,
-            on_stopping=on_stopping,
-        )
-    finally:
-        await provider.aclose()
+SERVICE = ObjectService("context", ContextServiceSettings, build)
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    uvloop.run(serve_context(ContextServiceSettings()))
+    run(SERVICE)
 
 
 if __name__ == "__main__":

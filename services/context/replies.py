@@ -17,20 +17,18 @@ from dataclasses import dataclass
 from nats.aio.client import Client as NATS
 
 from contracts.common import ErrorReply
-from contracts.context import CONTEXT, Ask, ContextSettings, Exchange, RecordExchange, context_reply
+from contracts.context import Ask, ContextClient, ContextSettings, Exchange, RecordExchange
 from contracts.room import (
     MAX_AI_REPLY_LENGTH,
     AppendAiReply,
     CompleteAiReply,
     FailAiReply,
+    RoomClient,
     StartAiReply,
-    room_reply,
 )
-from contracts.subjects import ROOM
 from services.context.provider import Provider, ProviderError, Usage
 from services.context.window import fit_window, generation_for
 from services.ratelimit.client import QuotaRefused, charge_ai_request, charge_ai_tokens
-from services.runtime.client import ObjectClient
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +51,7 @@ def stream_limit(room_deadline: float) -> float:
 class ChunkSender:
     """Appends streamed text to the room's reply, one append in flight at a time."""
 
-    def __init__(self, rooms: ObjectClient, room: str, reply_id: str) -> None:
+    def __init__(self, rooms: RoomClient, room: str, reply_id: str) -> None:
         self.rooms = rooms
         self.room = room
         self.reply_id = reply_id
@@ -99,8 +97,8 @@ class ReplyStreamer:
         self.nc = nc
         self.provider = provider
         self.config = config
-        self.rooms = ObjectClient(nc, ROOM, room_reply, timeout=config.request_timeout)
-        self.contexts = ObjectClient(nc, CONTEXT, context_reply, timeout=config.request_timeout)
+        self.rooms = RoomClient(nc, timeout=config.request_timeout)
+        self.contexts = ContextClient(nc, timeout=config.request_timeout)
         self.tasks: set[asyncio.Task] = set()
 
     def start(

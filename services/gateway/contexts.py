@@ -17,7 +17,7 @@ from contracts.common import ErrorCode, ErrorReply
 from contracts.context import ContextSettings, ContextView, GetContext, PutSettings
 from services.gateway.deps import Gateway
 from services.gateway.identity import USER_ID, InvalidToken, verify
-from services.runtime.host import describe_validation_error
+from contracts.common import describe_validation_error
 
 router = APIRouter(tags=["context"])
 

@@ -12,9 +12,10 @@ from starlette.requests import HTTPConnection
 from collections import Counter
 
 from services.gateway.ratelimit import IpRateLimiter
-from services.gateway.rooms import RoomClient, RoomFanouts
+from contracts.context import ContextClient
+from contracts.room import RoomClient
+from services.gateway.rooms import RoomFanouts
 from services.gateway.settings import GatewaySettings
-from services.runtime.client import ObjectClient
 
 
 @dataclass
@@ -22,7 +23,7 @@ class GatewayState:
     settings: GatewaySettings
     nc: NATS
     rooms: RoomClient
-    contexts: ObjectClient
+    contexts: ContextClient
     fanouts: RoomFanouts
     limiter: IpRateLimiter
     sockets_per_ip: Counter[str]

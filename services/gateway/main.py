@@ -12,14 +12,14 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 
-from contracts.context import CONTEXT, context_reply
+from contracts.context import ContextClient
+from contracts.room import RoomClient
 from services.gateway import api, contexts, readmodels, websocket
 from services.gateway.deps import GatewayState
 from services.gateway.ratelimit import IpRateLimiter
-from services.gateway.rooms import RoomClient, RoomFanouts
+from services.gateway.rooms import RoomFanouts
 from services.gateway.settings import GatewaySettings
 from services.gateway.sockets import RawSendCapture
-from services.runtime.client import ObjectClient
 from services.runtime.service import connect
 
 STATIC = Path(__file__).parent / "static"
@@ -35,7 +35,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             settings=settings,
             nc=nc,
             rooms=RoomClient(nc, timeout=settings.request_timeout),
-            contexts=ObjectClient(nc, CONTEXT, context_reply, timeout=settings.request_timeout),
+            contexts=ContextClient(nc, timeout=settings.request_timeout),
             fanouts=RoomFanouts(nc),
             limiter=IpRateLimiter(
                 nc, settings.rate_interval, settings.rate_grace, settings.ratelimit_timeout

@@ -13,12 +13,9 @@ import ipaddress
 import logging
 import time
 
-import nats.errors
 from nats.aio.client import Client as NATS
-from pydantic import ValidationError
 
-from contracts.ratelimit import RATELIMIT, RateDecision, TakeToken, ip_key, ratelimit_reply
-from contracts.subjects import command_subject
+from contracts.ratelimit import LimiterClient, RateDecision, TakeToken
 from services.ratelimit.domainmodel import Limiter
 
 log = logging.getLogger(__name__)
@@ -53,13 +50,13 @@ class IpRateLimiter:
     """
 
     def __init__(self, nc: NATS, interval: float, grace: float, timeout: float) -> None:
-        self.nc = nc
+        self.limiters = LimiterClient(nc, timeout=timeout)
         self.timeout = timeout
         self.fallback = LocalLimiter(interval, grace)
         self.cooling: dict[str, float] = {}  # key -> monotonic time its cooldown ends
 
     async def take(self, address: str) -> RateDecision:
-        key = ip_key(address)
+        key = address
         now = time.monotonic()
         until = self.cooling.get(key)
         if until is not None:
@@ -74,18 +71,10 @@ class IpRateLimiter:
         return decision
 
     async def _ask(self, key: str) -> RateDecision:
-        try:
-            msg = await self.nc.request(
-                command_subject(RATELIMIT, key), TakeToken().model_dump_json().encode(),
-                timeout=self.timeout,
-            )
-            reply = ratelimit_reply.validate_json(msg.data)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, ValidationError) as exc:
-            log.debug("ratelimit service did not decide for %s (%s); deciding locally", key, exc)
-            return self.fallback.take(key)
+        reply = await self.limiters.send_once(key, TakeToken(), self.timeout)
         if isinstance(reply, RateDecision):
             return reply
-        log.warning("ratelimit service refused to decide for %s: %s", key, reply)
+        log.debug("ratelimit service did not decide for %s (%s); deciding locally", key, reply)
         return self.fallback.take(key)
 
 

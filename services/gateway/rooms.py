@@ -11,19 +11,12 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
-from contracts.room import RoomReply, room_reply, room_update
+from contracts.room import room_update
 from contracts.subjects import ROOM, out_subject
 from services.gateway.protocol import update_frames
 from services.gateway.sockets import OutFrame
-from services.runtime.client import ObjectClient
 
 log = logging.getLogger(__name__)
-
-class RoomClient(ObjectClient[RoomReply]):
-    """Sends commands to room objects (retried until `timeout`, as every object client)."""
-
-    def __init__(self, nc: NATS, timeout: float, attempt_timeout: float = 2.0) -> None:
-        super().__init__(nc, ROOM, room_reply, timeout, attempt_timeout)
 
 
 class RoomFanout:

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 
 from services.gateway.identity import PLACEHOLDER_SECRET
 from services.runtime.settings import RuntimeSettings
+from services.settings import RateRule, ReadStore
 
 
-class GatewaySettings(RuntimeSettings):
+class GatewaySettings(RuntimeSettings, RateRule, ReadStore):
     host: str = "127.0.0.1"
     token_secret: SecretStr = Field(
         SecretStr(PLACEHOLDER_SECRET),
         description="HMAC secret of user tokens; must be set outside development",
     )
-    read_db: Path = Field(Path("data/read.db"), description="the read store the projector writes")
     port: int = Field(8000, ge=0, le=65535)
     max_frame_bytes: int = Field(
         4096, description="A text frame above this is refused with an error frame."
@@ -34,8 +33,6 @@ class GatewaySettings(RuntimeSettings):
         "about 45 KiB per socket and doubles the gateway's CPU per frame (bench/).",
     )
     rate_limit: bool = Field(True, description="ask the per-IP limiter for every frame")
-    rate_interval: float = Field(5.0, gt=0, description="seconds each frame pushes an IP's next allowed time")
-    rate_grace: float = Field(20.0, ge=0, description="how far ahead that time may run before frames are refused")
     refusal_pause: float = Field(
         1.0, ge=0, description="seconds a refused socket is not read (at most its cooldown)"
     )

@@ -22,7 +22,7 @@ from services.gateway.identity import InvalidToken, verify
 from services.gateway.protocol import FrameError
 from services.gateway.ratelimit import client_address
 from services.gateway.rooms import RoomFanout
-from services.runtime.host import describe_validation_error
+from contracts.common import describe_validation_error
 from services.gateway.sockets import OutFrame, SocketWriter, open_writer
 
 log = logging.getLogger(__name__)

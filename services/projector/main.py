@@ -26,12 +26,12 @@ from services.readstore.projection import ROOM_STREAM, position, project_commit,
 from services.readstore.store import open_read_store, transaction
 from services.runtime.service import connect
 from services.runtime.settings import RuntimeSettings
+from services.settings import ReadStore
 
 log = logging.getLogger(__name__)
 
 
-class ProjectorSettings(RuntimeSettings):
-    read_db: Path = Field(Path("data/read.db"), description="the read store (SQLite) file")
+class ProjectorSettings(RuntimeSettings, ReadStore):
     batch: int = Field(
         1000, ge=1, le=10_000, description="stored commits (JetStream messages) per transaction"
     )

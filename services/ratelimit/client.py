@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import logging
 
-import nats.errors
 from nats.aio.client import Client as NATS
-from pydantic import ValidationError
 
-from contracts.ratelimit import RATELIMIT, ChargeQuota, QuotaUsage, ratelimit_reply, user_key
-from contracts.subjects import command_subject
+from contracts.common import ErrorReply
+from contracts.ratelimit import ChargeQuota, QuotaClient, QuotaUsage
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +34,9 @@ async def charge_ai_tokens(nc: NATS, user_id: str, tokens: int, timeout: float =
 
 
 async def _charge(nc: NATS, user_id: str, command: ChargeQuota, timeout: float) -> QuotaUsage:
-    try:
-        msg = await nc.request(
-            command_subject(RATELIMIT, user_key(user_id)),
-            command.model_dump_json().encode(),
-            timeout=timeout,
-        )
-        reply = ratelimit_reply.validate_json(msg.data)
-    except (nats.errors.TimeoutError, nats.errors.NoRespondersError, ValidationError) as exc:
-        log.warning("quotas of %s could not be checked (%s): refusing", user_id, exc)
-        raise QuotaRefused(QUOTAS_UNAVAILABLE) from exc
-    if not isinstance(reply, QuotaUsage):
+    reply = await QuotaClient(nc, timeout=timeout).send(user_id, command)
+    if isinstance(reply, ErrorReply):
+        log.warning("quotas of %s could not be checked (%s): refusing", user_id, reply.message)
         raise QuotaRefused(QUOTAS_UNAVAILABLE)
     if not reply.allowed:
         raise QuotaRefused(reply.reason or "AI quota reached.")

@@ -42,8 +42,7 @@ class Limiter:
     (The demo itself lets a 5th through: its client lets a frame pass and asks the limiter
     afterwards; the gateway's local fallback uses this same rule, so the two agree.)
 
-    Kept in memory only: it is no eventsourcing aggregate, and `collect_events()` is there
-    only because the host asks every object's state for its new events (there are none).
+    Kept in memory only: it is no eventsourcing aggregate (its kind is not durable).
     """
 
     def __init__(self, interval: float, grace: float) -> None:
@@ -58,9 +57,6 @@ class Limiter:
             return Take(allowed=False, cooldown=cooldown)
         self.next_allowed = pushed
         return Take(allowed=True, cooldown=0.0)
-
-    def collect_events(self) -> list:
-        return []
 
 
 # --- per-user AI quotas ----------------------------------------------------------------------

@@ -1,21 +1,24 @@
-"""The ratelimit service process: hosts per-IP limiters and per-user AI quotas on NATS."""
+"""The ratelimit service: hosts per-IP limiters and per-user AI quotas on NATS."""
 
 from __future__ import annotations
 
+from nats.aio.client import Client as NATS
 from pydantic import Field
 
 from services.ratelimit.domainmodel import QuotaLimits
-from services.ratelimit.handlers import RateLimitBehaviour
-from services.runtime.service import ObjectServiceSettings, run
+from services.ratelimit.handlers import RateLimitDeps, limiter, quota
+from services.runtime.kind import Clock
+from services.runtime.service import (
+    Hosting,
+    ObjectService,
+    ObjectServiceSettings,
+    ServiceParts,
+    run,
+)
+from services.settings import RateRule
 
 
-class RateLimitSettings(ObjectServiceSettings):
-    rate_interval: float = Field(
-        5.0, gt=0, description="seconds each frame pushes an IP's next allowed time on"
-    )
-    rate_grace: float = Field(
-        20.0, ge=0, description="how far ahead that time may run before frames are refused"
-    )
+class RateLimitSettings(ObjectServiceSettings, RateRule):
     quota_daily_requests: int = Field(200, ge=0, description="AI requests per user per UTC day")
     quota_daily_tokens: int = Field(200_000, ge=0, description="AI tokens per user per UTC day")
     quota_monthly_requests: int = Field(3000, ge=0, description="AI requests per user per UTC month")
@@ -31,14 +34,20 @@ class RateLimitSettings(ObjectServiceSettings):
             monthly_tokens=self.quota_monthly_tokens,
         )
 
+    def deps(self) -> RateLimitDeps:
+        return RateLimitDeps(self.rate_interval, self.rate_grace, self.limits())
 
-def behaviour(settings: RateLimitSettings) -> RateLimitBehaviour:
-    return RateLimitBehaviour(settings.rate_interval, settings.rate_grace, settings.limits())
+
+async def build(nc: NATS, settings: RateLimitSettings, clock: Clock) -> ServiceParts:
+    deps = settings.deps()
+    return ServiceParts([Hosting(limiter, deps), Hosting(quota, deps)])
+
+
+SERVICE = ObjectService("ratelimit", RateLimitSettings, build)
 
 
 def main() -> None:
-    settings = RateLimitSettings()
-    run(behaviour(settings), settings)
+    run(SERVICE)
 
 
 if __name__ == "__main__":

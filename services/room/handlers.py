@@ -1,18 +1,17 @@
-"""The room's command handlers: validate, call the Room aggregate, say what to reply and broadcast."""
+"""The room kind: one handler per room command, what the room broadcasts, its alarm, and
+the reaction that sends a question to the asker's context."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from functools import singledispatchmethod
-
-from pydantic import BaseModel
+from dataclasses import dataclass
 
 from contracts.common import ErrorCode, ErrorReply
+from contracts.context import ROOM_WINDOW, Ask, ContextClient
 from contracts.keys import is_private_room_id
-from contracts.context import CONTEXT, ROOM_WINDOW, Ask, context_reply
 from contracts.room import (
+    AI_NAME,
+    SYSTEM_NAME,
     Accepted,
     AiChunk,
     AiFailed,
@@ -22,9 +21,8 @@ from contracts.room import (
     AppendAiReply,
     ChatMessage,
     CompleteAiReply,
-    FailAiReply,
-    StartAiReply,
     CreatePrivateRoom,
+    FailAiReply,
     GetRoom,
     JoinRoom,
     LeaveRoom,
@@ -32,41 +30,40 @@ from contracts.room import (
     MemberQuit,
     MessagePosted,
     PostMessage,
+    RoomCommand,
     RoomState,
-    room_command,
+    StartAiReply,
 )
-from contracts.room import AI_NAME, SYSTEM_NAME
 from contracts.subjects import ROOM
-from services.runtime.client import ObjectClient
 from services.room.domainmodel import (
     AiReplyConflict,
     AlreadyExists,
-    NameReserved,
-    NoSuchAiReply,
     MessageTooLong,
+    NameReserved,
     NameTooLong,
+    NoSuchAiReply,
     NoSuchRoom,
     NotAMember,
     Room,
     RoomError,
 )
+from services.runtime.kind import Committed, DueAlarm, ObjectContext, ObjectKind, Outcome
 
 log = logging.getLogger(__name__)
 
-ERROR_CODES = {
-    NotAMember: ErrorCode.NOT_MEMBER,
-    NameReserved: ErrorCode.BAD_REQUEST,
-    NoSuchAiReply: ErrorCode.NOT_FOUND,
-    AiReplyConflict: ErrorCode.BAD_REQUEST,
-    NameTooLong: ErrorCode.TOO_LONG,
-    MessageTooLong: ErrorCode.TOO_LONG,
-    AlreadyExists: ErrorCode.EXISTS,
-    NoSuchRoom: ErrorCode.NOT_FOUND,
-}
+
+@dataclass(frozen=True)
+class RoomDeps:
+    """The room's settings, and the client it asks contexts with."""
+
+    contexts: ContextClient
+    private_room_ttl: float = 86_400.0
+    ai_start_timeout: float = 30.0  # dispatched -> started, else it fails
+    ai_max_duration: float = 180.0  # started -> finished, else it fails
+    ai_stall_timeout: float | None = 45.0  # streaming with no append that long: fails
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+Ctx = ObjectContext[RoomDeps]
 
 
 def ai_message(event) -> ChatMessage:
@@ -76,209 +73,206 @@ def ai_message(event) -> ChatMessage:
     )
 
 
-class RoomBehaviour:
-    """How the room service hosts Room objects."""
+def broadcast(event) -> MemberJoined | MemberQuit | MessagePosted | AiQueued | AiStarted | AiChunk | AiFailed | None:
+    """What sockets in the room are told of a stored event."""
+    version = event.originator_version
+    match event:
+        case Room.MemberJoined():
+            return MemberJoined(version=version, name=event.member_name)
+        case Room.MemberLeft():
+            return MemberQuit(version=version, name=event.member_name)
+        case Room.MessagePosted():
+            message = ChatMessage(
+                id=event.message_id, name=event.member_name, message=event.text,
+                timestamp=event.posted_at,
+            )
+            return MessagePosted(version=version, message=message)
+        case Room.AiReplyRequested():
+            return AiQueued(
+                version=version, id=event.reply_id, asker=event.asker, question=event.question
+            )
+        case Room.AiReplyStarted():
+            return AiStarted(
+                version=version, id=event.reply_id, asker=event.asker, model=event.model,
+                label=event.label,
+            )
+        case Room.AiReplyChunk():
+            return AiChunk(version=version, id=event.reply_id, offset=event.offset, text=event.text)
+        case Room.AiReplyCompleted():
+            return MessagePosted(version=version, message=ai_message(event))
+        case Room.AiReplyFailed():
+            partial = ai_message(event) if event.text else None
+            return AiFailed(version=version, id=event.reply_id, reason=event.reason, message=partial)
+        case Room.SystemMessagePosted():
+            message = ChatMessage(
+                id=event.message_id, name=SYSTEM_NAME, message=event.text,
+                timestamp=event.posted_at, kind="system",
+            )
+            return MessagePosted(version=version, message=message)
+    return None
 
-    kind = ROOM
-    aggregate_type = Room
 
-    def __init__(
-        self,
-        private_room_ttl: float = 86_400.0,
-        ai_start_timeout: float = 30.0,
-        ai_max_duration: float = 180.0,
-        ai_stall_timeout: float | None = 45.0,
-    ) -> None:
-        self.private_room_ttl = private_room_ttl
-        self.ai_start_timeout = ai_start_timeout  # dispatched -> started, else it fails
-        self.ai_max_duration = ai_max_duration  # started -> finished, else it fails
-        self.ai_stall_timeout = ai_stall_timeout  # streaming with no append that long: fails
-        self._asking: set[asyncio.Task] = set()
+room = ObjectKind[Room, RoomDeps](
+    ROOM,
+    RoomCommand,
+    describe="a chat room",
+    errors={
+        NotAMember: ErrorCode.NOT_MEMBER,
+        NameReserved: ErrorCode.BAD_REQUEST,
+        NoSuchAiReply: ErrorCode.NOT_FOUND,
+        AiReplyConflict: ErrorCode.BAD_REQUEST,
+        NameTooLong: ErrorCode.TOO_LONG,
+        MessageTooLong: ErrorCode.TOO_LONG,
+        AlreadyExists: ErrorCode.EXISTS,
+        NoSuchRoom: ErrorCode.NOT_FOUND,
+        RoomError: ErrorCode.BAD_REQUEST,
+    },
+    broadcast=broadcast,
+    wake_at=Room.wake_at,
+)
 
-    def parse(self, data: bytes):
-        return room_command.validate_json(data)
 
-    def decide(self, key: str, room: Room | None, command) -> tuple[Room | None, BaseModel]:
-        try:
-            return self._decide(command, key, room)
-        except RoomError as exc:
-            code = ERROR_CODES.get(type(exc), ErrorCode.BAD_REQUEST)
-            return room, ErrorReply(code=code, message=str(exc))
+def existing(state: Room | None, ctx: Ctx) -> Room:
+    """The room to act on: a public room opens on first use, a private one must exist."""
+    if state is not None:
+        state.check_open()
+        return state
+    if is_private_room_id(ctx.key):
+        raise NoSuchRoom("No such room.")
+    return Room.open_public(ctx.key)
 
-    def broadcast(self, event) -> BaseModel | None:
-        """What sockets in the room are told of a stored event."""
-        version = event.originator_version
-        match event:
-            case Room.MemberJoined():
-                return MemberJoined(version=version, name=event.member_name)
-            case Room.MemberLeft():
-                return MemberQuit(version=version, name=event.member_name)
-            case Room.MessagePosted():
-                message = ChatMessage(
-                    id=event.message_id, name=event.member_name, message=event.text,
-                    timestamp=event.posted_at,
-                )
-                return MessagePosted(version=version, message=message)
-            case Room.AiReplyRequested():
-                return AiQueued(
-                    version=version, id=event.reply_id, asker=event.asker, question=event.question
-                )
-            case Room.AiReplyStarted():
-                return AiStarted(
-                    version=version, id=event.reply_id, asker=event.asker, model=event.model,
-                    label=event.label,
-                )
-            case Room.AiReplyChunk():
-                return AiChunk(version=version, id=event.reply_id, offset=event.offset, text=event.text)
-            case Room.AiReplyCompleted():
-                return MessagePosted(version=version, message=ai_message(event))
-            case Room.AiReplyFailed():
-                partial = ai_message(event) if event.text else None
-                return AiFailed(version=version, id=event.reply_id, reason=event.reason, message=partial)
-            case Room.SystemMessagePosted():
-                message = ChatMessage(
-                    id=event.message_id, name=SYSTEM_NAME, message=event.text,
-                    timestamp=event.posted_at, kind="system",
-                )
-                return MessagePosted(version=version, message=message)
-        return None
 
-    def alarm_time(self, room: Room) -> float | None:
-        return room.wake_at()
+def accepted(state: Room, message: dict | None = None) -> Outcome:
+    return Outcome(state, Accepted(version=state.version, message=ChatMessage(**message) if message else None))
 
-    def on_alarm(self, key: str, room: Room | None, at: float) -> tuple[Room | None, BaseModel]:
-        """Expire a private room nobody joined in time; fail an AI reply past its deadline."""
-        if room is not None:
-            room.alarm_due(at, time.time(), now_ms(), self.ai_start_timeout)
-        return room, Accepted(version=room.version if room else 0)
 
-    async def after_commit(self, nc, key: str, room: Room | None, events) -> None:
-        """A question that reached the head of the queue is sent to the asker's context."""
-        for event in events:
-            if isinstance(event, Room.AiReplyDispatched) and room is not None:
-                reply = room.ai.get(event.reply_id)
-                if reply is None or reply["status"] != "dispatched":
-                    continue  # answered or failed since (a reload says old commits again)
-                ask = Ask(
-                    room=key,
-                    reply_id=reply["id"],
-                    asker=reply["asker"],
-                    question=reply["question"],
-                    room_messages=[ChatMessage(**m) for m in room.messages[-ROOM_WINDOW:]],
-                )
-                task = asyncio.create_task(self._ask(nc, reply["user_id"], ask))
-                self._asking.add(task)
-                task.add_done_callback(self._asking.discard)
+@room.handles(CreatePrivateRoom)
+def create_private(command: CreatePrivateRoom, state: Room | None, ctx: Ctx) -> Outcome:
+    if state is not None:
+        raise AlreadyExists("The room already exists.")
+    state = Room.create_private(ctx.key, expire_unused_at=ctx.now() + ctx.deps.private_room_ttl)
+    return accepted(state)
 
-    async def _ask(self, nc, user_id: str, ask: Ask) -> None:
-        # Retried (same command id) for half the start timeout; if the context service never
-        # takes it, the room's alarm fails the reply at the start deadline.
-        client = ObjectClient(nc, CONTEXT, context_reply, timeout=self.ai_start_timeout / 2)
-        reply = await client.send(user_id, ask)
-        if isinstance(reply, ErrorReply):
-            log.warning("context %s refused reply %s: %s", user_id, ask.reply_id, reply.message)
 
-    @staticmethod
-    def _existing(key: str, room: Room | None) -> Room:
-        """The room to act on: a public room opens on first use, a private one must exist."""
-        if room is not None:
-            room.check_open()
-            return room
-        if is_private_room_id(key):
+@room.handles(GetRoom)
+def get_room(command: GetRoom, state: Room | None, ctx: Ctx) -> Outcome:
+    if state is None:
+        if is_private_room_id(ctx.key):
             raise NoSuchRoom("No such room.")
-        return Room.open_public(key)
-
-    @singledispatchmethod
-    def _decide(self, command, key: str, room: Room | None) -> tuple[Room | None, BaseModel]:
-        raise TypeError(f"no handler for {type(command).__name__}")
-
-    @_decide.register
-    def _(self, command: CreatePrivateRoom, key: str, room: Room | None):
-        if room is not None:
-            raise AlreadyExists("The room already exists.")
-        room = Room.create_private(key, expire_unused_at=time.time() + self.private_room_ttl)
-        return room, Accepted(version=room.version)
-
-    @_decide.register
-    def _(self, command: GetRoom, key: str, room: Room | None):
-        if room is None and is_private_room_id(key):
-            raise NoSuchRoom("No such room.")
-        if room is not None:
-            room.check_open()
-        if room is None:  # a public room nobody has used yet: empty, and nothing appended
-            return None, RoomState(version=0, private=False, members=[], messages=[])
-        state = RoomState(
-            version=room.version,
-            private=room.private,
-            members=list(room.members.values()),
-            messages=[ChatMessage(**m) for m in room.messages],
+        # A public room nobody has used yet: empty, and nothing appended.
+        return Outcome(None, RoomState(version=0, private=False, members=[], messages=[]))
+    state.check_open()
+    return Outcome(
+        state,
+        RoomState(
+            version=state.version,
+            private=state.private,
+            members=list(state.members.values()),
+            messages=[ChatMessage(**m) for m in state.messages],
             ai=[
                 AiReplyView(
                     id=r["id"], asker=r["asker"], question=r["question"], status=r["status"],
                     model=r["model"], label=r["label"], text=r["text"],
                 )
-                for r in room.ai.values()
+                for r in state.ai.values()
             ],
-        )
-        return room, state
+        ),
+    )
 
-    @_decide.register
-    def _(self, command: JoinRoom, key: str, room: Room | None):
-        room = self._existing(key, room)
-        room.join(command.session_id, command.name)
-        return room, Accepted(version=room.version)
 
-    @_decide.register
-    def _(self, command: PostMessage, key: str, room: Room | None):
-        room = self._existing(key, room)
-        posted = room.post(
-            str(command.command_id), command.session_id, command.text, now_ms(),
-            user_id=command.user_id, now=time.time(), start_timeout=self.ai_start_timeout,
-        )
-        # None: a retry of a post already applied. Once is enough; if the first attempt's
-        # broadcast was lost in a crash, the next owner re-broadcasts it when it loads the room.
-        message = ChatMessage(**posted) if posted is not None else None
-        return room, Accepted(version=room.version, message=message)
+@room.handles(JoinRoom)
+def join(command: JoinRoom, state: Room | None, ctx: Ctx) -> Outcome:
+    state = existing(state, ctx)
+    state.join(command.session_id, command.name)
+    return accepted(state)
 
-    @_decide.register
-    def _(self, command: LeaveRoom, key: str, room: Room | None):
-        room = self._existing(key, room)
-        room.leave(command.session_id)
-        return room, Accepted(version=room.version)
 
-    @_decide.register
-    def _(self, command: StartAiReply, key: str, room: Room | None):
-        room = self._existing(key, room)
-        room.start_ai(
-            command.reply_id, command.model, command.label, time.time(), self.ai_max_duration,
-            self.ai_stall_timeout,
-        )
-        return room, Accepted(version=room.version)
+@room.handles(PostMessage)
+def post(command: PostMessage, state: Room | None, ctx: Ctx) -> Outcome:
+    state = existing(state, ctx)
+    posted = state.post(
+        str(command.command_id), command.session_id, command.text, ctx.now_ms(),
+        user_id=command.user_id, now=ctx.now(), start_timeout=ctx.deps.ai_start_timeout,
+    )
+    # None: a retry of a post already applied. Once is enough; if the first attempt's
+    # broadcast was lost in a crash, the next owner re-broadcasts it when it loads the room.
+    return accepted(state, posted)
 
-    @_decide.register
-    def _(self, command: AppendAiReply, key: str, room: Room | None):
-        room = self._existing(key, room)
-        room.append_ai(
-            command.reply_id, command.offset, command.text, time.time(), self.ai_stall_timeout
-        )
-        return room, Accepted(version=room.version)
 
-    @_decide.register
-    def _(self, command: CompleteAiReply, key: str, room: Room | None):
-        room = self._existing(key, room)
-        message = room.complete_ai(
-            command.reply_id, command.length, command.prompt_tokens, command.output_tokens,
-            now_ms(), time.time(), self.ai_start_timeout,
-        )
-        return room, Accepted(
-            version=room.version, message=ChatMessage(**message) if message else None
-        )
+@room.handles(LeaveRoom)
+def leave(command: LeaveRoom, state: Room | None, ctx: Ctx) -> Outcome:
+    state = existing(state, ctx)
+    state.leave(command.session_id)
+    return accepted(state)
 
-    @_decide.register
-    def _(self, command: FailAiReply, key: str, room: Room | None):
-        room = self._existing(key, room)
-        room.fail_ai(
-            command.reply_id, command.reason, command.message, command.prompt_tokens,
-            command.output_tokens, now_ms(), time.time(), self.ai_start_timeout,
+
+@room.handles(StartAiReply)
+def start_ai(command: StartAiReply, state: Room | None, ctx: Ctx) -> Outcome:
+    state = existing(state, ctx)
+    state.start_ai(
+        command.reply_id, command.model, command.label, ctx.now(), ctx.deps.ai_max_duration,
+        ctx.deps.ai_stall_timeout,
+    )
+    return accepted(state)
+
+
+@room.handles(AppendAiReply)
+def append_ai(command: AppendAiReply, state: Room | None, ctx: Ctx) -> Outcome:
+    state = existing(state, ctx)
+    state.append_ai(command.reply_id, command.offset, command.text, ctx.now(), ctx.deps.ai_stall_timeout)
+    return accepted(state)
+
+
+@room.handles(CompleteAiReply)
+def complete_ai(command: CompleteAiReply, state: Room | None, ctx: Ctx) -> Outcome:
+    state = existing(state, ctx)
+    message = state.complete_ai(
+        command.reply_id, command.length, command.prompt_tokens, command.output_tokens,
+        ctx.now_ms(), ctx.now(), ctx.deps.ai_start_timeout,
+    )
+    return accepted(state, message)
+
+
+@room.handles(FailAiReply)
+def fail_ai(command: FailAiReply, state: Room | None, ctx: Ctx) -> Outcome:
+    state = existing(state, ctx)
+    state.fail_ai(
+        command.reply_id, command.reason, command.message, command.prompt_tokens,
+        command.output_tokens, ctx.now_ms(), ctx.now(), ctx.deps.ai_start_timeout,
+    )
+    return accepted(state)
+
+
+@room.handles(DueAlarm)
+def alarm_due(alarm: DueAlarm, state: Room | None, ctx: Ctx) -> Outcome:
+    """Expire a private room nobody joined in time; fail an AI reply past its deadline."""
+    if state is not None:
+        state.alarm_due(alarm.at, ctx.now(), ctx.now_ms(), ctx.deps.ai_start_timeout)
+    return Outcome(state, Accepted(version=state.version if state else 0))
+
+
+@room.after_commit
+async def ask_context(committed: Committed, state: Room | None, ctx: Ctx) -> None:
+    """A question that reached the head of the queue is sent to the asker's context."""
+    for event in committed.events:
+        if not isinstance(event, Room.AiReplyDispatched) or state is None:
+            continue
+        reply = state.ai.get(event.reply_id)
+        if reply is None or reply["status"] != "dispatched":
+            continue  # answered or failed since (a reload says old commits again)
+        ask = Ask(
+            room=ctx.key,
+            reply_id=reply["id"],
+            asker=reply["asker"],
+            question=reply["question"],
+            room_messages=[ChatMessage(**m) for m in state.messages[-ROOM_WINDOW:]],
         )
-        return room, Accepted(version=room.version)
+        ctx.spawn(send_ask(ctx.deps.contexts, reply["user_id"], ask), f"ask {ask.reply_id}")
+
+
+async def send_ask(contexts: ContextClient, user_id: str, ask: Ask) -> None:
+    # Retried (same command id) for half the start timeout; if the context service never
+    # takes it, the room's alarm fails the reply at the start deadline.
+    reply = await contexts.send(user_id, ask)
+    if isinstance(reply, ErrorReply):
+        log.warning("context %s refused reply %s: %s", user_id, ask.reply_id, reply.message)

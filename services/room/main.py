@@ -1,40 +1,47 @@
-"""The room service process: hosts Room objects on NATS."""
+"""The room service: hosts Room objects on NATS."""
 
 from __future__ import annotations
 
+from nats.aio.client import Client as NATS
 from pydantic import Field
 
-from services.room.handlers import RoomBehaviour
-from services.runtime.service import ObjectServiceSettings, run
+from contracts.context import ContextClient
+from services.room.handlers import RoomDeps, room
+from services.runtime.kind import Clock
+from services.runtime.service import (
+    Hosting,
+    ObjectService,
+    ObjectServiceSettings,
+    ServiceParts,
+    run,
+)
+from services.settings import AiTimeouts
 
 
-class RoomSettings(ObjectServiceSettings):
+class RoomSettings(ObjectServiceSettings, AiTimeouts):
     private_room_ttl: float = Field(
         86_400.0, gt=0, description="seconds a private room may stay unjoined before it expires"
     )
-    ai_start_timeout: float = Field(
-        30.0, gt=0, description="seconds an AI question waits to start streaming, then fails"
-    )
-    ai_max_duration: float = Field(
-        180.0, gt=0, description="seconds an AI reply may stream before the room closes it"
-    )
-    ai_stall_timeout: float = Field(
-        45.0,
-        gt=0,
-        description="seconds a streaming AI reply may go without new text before the room "
-        "closes it (its streamer died); keep it above the provider's chunk timeouts",
-    )
 
 
-def main() -> None:
-    settings = RoomSettings()
-    behaviour = RoomBehaviour(
+async def build(nc: NATS, settings: RoomSettings, clock: Clock) -> ServiceParts:
+    deps = RoomDeps(
+        # Half the start timeout: if the context never takes a question, the room's alarm
+        # fails the reply at the start deadline.
+        contexts=ContextClient(nc, timeout=settings.ai_start_timeout / 2),
         private_room_ttl=settings.private_room_ttl,
         ai_start_timeout=settings.ai_start_timeout,
         ai_max_duration=settings.ai_max_duration,
         ai_stall_timeout=settings.ai_stall_timeout,
     )
-    run(behaviour, settings)
+    return ServiceParts([Hosting(room, deps)])
+
+
+SERVICE = ObjectService("room", RoomSettings, build)
+
+
+def main() -> None:
+    run(SERVICE)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""Hosting objects: partition subscriptions, one mailbox per key, group commit, output gate.
+"""Hosting one object kind: partition subscriptions, one mailbox per key, group commit,
+output gate.
 
-A service gives an `ObjectBehaviour` (parse a command, decide against the aggregate); the
-`ObjectHost` does the rest:
+A service declares an `ObjectKind` (services/runtime/kind.py); the `ObjectHost` does the rest:
 
 - it subscribes to the partitions it owns (`cmd.<kind>.<partition>.*`);
 - every key gets a mailbox, processed by one task, one batch at a time, so an object never
@@ -9,108 +9,95 @@ A service gives an `ObjectBehaviour` (parse a command, decide against the aggreg
 - a batch is every command waiting in the mailbox (up to `max_batch`): each is decided in
   order, then all their events are appended as ONE commit (group commit);
 - only after JetStream acknowledges the commit are the broadcasts published and the replies
-  sent (the output gate), in command order;
+  sent (the output gate), in command order; then the kind's reactions run;
 - a full mailbox answers `overloaded` at once instead of queueing without bound;
-- an idle mailbox is dropped with its aggregate (hibernation), rebuilt on the next command.
+- an idle mailbox is dropped with its state (hibernation), rebuilt on the next command.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Generic
 from uuid import NAMESPACE_OID, uuid5
 
-from eventsourcing.domain import Aggregate
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from pydantic import BaseModel, ValidationError
 
 from contracts.common import ErrorCode, ErrorReply
 from contracts.keys import InvalidKey, key_from_token
 from contracts.subjects import out_subject, partition_filter
 from services.runtime.alarms import ALARM_HEADER, AlarmSchedule
 from services.runtime.eventstore import AppendConflict, ObjectEventStore
+from services.runtime.kind import (
+    SYSTEM_CLOCK,
+    BadCommand,
+    Clock,
+    Committed,
+    D,
+    DueAlarm,
+    ObjectContext,
+    ObjectKind,
+    S,
+)
 
 log = logging.getLogger(__name__)
-
-A = TypeVar("A", bound=Aggregate)
-
-
-class ObjectBehaviour(Protocol[A]):
-    """The domain side of an object kind: all a service writes to host its objects."""
-
-    kind: str
-    aggregate_type: type[A]
-
-    def parse(self, data: bytes) -> Any:
-        """Validate a command's bytes into a contract (raises pydantic's ValidationError)."""
-
-    def decide(self, key: str, aggregate: A | None, command: Any) -> tuple[A | None, BaseModel]:
-        """Apply `command` to the object; return the (possibly new) aggregate and the reply."""
-
-    def broadcast(self, event: Any) -> BaseModel | None:
-        """What watchers of the object are told of one stored event (None: nothing)."""
-
-    def alarm_time(self, aggregate: A) -> float | None:
-        """When the object wants to be woken (epoch seconds), or None."""
-
-    def on_alarm(self, key: str, aggregate: A | None, at: float) -> tuple[A | None, BaseModel]:
-        """The alarm set for `at` is due. It may come more than once, or after the object
-        changed its alarm: act only if `at` is still the object's alarm. Raising retries it."""
-
-    # Optional: `async after_commit(nc, key, aggregate, events)`. Called with the events of
-    # each commit once it is acknowledged and broadcast (and, when an object is loaded, with
-    # its last commit's events: the previous owner may have died before calling it). This is
-    # where an object starts work outside itself (asks another object, starts a stream); the
-    # work must tolerate being started twice.
-    #
-    # Optional: `durable(key) -> bool`. A behaviour may define it to keep some objects in
-    # memory only: for a key it says False of, the host never reads the object's stream
-    # (it starts from None each time the object is woken), and the object's state must have
-    # a `collect_events()` that returns nothing (the host stores what it returns).
-
-
-@dataclass(frozen=True)
-class DueAlarm:
-    at: float
-
-    @property
-    def command_id(self) -> str:
-        return f"alarm-{self.at!r}"
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    """One line naming each field that was wrong and why."""
-    parts = []
-    for error in exc.errors()[:5]:
-        where = ".".join(str(p) for p in error["loc"]) or "message"
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)
 
 
 def error_bytes(code: ErrorCode, message: str) -> bytes:
     return ErrorReply(code=code, message=message).model_dump_json().encode()
 
 
-class ObjectMailbox(Generic[A]):
+TRY_AGAIN = error_bytes(ErrorCode.UNAVAILABLE, "Try again.")
+
+
+@dataclass
+class Decided:
+    """One command of a batch, decided: what to answer, and the events it produced."""
+
+    msg: Msg
+    reply: bytes
+    command: Any = None
+    events: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class Batch:
+    """A batch of commands, decided in order against the object."""
+
+    decided: list[Decided] = field(default_factory=list)
+    broken: bool = False  # a command failed half-way: the object is rebuilt after the batch
+
+    @property
+    def events(self) -> list[Any]:
+        return [e for d in self.decided for e in d.events]
+
+    def commit_id(self) -> str:
+        """The commit's Nats-Msg-Id: the command id, or one derived from all of them."""
+        ids = [str(d.command.command_id) for d in self.decided if d.events]
+        return ids[0] if len(ids) == 1 else str(uuid5(NAMESPACE_OID, ",".join(ids)))
+
+
+class ObjectMailbox(Generic[S]):
     """One object's queue and cached state; one task drains it, a batch at a time."""
 
-    def __init__(self, host: ObjectHost[A], key: str, partition: int) -> None:
+    def __init__(self, host: ObjectHost[S, Any], key: str, partition: int) -> None:
         self.host = host
+        self.kind = host.kind
         self.key = key
         self.partition = partition
-        self.out_subject = out_subject(host.behaviour.kind, key)
+        self.ctx = host.context_for(key)
+        self.out_subject = out_subject(self.kind.name, key)
         self.queue: asyncio.Queue[Msg] = asyncio.Queue(maxsize=host.mailbox_limit)
-        self.aggregate: A | None = None
+        self.state: S | None = None
         self.sequence = 0  # last subject sequence of the object's stream that we have applied
         self.unsnapshotted = 0  # events applied since the last snapshot
         self.alarm: float | None = None  # the alarm time the object had after the last commit
         self.loaded = False
-        self.task = asyncio.create_task(self._run(), name=f"mailbox {host.behaviour.kind}/{key}")
+        self.task = asyncio.create_task(self._run(), name=f"mailbox {self.kind.name}/{key}")
 
     async def _run(self) -> None:
         host = self.host
@@ -128,149 +115,182 @@ class ObjectMailbox(Generic[A]):
             try:
                 await self._process(batch)
             except Exception:
-                log.exception("mailbox %s/%s failed a batch", host.behaviour.kind, self.key)
+                # Loading or storing failed (the bus, not the command): answer "try again".
+                log.exception("mailbox %s/%s failed a batch", self.kind.name, self.key)
                 self._forget()
                 for msg in batch:
-                    await host.reply(msg, error_bytes(ErrorCode.UNAVAILABLE, "Try again."))
+                    await host.reply(msg, TRY_AGAIN)
             finally:
                 for _ in batch:
                     self.queue.task_done()
 
     def _forget(self) -> None:
         """Drop the cached state; the next command rebuilds it from the stream."""
-        self.aggregate = None
+        self.state = None
         self.sequence = 0
         self.loaded = False
 
-    async def _process(self, batch: list[Msg]) -> None:
-        host = self.host
-        behaviour = host.behaviour
-        if not self.loaded and not host.durable(self.key):
-            self.loaded = True  # in memory only: nothing stored to read, nothing owed
+    async def _process(self, messages: list[Msg]) -> None:
         if not self.loaded:
-            loaded = await host.store.load(self.key)
-            self.aggregate, self.sequence = loaded.aggregate, loaded.sequence
-            self.unsnapshotted = loaded.events_after_snapshot
-            self.alarm = behaviour.alarm_time(self.aggregate) if self.aggregate else None
-            self.loaded = True
-            # The previous owner may have stored its last commit and died before broadcasting
-            # it: say it again. Watchers drop versions they already have, so this is harmless.
-            await self._broadcast(loaded.last_events)
-            await self._after_commit(loaded.last_events)
-
-        events: list[Any] = []
-        outcomes: list[tuple[Msg, bytes, list[Any]]] = []
-        command_ids: list[str] = []
-        broken = False
-        for msg in batch:
-            if broken:
-                outcomes.append((msg, error_bytes(ErrorCode.UNAVAILABLE, "Try again."), []))
-                continue
-            alarm_at = (msg.headers or {}).get(ALARM_HEADER)
-            try:
-                command = (
-                    DueAlarm(float(alarm_at)) if alarm_at is not None else behaviour.parse(msg.data)
-                )
-            except (ValidationError, ValueError) as exc:
-                detail = (
-                    describe_validation_error(exc)
-                    if isinstance(exc, ValidationError)
-                    else f"bad {ALARM_HEADER} header"
-                )
-                outcomes.append((msg, error_bytes(ErrorCode.BAD_REQUEST, detail), []))
-                continue
-            try:
-                if isinstance(command, DueAlarm):
-                    self.aggregate, reply = behaviour.on_alarm(self.key, self.aggregate, command.at)
-                else:
-                    self.aggregate, reply = behaviour.decide(self.key, self.aggregate, command)
-            except Exception:
-                # The aggregate may be half-changed: keep what earlier commands decided,
-                # drop this command's events, and rebuild the object after this batch.
-                log.exception("%s/%s: deciding %r failed", behaviour.kind, self.key, command)
-                if self.aggregate is not None:
-                    self.aggregate.collect_events()
-                broken = True
-                outcomes.append((msg, error_bytes(ErrorCode.UNAVAILABLE, "Try again."), []))
-                continue
-            new_events = self.aggregate.collect_events() if self.aggregate is not None else []
-            if new_events:
-                events.extend(new_events)
-                command_ids.append(str(command.command_id))
-            outcomes.append((msg, reply.model_dump_json().encode(), new_events))
-
-        if events and not host.may_write(self.partition):
-            # Our lease lapsed (we were paused, or cut off): another replica may own the
-            # partition now. Write nothing, answer "try again" (the retry finds the new
-            # owner), and step down.
+            await self._load()
+        batch = self._decide(messages)
+        events = batch.events
+        if events:
+            if not self.host.may_write(self.partition):
+                await self._step_down(batch)
+                return
+            if not await self._commit(batch, events):
+                return
+        if batch.broken:
             self._forget()
-            host.lease_lapsed(self.partition)
-            for msg, _, _ in outcomes:
-                await host.reply(msg, error_bytes(ErrorCode.UNAVAILABLE, "Try again."))
-            return
-        alarm = behaviour.alarm_time(self.aggregate) if self.aggregate is not None else None
-        if events and alarm is not None and alarm != self.alarm:
+        await self._release(batch)
+        await self._react([Committed(d.command, d.events) for d in batch.decided if d.events])
+        await self._snapshot(len(events))
+
+    # --- the stages of a batch, in order --------------------------------------------------------
+
+    async def _load(self) -> None:
+        """Rebuild the object from its snapshot and stream, and say its last commit again."""
+        self.loaded = True
+        if not self.kind.durable:
+            return  # in memory only: nothing stored to read, nothing owed
+        loaded = await self.host.store.load(self.key)
+        self.state, self.sequence = loaded.aggregate, loaded.sequence
+        self.unsnapshotted = loaded.events_after_snapshot
+        self.alarm = self._wake_at()
+        # The previous owner may have stored its last commit and died before broadcasting it
+        # or reacting to it: say it again. Watchers drop versions they already have, and
+        # reactions tolerate running twice.
+        await self._broadcast(loaded.last_events)
+        if loaded.last_events:
+            await self._react([Committed(None, loaded.last_events)])
+
+    def _decide(self, messages: list[Msg]) -> Batch:
+        """Decide each command in order against the object; nothing leaves the process yet."""
+        batch = Batch()
+        for msg in messages:
+            if batch.broken:  # the state is suspect: these are answered after a rebuild
+                batch.decided.append(Decided(msg, TRY_AGAIN))
+                continue
+            batch.decided.append(self._decide_one(msg, batch))
+        return batch
+
+    def _decide_one(self, msg: Msg, batch: Batch) -> Decided:
+        kind = self.kind
+        try:
+            command = self._parse(msg)
+        except BadCommand as exc:
+            return Decided(msg, error_bytes(ErrorCode.BAD_REQUEST, str(exc)))
+        try:
+            state, reply = kind.decide(command, self.state, self.ctx)
+        except Exception:
+            # A bug, not a refusal: tried once, logged once, never retried by the client.
+            # The state may be half-changed: drop this command's events, keep the earlier
+            # commands' decisions, and rebuild the object after the batch.
+            log.exception("%s/%s: %r failed", kind.name, self.key, command)
+            self._pending_events()
+            batch.broken = True
+            return Decided(
+                msg, error_bytes(ErrorCode.INTERNAL, f"The {kind.name} failed on this command.")
+            )
+        self.state = state
+        return Decided(msg, reply.model_dump_json().encode(), command, self._pending_events())
+
+    def _parse(self, msg: Msg) -> Any:
+        alarm_at = (msg.headers or {}).get(ALARM_HEADER)
+        if alarm_at is None:
+            return self.kind.parse(msg.data)
+        try:
+            return DueAlarm(float(alarm_at))
+        except ValueError:
+            raise BadCommand(f"bad {ALARM_HEADER} header") from None
+
+    def _pending_events(self) -> list[Any]:
+        """The events the last command triggered (a memory-only state has none)."""
+        if self.kind.durable and self.state is not None:
+            return list(self.state.collect_events())  # type: ignore[attr-defined]
+        return []
+
+    async def _step_down(self, batch: Batch) -> None:
+        """Our lease lapsed (we were paused, or cut off): another replica may own the
+        partition now. Write nothing, answer "try again" (the retry finds the new owner)."""
+        self._forget()
+        self.host.lease_lapsed(self.partition)
+        for decided in batch.decided:
+            await self.host.reply(decided.msg, TRY_AGAIN)
+
+    async def _commit(self, batch: Batch, events: list[Any]) -> bool:
+        """Append the batch's events as one commit and keep the alarm in step with it.
+        False when the object moved on under us (every command is answered `conflict`)."""
+        host = self.host
+        alarm = self._wake_at()
+        if alarm is not None and alarm != self.alarm:
             # Scheduled before the commit that records it: an alarm the object knows of is
             # always scheduled; if the commit fails, the object ignores the stray wake-up.
             await host.alarms.schedule(self.key, alarm)
-        if events:
-            commit_id = (
-                command_ids[0]
-                if len(command_ids) == 1
-                else str(uuid5(NAMESPACE_OID, ",".join(command_ids)))
+        try:
+            self.sequence = await host.store.append(
+                self.key, events, expected=self.sequence, commit_id=batch.commit_id()
             )
-            try:
-                self.sequence = await host.store.append(
-                    self.key, events, expected=self.sequence, commit_id=commit_id
-                )
-            except AppendConflict:
-                log.warning("%s/%s: stale copy, rebuilding", behaviour.kind, self.key)
-                self._forget()
-                conflict = error_bytes(ErrorCode.CONFLICT, "The object moved on; try again.")
-                for msg, _, _ in outcomes:
-                    await host.reply(msg, conflict)
-                return
-        if events and alarm is None and self.alarm is not None:
+        except AppendConflict:
+            log.warning("%s/%s: stale copy, rebuilding", self.kind.name, self.key)
+            self._forget()
+            conflict = error_bytes(ErrorCode.CONFLICT, "The object moved on; try again.")
+            for decided in batch.decided:
+                await host.reply(decided.msg, conflict)
+            return False
+        if alarm is None and self.alarm is not None:
             await host.alarms.cancel(self.key)
         self.alarm = alarm
-        if broken:
-            self._forget()
+        return True
 
-        # Output gate: everything below happens only after the commit is acknowledged.
-        for msg, reply, command_events in outcomes:
-            await self._broadcast(command_events)
-            await host.reply(msg, reply)
-        await self._after_commit(events)
+    async def _release(self, batch: Batch) -> None:
+        """The output gate opens: broadcasts and replies, in command order."""
+        for decided in batch.decided:
+            await self._broadcast(decided.events)
+            await self.host.reply(decided.msg, decided.reply)
 
-        self.unsnapshotted += len(events)
-        if self.aggregate is not None and self.unsnapshotted >= host.snapshot_every:
-            # After the broadcasts: a snapshot never covers a commit whose broadcast is owed.
-            await host.store.save_snapshot(self.key, self.aggregate, self.sequence)
+    async def _react(self, commits: list[Committed]) -> None:
+        for committed in commits:
+            for reaction in self.kind.reactions:
+                try:
+                    await reaction(committed, self.state, self.ctx)
+                except Exception:
+                    log.exception("%s/%s: reaction %s failed", self.kind.name, self.key, reaction.__name__)
+
+    async def _snapshot(self, new_events: int) -> None:
+        # After the broadcasts: a snapshot never covers a commit whose broadcast is owed.
+        self.unsnapshotted += new_events
+        if self.state is not None and self.unsnapshotted >= self.host.snapshot_every:
+            await self.host.store.save_snapshot(self.key, self.state, self.sequence)  # type: ignore[arg-type]
             self.unsnapshotted = 0
 
-    async def _after_commit(self, events: list[Any]) -> None:
-        after_commit = self.host.after_commit
-        if events and after_commit is not None:
-            try:
-                await after_commit(self.host.nc, self.key, self.aggregate, events)
-            except Exception:
-                log.exception("%s/%s: after_commit failed", self.host.behaviour.kind, self.key)
+    # ---------------------------------------------------------------------------------------------
+
+    def _wake_at(self) -> float | None:
+        wake_at = self.kind.wake_at
+        return wake_at(self.state) if wake_at is not None and self.state is not None else None
 
     async def _broadcast(self, events: list[Any]) -> None:
+        broadcast = self.kind.broadcast
+        if broadcast is None:
+            return
         for event in events:
-            update = self.host.behaviour.broadcast(event)
+            update = broadcast(event)
             if update is not None:
                 await self.host.nc.publish(self.out_subject, update.model_dump_json().encode())
 
 
-class ObjectHost(Generic[A]):
+class ObjectHost(Generic[S, D]):
     """Hosts the objects of one kind on the partitions this process owns."""
 
     def __init__(
         self,
         nc: NATS,
-        behaviour: ObjectBehaviour[A],
+        kind: ObjectKind[S, D],
+        deps: D,
         *,
+        clock: Clock = SYSTEM_CLOCK,
         stream_replicas: int = 1,
         mailbox_limit: int = 2000,
         max_batch: int = 500,
@@ -279,20 +299,22 @@ class ObjectHost(Generic[A]):
         may_write: Callable[[int], bool] = lambda partition: True,
         on_lease_lapsed: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
+        kind.check()
         self.nc = nc
+        self.kind = kind
+        self.deps = deps
+        self.clock = clock
         self.may_write = may_write
         self._on_lease_lapsed = on_lease_lapsed
-        self.behaviour = behaviour
-        self.durable: Callable[[str], bool] = getattr(behaviour, "durable", lambda key: True)
-        self.after_commit = getattr(behaviour, "after_commit", None)
-        self.store = ObjectEventStore(nc, behaviour.kind, replicas=stream_replicas)
-        self.alarms = AlarmSchedule(nc, behaviour.kind, replicas=stream_replicas)
+        self.store = ObjectEventStore(nc, kind.name, replicas=stream_replicas)
+        self.alarms = AlarmSchedule(nc, kind.name, replicas=stream_replicas)
         self.mailbox_limit = mailbox_limit
         self.max_batch = max_batch
         self.idle_after = idle_after
         self.snapshot_every = snapshot_every
         self._subscriptions: dict[int, Subscription] = {}
-        self._mailboxes: dict[str, ObjectMailbox[A]] = {}
+        self._mailboxes: dict[str, ObjectMailbox[S]] = {}
+        self._background: set[asyncio.Task] = set()
 
     @property
     def partitions(self) -> set[int]:
@@ -302,16 +324,27 @@ class ObjectHost(Generic[A]):
         """Keys of the objects currently in memory."""
         return list(self._mailboxes)
 
+    def context_for(self, key: str) -> ObjectContext[D]:
+        return ObjectContext(self.kind.name, key, self.deps, self.clock, self.spawn)
+
+    def spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run `work` in the background; it is cancelled when the host stops."""
+        task = asyncio.create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def start(self, partitions: Iterable[int]) -> None:
-        await self.store.ensure_stream()
-        await self.alarms.ensure_stream()
+        if self.kind.durable:
+            await self.store.ensure_stream()
+        if self.kind.wake_at is not None:
+            await self.alarms.ensure_stream()
         for partition in partitions:
             await self.own(partition)
 
     async def own(self, partition: int) -> None:
         """Start serving one partition."""
         if partition not in self._subscriptions:
-            subject = partition_filter(self.behaviour.kind, partition)
+            subject = partition_filter(self.kind.name, partition)
             # No queue group: the lease makes us the only live subscriber. A paused ex-owner
             # may still be subscribed; it gets copies it will refuse to write, while this
             # owner answers (a queue group would split requests between us and the zombie).
@@ -335,15 +368,19 @@ class ObjectHost(Generic[A]):
 
     def lease_lapsed(self, partition: int) -> None:
         if self._on_lease_lapsed is not None:
-            asyncio.create_task(self._on_lease_lapsed(partition))
+            self.spawn(self._on_lease_lapsed(partition), f"step down {self.kind.name}/{partition}")
 
     async def stop(self) -> None:
         """Release every partition, finish in-flight work, drop all objects."""
         for partition in list(self._subscriptions):
             await self._subscriptions.pop(partition).drain()
         await self._retire(list(self._mailboxes.values()))
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=5)
 
-    async def _retire(self, mailboxes: list[ObjectMailbox[A]]) -> None:
+    async def _retire(self, mailboxes: list[ObjectMailbox[S]]) -> None:
         """Let each mailbox finish what it holds, then drop it with its object."""
         await asyncio.gather(*(m.queue.join() for m in mailboxes))
         for mailbox in mailboxes:
@@ -369,5 +406,5 @@ class ObjectHost(Generic[A]):
             mailbox.queue.put_nowait(msg)
         except asyncio.QueueFull:
             await self.reply(
-                msg, error_bytes(ErrorCode.OVERLOADED, f"{self.behaviour.kind} {key} is overloaded.")
+                msg, error_bytes(ErrorCode.OVERLOADED, f"{self.kind.name} {key} is overloaded.")
             )

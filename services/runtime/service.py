@@ -1,11 +1,24 @@
-"""Running an object service as a process: connect, host the partitions, stop cleanly."""
+"""Running an object service: its bootstrap builds the kinds it hosts on one connection; the
+same service runs as a process (`run`) or inside a test or benchmark (`running_service`).
+
+    async def build(nc: NATS, settings: RoomSettings, clock: Clock) -> ServiceParts:
+        return ServiceParts([Hosting(room, RoomDeps(...))])
+
+    SERVICE = ObjectService("room", RoomSettings, build)
+
+    if __name__ == "__main__":
+        run(SERVICE)
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import nats
 import uvloop
@@ -13,8 +26,9 @@ from nats.aio.client import Client as NATS
 from pydantic import Field
 
 from services.runtime.alarms import AlarmRunner
-from services.runtime.host import ObjectBehaviour, ObjectHost
-from services.runtime.leases import PartitionLeases
+from services.runtime.host import ObjectHost
+from services.runtime.kind import SYSTEM_CLOCK, Clock, ObjectKind
+from services.runtime.leases import PartitionLeases, new_replica_id
 from services.runtime.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
@@ -30,7 +44,42 @@ class ObjectServiceSettings(RuntimeSettings):
     lease_ttl: float = Field(3.0, ge=1, description="seconds a partition lease lives unrenewed")
 
 
-async def connect(settings: RuntimeSettings, name: str) -> nats.NATS:
+T = TypeVar("T", bound=ObjectServiceSettings)
+
+
+@dataclass(frozen=True)
+class Hosting:
+    """A kind, with what its handlers need."""
+
+    kind: ObjectKind[Any, Any]
+    deps: Any = None
+
+
+@dataclass
+class ServiceParts:
+    """What a bootstrap built: the kinds to host, and how to wind down what it started."""
+
+    hostings: Sequence[Hosting]
+    # Awaited first when the service stops, while objects and the connection still run
+    # (e.g. streams of AI replies, which must tell their rooms they stop).
+    stopping: Sequence[Callable[[], Awaitable[None]]] = ()
+    # Awaited last, after every object stopped (e.g. an HTTP client).
+    closing: Sequence[Callable[[], Awaitable[None]]] = ()
+
+
+Bootstrap = Callable[[NATS, T, Clock], Awaitable[ServiceParts]]
+
+
+@dataclass(frozen=True)
+class ObjectService(Generic[T]):
+    """One service: its name, its settings class, and the bootstrap that builds its kinds."""
+
+    name: str
+    settings: type[T]
+    build: Bootstrap[T]
+
+
+async def connect(settings: RuntimeSettings, name: str) -> NATS:
     """Connect to NATS, retrying until the server answers (it may still be starting)."""
     return await nats.connect(
         servers=settings.nats_url.split(","),
@@ -41,72 +90,133 @@ async def connect(settings: RuntimeSettings, name: str) -> nats.NATS:
     )
 
 
-async def serve(
-    behaviour: ObjectBehaviour,
-    settings: ObjectServiceSettings,
-    *,
-    on_connected: Callable[[NATS], None] | None = None,
-    on_stopping: Callable[[], Awaitable[None]] | None = None,
-) -> None:
-    """Host `behaviour`'s objects on the partitions this replica leases, until SIGTERM or
-    SIGINT; then hand every partition over and drain.
+@dataclass
+class HostedKind:
+    """One kind running in a service: its host, and (when leased) its leases and alarms."""
 
-    `on_connected` gets the connection before any object runs; `on_stopping` is awaited first
-    when the service stops, while the connection and the partitions are still there."""
-    nc = await connect(settings, f"durachat-{behaviour.kind}")
-    if on_connected is not None:
-        on_connected(nc)
+    host: ObjectHost[Any, Any]
     leases: PartitionLeases | None = None
+    alarms: AlarmRunner | None = None
 
-    def may_write(partition: int) -> bool:
-        return leases is not None and leases.valid(partition)
 
-    async def lease_lapsed(partition: int) -> None:
-        await leases.lost(partition)
+@dataclass
+class RunningService:
+    """A service's kinds on one connection, each on the partitions this replica owns."""
 
-    host = ObjectHost(
-        nc,
-        behaviour,
-        stream_replicas=settings.stream_replicas,
-        mailbox_limit=settings.mailbox_limit,
-        max_batch=settings.max_batch,
-        idle_after=settings.idle_after,
-        snapshot_every=settings.snapshot_every,
-        may_write=may_write,
-        on_lease_lapsed=lease_lapsed,
-    )
-    await host.start([])
-    leases = PartitionLeases(
-        nc,
-        behaviour.kind,
-        settings.partitions,
-        on_acquired=host.own,
-        on_released=host.release,
-        ttl=settings.lease_ttl,
-        replicas=settings.stream_replicas,
-    )
-    await leases.start()
-    alarms = AlarmRunner(nc, behaviour.kind, request_timeout=settings.request_timeout)
-    await alarms.start()
-    log.info("%s replica %s is up", behaviour.kind, leases.replica_id)
+    nc: NATS
+    settings: ObjectServiceSettings
+    clock: Clock = SYSTEM_CLOCK
+    lease: bool = True  # False: own every partition at once, without leases (tests only)
+    replica_id: str = field(default_factory=new_replica_id)
+    kinds: dict[str, HostedKind] = field(default_factory=dict)
 
+    def host(self, kind: str) -> ObjectHost[Any, Any]:
+        return self.kinds[kind].host
+
+    async def start(self, hostings: Sequence[Hosting]) -> None:
+        for hosting in hostings:
+            self.kinds[hosting.kind.name] = await self._start_kind(hosting)
+
+    async def _start_kind(self, hosting: Hosting) -> HostedKind:
+        settings = self.settings
+        hosted = HostedKind(
+            ObjectHost(
+                self.nc,
+                hosting.kind,
+                hosting.deps,
+                clock=self.clock,
+                stream_replicas=settings.stream_replicas,
+                mailbox_limit=settings.mailbox_limit,
+                max_batch=settings.max_batch,
+                idle_after=settings.idle_after,
+                snapshot_every=settings.snapshot_every,
+                may_write=lambda partition: hosted.leases is None or hosted.leases.valid(partition),
+                on_lease_lapsed=lambda partition: hosted.leases.lost(partition),  # type: ignore[union-attr]
+            )
+        )
+        name = hosting.kind.name
+        if not self.lease:
+            await hosted.host.start(range(settings.partitions))
+        else:
+            await hosted.host.start([])
+            hosted.leases = PartitionLeases(
+                self.nc,
+                name,
+                settings.partitions,
+                on_acquired=hosted.host.own,
+                on_released=hosted.host.release,
+                ttl=settings.lease_ttl,
+                replica_id=self.replica_id,
+                replicas=settings.stream_replicas,
+            )
+            await hosted.leases.start()
+        if hosting.kind.wake_at is not None:
+            hosted.alarms = AlarmRunner(self.nc, name, request_timeout=settings.request_timeout)
+            await hosted.alarms.start()
+        return hosted
+
+    async def stop(self) -> None:
+        """Hand every partition over and finish the commands taken."""
+        for hosted in self.kinds.values():
+            if hosted.alarms is not None:
+                await hosted.alarms.stop()
+        for hosted in self.kinds.values():
+            if hosted.leases is not None:
+                await hosted.leases.stop()
+        for hosted in self.kinds.values():
+            await hosted.host.stop()  # every reply and broadcast of taken commands is out
+
+
+@asynccontextmanager
+async def running_service(
+    service: ObjectService[T],
+    settings: T,
+    *,
+    clock: Clock = SYSTEM_CLOCK,
+    lease: bool = True,
+    nc: NATS | None = None,
+) -> AsyncIterator[RunningService]:
+    """`service` built and running in this process until the block ends.
+
+    With `lease=False` (tests) it owns every partition at once, without leases: no other
+    replica of the service may run against the same server."""
+    own_connection = nc is None
+    nc = nc or await connect(settings, f"durachat-{service.name}")
+    parts = await service.build(nc, settings, clock)
+    running = RunningService(nc, settings, clock, lease)
+    try:
+        await running.start(parts.hostings)
+        log.info("%s replica %s is up", service.name, running.replica_id)
+        yield running
+    finally:
+        log.info("%s service stopping: handing partitions over", service.name)
+        for stop in parts.stopping:
+            await stop()
+        await running.stop()
+        for close in parts.closing:
+            await close()
+        if own_connection:
+            # Flush and close rather than drain: a drain waited forever on the lease
+            # watcher's and the alarm consumer's subscriptions, whose tasks are stopped.
+            await nc.flush(timeout=5)
+            await nc.close()
+
+
+async def serve(service: ObjectService[T], settings: T) -> None:
+    """Run `service` until SIGTERM or SIGINT; then hand every partition over and drain."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    await stopping.wait()
-    log.info("%s service stopping: handing partitions over", behaviour.kind)
-    if on_stopping is not None:
-        await on_stopping()
-    await alarms.stop()
-    await leases.stop()
-    await host.stop()  # every reply and broadcast of taken commands is published by now
-    # Flush and close rather than drain: a drain waited forever on the lease watcher's and
-    # the alarm consumer's subscriptions, whose tasks are already stopped.
-    await nc.flush(timeout=5)
-    await nc.close()
+    async with running_service(service, settings):
+        await stopping.wait()
 
 
-def run(behaviour: ObjectBehaviour, settings: ObjectServiceSettings) -> None:
+def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    uvloop.run(serve(behaviour, settings))  # as the gateway runs under uvicorn
+
+
+def run(service: ObjectService[Any]) -> None:
+    """The process entry point of an object service."""
+    configure_logging()
+    uvloop.run(serve(service, service.settings()))  # as the gateway runs under uvicorn

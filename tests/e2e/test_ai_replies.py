@@ -29,6 +29,8 @@ def ai_system(tmp_path_factory, gemini) -> Iterator[LocalSystem]:
     # Short enough for a test to see the room close a reply whose streamer died (the tests
     # release held chunks at once, far within it).
     env["DURACHAT_AI_STALL_TIMEOUT"] = "4"
+    # The stall timeout must stay above the streamer's chunk timeouts (a rule the settings check).
+    env["DURACHAT_AI_FIRST_CHUNK_TIMEOUT"] = env["DURACHAT_AI_CHUNK_TIMEOUT"] = "3.5"
     local = LocalSystem(tmp_path_factory.mktemp("ai-system"), partitions=PARTITIONS, extra_env=env)
     with running(local):
         yield local

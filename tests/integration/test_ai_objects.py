@@ -7,38 +7,21 @@ provider's counter, and a context service that stops fails its replies with thei
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import nats
 import pytest
 
+from contracts.context import CONTEXT
 from contracts.room import INCOMPLETE_MARK, JoinRoom, PostMessage, room_reply, room_update
 from contracts.subjects import ROOM, command_subject, out_subject
-from services.context.handlers import ContextBehaviour
-from services.context.provider import make_provider
-from services.context.replies import ReplyConfig, ReplyStreamer
-from services.ratelimit.domainmodel import QuotaLimits
-from services.ratelimit.handlers import RateLimitBehaviour
-from services.room.handlers import RoomBehaviour
-from services.runtime.alarms import AlarmRunner
-from services.runtime.host import ObjectHost
-from tests.conftest import wait_for
+from services.context.main import SERVICE as CONTEXT_SERVICE
+from services.ratelimit.main import SERVICE as RATELIMIT_SERVICE
+from services.room.main import SERVICE as ROOM_SERVICE
+from tests.conftest import hosted, wait_for
 from tests.fakes.gemini import FakeGemini, Held, Reply, count_tokens
 
 pytestmark = pytest.mark.nats
-
-
-@asynccontextmanager
-async def host_of(url: str, partitions: int, make_behaviour) -> AsyncIterator[ObjectHost]:
-    nc = await nats.connect(url)
-    host = ObjectHost(nc, make_behaviour(nc))
-    await host.start(range(partitions))
-    try:
-        yield host
-    finally:
-        await host.stop()
-        await nc.drain()
 
 
 class Watcher:
@@ -79,32 +62,27 @@ async def ai_stack(
     nats_server, gemini: FakeGemini, *, context=True, daily_requests=100, budget=8000,
     start_timeout=30.0,
 ):
-    """Room + quota (+ context) hosts and the room's alarm runner; yields the streamer."""
-    url, partitions = nats_server.url, nats_server.partitions
-    streamers: list[ReplyStreamer] = []
-
-    def context_behaviour(nc):
-        provider = make_provider("test-key", gemini.base_url)
-        streamer = ReplyStreamer(nc, provider, ReplyConfig(token_budget=budget, request_timeout=5))
-        streamers.append(streamer)
-        return ContextBehaviour(streamer)
-
+    """The room, ratelimit (and context) services in this process, each by its own
+    bootstrap (the room's alarms included); yields a connection and the context's streamer."""
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(
-            host_of(url, partitions, lambda nc: RoomBehaviour(ai_start_timeout=start_timeout))
+            hosted(nats_server, ROOM_SERVICE, ai_start_timeout=start_timeout)
         )
-        limits = QuotaLimits(daily_requests=daily_requests)
         await stack.enter_async_context(
-            host_of(url, partitions, lambda nc: RateLimitBehaviour(limits=limits))
+            hosted(nats_server, RATELIMIT_SERVICE, quota_daily_requests=daily_requests)
         )
+        streamer = None
         if context:
-            await stack.enter_async_context(host_of(url, partitions, context_behaviour))
-        nc = await nats.connect(url)
+            running = await stack.enter_async_context(
+                hosted(
+                    nats_server, CONTEXT_SERVICE, gemini_api_key="test-key",
+                    gemini_base_url=gemini.base_url, ai_token_budget=budget, request_timeout=5,
+                )
+            )
+            streamer = running.host(CONTEXT).deps.replies
+        nc = await nats.connect(nats_server.url)
         stack.push_async_callback(nc.drain)
-        runner = AlarmRunner(nc, ROOM, request_timeout=5)
-        await runner.start()
-        stack.push_async_callback(runner.stop)
-        yield nc, (streamers[0] if streamers else None)
+        yield nc, streamer
 
 
 def new_room() -> str:

@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from typing import Annotated, Literal, Union
 
-import nats
 import pytest
 from eventsourcing.domain import Aggregate, event
 from pydantic import BaseModel, Field, TypeAdapter
@@ -18,9 +19,11 @@ from contracts.common import Command, ErrorCode, ErrorReply
 from contracts.room import Accepted, CreatePrivateRoom, GetRoom, JoinRoom, RoomState, room_reply
 from contracts.keys import new_private_room_id
 from contracts.subjects import ROOM, command_subject
-from services.room.handlers import RoomBehaviour
-from services.runtime.alarms import AlarmRunner, alarm_stream
-from services.runtime.host import ObjectHost
+from services.room.main import SERVICE as ROOM_SERVICE
+from services.runtime.alarms import alarm_stream
+from services.runtime.kind import DueAlarm, ObjectKind, Outcome
+from services.runtime.service import Hosting, ObjectService, ObjectServiceSettings, ServiceParts
+from tests.conftest import hosted
 
 pytestmark = pytest.mark.nats
 
@@ -66,68 +69,74 @@ class ReminderState(BaseModel):
     fired: list[float]
 
 
-reminder_command = TypeAdapter(
-    Annotated[Union[SetAlarm, DeleteAlarm, GetReminder], Field(discriminator="type")]
-)
+ReminderCommand = Annotated[Union[SetAlarm, DeleteAlarm, GetReminder], Field(discriminator="type")]
 
 
-class ReminderBehaviour:
-    aggregate_type = Reminder
+@dataclass
+class ReminderDeps:
+    failures: int = 0  # the alarm handler raises this many times first
+    attempts: list[float] = field(default_factory=list)  # when it was called
 
-    def __init__(self, kind: str, failures: int = 0) -> None:
-        self.kind = kind
-        self.failures = failures  # the alarm handler raises this many times first
-        self.attempts: list[float] = []
 
-    def parse(self, data: bytes):
-        return reminder_command.validate_json(data)
+def reminder_kind(name: str) -> ObjectKind[Reminder, ReminderDeps]:
+    """The whole declaration of a kind with an alarm: its commands, its handlers, its alarm."""
+    kind = ObjectKind[Reminder, ReminderDeps](name, ReminderCommand, wake_at=lambda r: r.alarm_at)
 
-    def decide(self, key, reminder, command):
+    def state_of(reminder: Reminder) -> Outcome:
+        return Outcome(reminder, ReminderState(alarm_at=reminder.alarm_at, fired=reminder.fired))
+
+    @kind.handles(SetAlarm)
+    def set_alarm(command: SetAlarm, reminder: Reminder | None, ctx) -> Outcome:
         reminder = reminder or Reminder()
-        match command:
-            case SetAlarm(at=at):
-                reminder.set_alarm(at)
-            case DeleteAlarm():
-                reminder.delete_alarm()
-        return reminder, ReminderState(alarm_at=reminder.alarm_at, fired=reminder.fired)
+        reminder.set_alarm(command.at)
+        return state_of(reminder)
 
-    def broadcast(self, event):
-        return None
+    @kind.handles(DeleteAlarm)
+    def delete_alarm(command: DeleteAlarm, reminder: Reminder | None, ctx) -> Outcome:
+        reminder = reminder or Reminder()
+        reminder.delete_alarm()
+        return state_of(reminder)
 
-    def alarm_time(self, reminder):
-        return reminder.alarm_at
+    @kind.handles(GetReminder)
+    def get(command: GetReminder, reminder: Reminder | None, ctx) -> Outcome:
+        return state_of(reminder or Reminder())
 
-    def on_alarm(self, key, reminder, at):
-        self.attempts.append(time.monotonic())
-        if self.failures > 0:
-            self.failures -= 1
+    @kind.handles(DueAlarm)
+    def alarm_due(alarm: DueAlarm, reminder: Reminder | None, ctx) -> Outcome:
+        ctx.deps.attempts.append(time.monotonic())
+        if ctx.deps.failures > 0:
+            ctx.deps.failures -= 1
             raise RuntimeError("the handler failed")
-        if reminder is not None and reminder.alarm_at == at:
-            reminder.fire(at)
-        return reminder, Accepted(version=reminder.version)
+        if reminder is not None and reminder.alarm_at == alarm.at:
+            reminder.fire(alarm.at)
+        return Outcome(reminder, Accepted(version=reminder.version if reminder else 0))
+
+    return kind
+
+
+def reminder_service(name: str, deps: ReminderDeps) -> ObjectService:
+    async def build(nc, settings, clock) -> ServiceParts:
+        return ServiceParts([Hosting(reminder_kind(name), deps)])
+
+    return ObjectService(name, ObjectServiceSettings, build)
 
 
 # --- fixtures --------------------------------------------------------------------------------
 
 
 class Running:
-    """A host and an alarm runner for one kind, in this process; stop() and start() again."""
+    """A service hosted in this process, owning every partition; stop() and start() again."""
 
-    def __init__(self, url: str, behaviour, partitions: int) -> None:
-        self.url, self.behaviour, self.partitions = url, behaviour, partitions
+    def __init__(self, server, service: ObjectService, **settings) -> None:
+        self.server, self.service, self.settings = server, service, settings
 
     async def start(self) -> Running:
-        self.nc = await nats.connect(self.url)
-        self.host = ObjectHost(self.nc, self.behaviour)
-        await self.host.start(range(self.partitions))
-        self.runner = AlarmRunner(self.nc, self.behaviour.kind, request_timeout=5)
-        await self.runner.start()
+        self.stack = AsyncExitStack()
+        await self.stack.enter_async_context(hosted(self.server, self.service, **self.settings))
         return self
 
     async def stop(self) -> None:
-        await self.runner.stop()
-        await self.host.stop()
-        await self.nc.drain()
+        await self.stack.aclose()
 
 
 async def ask(nc, kind: str, key: str, command, adapter=None):
@@ -159,7 +168,8 @@ def kind() -> str:
 
 
 async def test_an_alarm_fires_once_per_set(nats_server, nc, kind):
-    running = await Running(nats_server.url, ReminderBehaviour(kind), nats_server.partitions).start()
+    deps = ReminderDeps()
+    running = await Running(nats_server, reminder_service(kind, deps)).start()
     try:
         at = time.time() + 1
         await ask(nc, kind, "r1", SetAlarm(at=at))
@@ -169,7 +179,7 @@ async def test_an_alarm_fires_once_per_set(nats_server, nc, kind):
         assert state.fired == [at] and state.alarm_at is None
         await eventually(lambda: alarms_settled(nc, kind), what="no alarm in flight")
         assert (await ask(nc, kind, "r1", GetReminder())).fired == [at]
-        assert len(running.behaviour.attempts) == 1
+        assert len(deps.attempts) == 1
     finally:
         await running.stop()
 
@@ -180,7 +190,7 @@ async def _fired(nc, kind, key):
 
 
 async def test_a_replaced_or_deleted_alarm_does_not_fire(nats_server, nc, kind):
-    running = await Running(nats_server.url, ReminderBehaviour(kind), nats_server.partitions).start()
+    running = await Running(nats_server, reminder_service(kind, ReminderDeps())).start()
     try:
         # Replaced: only the newer time fires.
         first, second = time.time() + 1, time.time() + 2
@@ -207,8 +217,8 @@ async def _after(moment: float) -> bool:
 
 
 async def test_a_failing_handler_is_retried_with_backoff(nats_server, nc, kind):
-    behaviour = ReminderBehaviour(kind, failures=2)
-    running = await Running(nats_server.url, behaviour, nats_server.partitions).start()
+    behaviour = ReminderDeps(failures=2)
+    running = await Running(nats_server, reminder_service(kind, behaviour)).start()
     try:
         at = time.time() + 1
         await ask(nc, kind, "r1", SetAlarm(at=at))
@@ -223,7 +233,7 @@ async def test_a_failing_handler_is_retried_with_backoff(nats_server, nc, kind):
 
 
 async def test_an_alarm_due_while_nothing_ran_fires_after_start(nats_server, nc, kind):
-    running = await Running(nats_server.url, ReminderBehaviour(kind), nats_server.partitions).start()
+    running = await Running(nats_server, reminder_service(kind, ReminderDeps())).start()
     at = time.time() + 1
     await ask(nc, kind, "r1", SetAlarm(at=at))
     await running.stop()
@@ -232,7 +242,7 @@ async def test_an_alarm_due_while_nothing_ran_fires_after_start(nats_server, nc,
     await eventually(lambda: _after(at + 1.5), what="the due time to pass")
 
     # A new replica starts: the alarm fires.
-    running = await Running(nats_server.url, ReminderBehaviour(kind), nats_server.partitions).start()
+    running = await Running(nats_server, reminder_service(kind, ReminderDeps())).start()
     try:
         state = await eventually(lambda: _fired(nc, kind, "r1"), what="the alarm to fire")
         assert state.fired == [at]
@@ -241,9 +251,7 @@ async def test_an_alarm_due_while_nothing_ran_fires_after_start(nats_server, nc,
 
 
 async def test_a_private_room_nobody_joined_expires(nats_server, nc):
-    running = await Running(
-        nats_server.url, RoomBehaviour(private_room_ttl=1), nats_server.partitions
-    ).start()
+    running = await Running(nats_server, ROOM_SERVICE, private_room_ttl=1).start()
     try:
         unused, used = new_private_room_id(), new_private_room_id()
         for room in (unused, used):

@@ -13,20 +13,21 @@ import pytest
 
 from contracts.common import ErrorCode, ErrorReply
 from contracts.ratelimit import (
-    RATELIMIT,
+    LIMITER,
+    QUOTA,
     ChargeQuota,
     GetQuota,
+    LimiterClient,
+    QuotaClient,
     QuotaUsage,
     RateDecision,
     TakeToken,
-    ip_key,
-    ratelimit_reply,
-    user_key,
 )
 from contracts.subjects import command_subject, event_stream, event_subject
 from services.ratelimit.domainmodel import QuotaLimits
-from services.ratelimit.handlers import RateLimitBehaviour
+from services.ratelimit.main import SERVICE as RATELIMIT_SERVICE
 from services.runtime.eventstore import ObjectEventStore
+from tests.asking import ask as ask_object
 from tests.conftest import hosted
 
 pytestmark = pytest.mark.nats
@@ -45,23 +46,53 @@ def clocks() -> Clocks:
     return Clocks()
 
 
-def fake_clock_behaviour(clocks: Clocks, limits: QuotaLimits = LIMITS) -> RateLimitBehaviour:
-    return RateLimitBehaviour(
-        interval=5, grace=20, limits=limits,
-        monotonic=lambda: clocks.monotonic, clock=lambda: clocks.wall,
+class FakeClock:
+    """The service's clock, read from `clocks` (which the test moves on)."""
+
+    def __init__(self, clocks: Clocks) -> None:
+        self.clocks = clocks
+
+    def time(self) -> float:
+        return self.clocks.wall
+
+    def monotonic(self) -> float:
+        return self.clocks.monotonic
+
+
+def limit_settings(limits: QuotaLimits) -> dict:
+    return {
+        "quota_daily_requests": limits.daily_requests,
+        "quota_daily_tokens": limits.daily_tokens,
+        "quota_monthly_requests": limits.monthly_requests,
+        "quota_monthly_tokens": limits.monthly_tokens,
+    }
+
+
+def fake_clock_service(nats_server, clocks: Clocks, limits: QuotaLimits = LIMITS, **settings):
+    """The ratelimit service on the test's clocks: interval 5 s, grace 20 s, `limits`."""
+    return hosted(
+        nats_server, RATELIMIT_SERVICE, clock=FakeClock(clocks), rate_interval=5, rate_grace=20,
+        **limit_settings(limits), **settings,
     )
+
+
+def ratelimit_service(nats_server, **settings):
+    return hosted(nats_server, RATELIMIT_SERVICE, **settings)
 
 
 async def ask(nc: nats.NATS, key: str, command, timeout: float = 5.0):
-    msg = await nc.request(
-        command_subject(RATELIMIT, key), command.model_dump_json().encode(), timeout
-    )
-    return ratelimit_reply.validate_json(msg.data)
+    """A limiter is asked with TakeToken; a quota with anything else."""
+    client = LimiterClient if isinstance(command, TakeToken) else QuotaClient
+    return await ask_object(nc, client, key, command, timeout)
 
 
 async def stored_subjects(nc: nats.NATS, subject: str) -> dict[str, int]:
-    info = await nc.jetstream().stream_info(event_stream(RATELIMIT), subjects_filter=subject)
+    info = await nc.jetstream().stream_info(event_stream(QUOTA), subjects_filter=subject)
     return info.state.subjects or {}
+
+
+async def streams(nc: nats.NATS) -> set[str]:
+    return {info.config.name for info in await nc.jetstream().streams_info()}
 
 
 def new_ip() -> str:
@@ -69,15 +100,15 @@ def new_ip() -> str:
 
 
 def new_user() -> str:
-    return user_key(f"u-{uuid.uuid4().hex[:10]}")
+    return f"u-{uuid.uuid4().hex[:10]}"
 
 
 # --- per-IP limiter ------------------------------------------------------------------------------
 
 
 async def test_the_limiter_over_nats_follows_the_schedule(nats_server, nc, clocks):
-    async with hosted(nats_server, fake_clock_behaviour(clocks)):
-        key = ip_key(new_ip())
+    async with fake_clock_service(nats_server, clocks):
+        key = new_ip()
         replies = [await ask(nc, key, TakeToken()) for _ in range(6)]
         assert replies == [RateDecision(allowed=True, cooldown=0)] * 4 + [
             RateDecision(allowed=False, cooldown=5)
@@ -88,12 +119,12 @@ async def test_the_limiter_over_nats_follows_the_schedule(nats_server, nc, clock
         refused = await ask(nc, key, TakeToken())
         assert not refused.allowed and refused.cooldown == pytest.approx(4.9)
         # Another IP has a limit of its own.
-        assert (await ask(nc, ip_key(new_ip()), TakeToken())).allowed
+        assert (await ask(nc, new_ip(), TakeToken())).allowed
 
 
 async def test_the_limiter_in_real_time(nats_server, nc):
-    async with hosted(nats_server, RateLimitBehaviour(interval=0.5, grace=2)):
-        key = ip_key(new_ip())
+    async with ratelimit_service(nats_server, rate_interval=0.5, rate_grace=2):
+        key = new_ip()
         # A burst at once: grace / interval = 4 pass (unless the asks took 0.5 s), then refused.
         burst = await asyncio.gather(*(ask(nc, key, TakeToken()) for _ in range(8)))
         assert sum(r.allowed for r in burst) == 4
@@ -105,7 +136,8 @@ async def test_the_limiter_in_real_time(nats_server, nc):
 
 
 async def test_the_limiter_is_in_memory_only(nats_server, nc, clocks):
-    async with hosted(nats_server, fake_clock_behaviour(clocks)) as host:
+    async with fake_clock_service(nats_server, clocks) as running:
+        host = running.host(LIMITER)
         loaded: list[str] = []
         real_load = host.store.load
 
@@ -115,20 +147,18 @@ async def test_the_limiter_is_in_memory_only(nats_server, nc, clocks):
 
         host.store.load = load
         address = new_ip()
-        key = ip_key(address)
+        key = address
         for _ in range(4):
             assert (await ask(nc, key, TakeToken())).allowed
         assert not (await ask(nc, key, TakeToken())).allowed
         # Nothing was read or written for it: no events, no snapshot.
         assert loaded == []
-        assert await stored_subjects(nc, event_subject(RATELIMIT, key)) == {}
-        assert await ObjectEventStore(nc, RATELIMIT).load_snapshot(key) == (None, 0)
+        assert not {event_stream(LIMITER), f"SNAP_{LIMITER.upper()}"} & await streams(nc)
         # Evicted, it is forgotten (as the demo's limiter is): the burst is back.
         assert await host.evict(key)
         assert [(await ask(nc, key, TakeToken())).allowed for _ in range(5)] == [True] * 4 + [False]
         assert loaded == []
-        stored = await stored_subjects(nc, f"evt.{RATELIMIT}.>")
-        assert not [s for s in stored if s.startswith(f"evt.{RATELIMIT}.ip_3A")]
+        assert event_stream(LIMITER) not in await streams(nc)
 
 
 # --- per-user quotas -------------------------------------------------------------------------------
@@ -136,19 +166,20 @@ async def test_the_limiter_is_in_memory_only(nats_server, nc, clocks):
 
 async def test_quotas_are_durable_across_eviction_snapshots_and_a_restart(nats_server, nc, clocks):
     key = new_user()
-    async with hosted(nats_server, fake_clock_behaviour(clocks), snapshot_every=3) as host:
+    async with fake_clock_service(nats_server, clocks, snapshot_every=3) as running:
+        host = running.host(QUOTA)
         assert await ask(nc, key, GetQuota()) == QuotaUsage(
             allowed=True, day="2026-11-27", month="2026-11",
             day_requests=0, day_tokens=0, month_requests=0, month_tokens=0,
         )
-        assert await stored_subjects(nc, event_subject(RATELIMIT, key)) == {}  # a read stores nothing
+        assert await stored_subjects(nc, event_subject(QUOTA, key)) == {}  # a read stores nothing
         for tokens in (10, 20):
             assert (await ask(nc, key, ChargeQuota())).allowed
             assert (await ask(nc, key, ChargeQuota(requests=0, tokens=tokens))).allowed
         before = await ask(nc, key, GetQuota())
-        assert await stored_subjects(nc, event_subject(RATELIMIT, key))  # the charges are
+        assert await stored_subjects(nc, event_subject(QUOTA, key))  # the charges are
         assert (before.day_requests, before.day_tokens) == (2, 30)
-        snapshot, covered = await ObjectEventStore(nc, RATELIMIT).load_snapshot(key)
+        snapshot, covered = await ObjectEventStore(nc, QUOTA).load_snapshot(key)
         assert snapshot is not None and snapshot.version == 3 and covered > 0
         assert await host.evict(key)
         assert await ask(nc, key, GetQuota()) == before  # rebuilt from a snapshot + a commit
@@ -158,11 +189,11 @@ async def test_quotas_are_durable_across_eviction_snapshots_and_a_restart(nats_s
         after = await ask(nc, key, GetQuota())
         assert after.day_requests == 3 and not after.allowed
 
-    commits = await ObjectEventStore(nc, RATELIMIT).read(key)
+    commits = await ObjectEventStore(nc, QUOTA).read(key)
     assert [type(e).__name__ for c in commits for e in c.events] == ["Created"] + ["Charged"] * 5
 
     # A new process (another replica, or a restart) rebuilds the same usage.
-    async with hosted(nats_server, fake_clock_behaviour(clocks)):
+    async with fake_clock_service(nats_server, clocks):
         assert await ask(nc, key, GetQuota()) == after
         # The next UTC day starts from zero; the month keeps counting.
         clocks.wall += 86_400
@@ -174,7 +205,8 @@ async def test_quotas_are_durable_across_eviction_snapshots_and_a_restart(nats_s
 
 async def test_a_retried_charge_is_applied_once(nats_server, nc, clocks):
     key = new_user()
-    async with hosted(nats_server, fake_clock_behaviour(clocks)) as host:
+    async with fake_clock_service(nats_server, clocks) as running:
+        host = running.host(QUOTA)
         charge = ChargeQuota(tokens=7)
         first = await ask(nc, key, charge)
         again = await ask(nc, key, charge)  # the same command_id: a retry
@@ -187,7 +219,7 @@ async def test_a_retried_charge_is_applied_once(nats_server, nc, clocks):
         assert await host.evict(key)
         assert (await ask(nc, key, charge)).day_requests == 1
         assert (await ask(nc, key, tokens)).day_tokens == 57
-    commits = await ObjectEventStore(nc, RATELIMIT).read(key)
+    commits = await ObjectEventStore(nc, QUOTA).read(key)
     assert [type(e).__name__ for c in commits for e in c.events] == ["Created", "Charged", "Charged"]
 
 
@@ -195,31 +227,30 @@ async def test_a_retried_charge_is_applied_once(nats_server, nc, clocks):
 
 
 @pytest.mark.parametrize(
-    ("key", "command", "words"),
+    ("client", "key", "command", "words"),
     [
-        (ip_key("192.0.2.1"), ChargeQuota(), "per-IP limiter"),
-        (ip_key("192.0.2.1"), GetQuota(), "per-IP limiter"),
-        (user_key("carol"), TakeToken(), "AI quota"),
-        ("session:abc", TakeToken(), "Unknown ratelimit key"),
+        (LimiterClient, "192.0.2.1", ChargeQuota(), "per-IP limiter"),
+        (LimiterClient, "192.0.2.1", GetQuota(), "per-IP limiter"),
+        (QuotaClient, "carol", TakeToken(), "AI quota"),
     ],
 )
-async def test_a_command_to_the_wrong_key_is_a_bad_request(nats_server, nc, key, command, words):
-    async with hosted(nats_server, RateLimitBehaviour()):
-        reply = await ask(nc, key, command)
+async def test_a_command_to_the_wrong_kind_is_a_bad_request(nats_server, nc, client, key, command, words):
+    async with ratelimit_service(nats_server):
+        reply = await ask_object(nc, client, key, command)
         assert isinstance(reply, ErrorReply) and reply.code == ErrorCode.BAD_REQUEST
         assert words in reply.message
-    assert await stored_subjects(nc, event_subject(RATELIMIT, key)) == {}
+    assert await stored_subjects(nc, event_subject(QUOTA, key)) == {}
 
 
 async def test_a_malformed_command_is_a_bad_request_naming_the_field(nats_server, nc):
-    async with hosted(nats_server, RateLimitBehaviour()):
-        subject = command_subject(RATELIMIT, new_user())
+    async with ratelimit_service(nats_server):
+        subject = command_subject(QUOTA, new_user())
         msg = await nc.request(subject, b'{"type": "charge", "requests": 2}', timeout=5)
-        reply = ratelimit_reply.validate_json(msg.data)
+        reply = QuotaClient.replies.validate_json(msg.data)
         assert isinstance(reply, ErrorReply) and reply.code == ErrorCode.BAD_REQUEST
         assert "requests" in reply.message
         msg = await nc.request(subject, b'{"type": "nope"}', timeout=5)
-        assert ratelimit_reply.validate_json(msg.data).code == ErrorCode.BAD_REQUEST
+        assert QuotaClient.replies.validate_json(msg.data).code == ErrorCode.BAD_REQUEST
 
 
 async def test_the_gateway_asks_the_service_and_decides_locally_only_without_it(nats_server, nc):
@@ -227,7 +258,7 @@ async def test_the_gateway_asks_the_service_and_decides_locally_only_without_it(
 
     limiter = IpRateLimiter(nc, interval=5, grace=20, timeout=0.5)
     address = f"198.51.100.{uuid.uuid4().int % 250}"
-    async with hosted(nats_server, RateLimitBehaviour(interval=5, grace=20)):
+    async with ratelimit_service(nats_server, rate_interval=5, rate_grace=20):
         # The service decides: a burst of 4, then refused; the local fallback was never used.
         decisions = [await limiter.take(address) for _ in range(5)]
         assert [d.allowed for d in decisions] == [True] * 4 + [False]
@@ -241,7 +272,7 @@ async def test_the_gateway_asks_the_service_and_decides_locally_only_without_it(
     other = f"203.0.113.{uuid.uuid4().int % 250}"
     decisions = [await limiter.take(other) for _ in range(5)]
     assert [d.allowed for d in decisions] == [True] * 4 + [False]
-    assert list(limiter.fallback.limiters) == [f"ip:{other}"]
+    assert list(limiter.fallback.limiters) == [other]
 
 
 async def test_an_ai_request_is_refused_when_quotas_cannot_be_checked(nats_server, nc):
@@ -254,7 +285,7 @@ async def test_an_ai_request_is_refused_when_quotas_cannot_be_checked(nats_serve
 
     user = f"u-{uuid.uuid4().hex[:8]}"
     limits = QuotaLimits(daily_requests=2)
-    async with hosted(nats_server, RateLimitBehaviour(limits=limits)):
+    async with ratelimit_service(nats_server, **limit_settings(limits)):
         # Within quota: counted; tokens recorded; past the daily requests: refused, saying so.
         assert (await charge_ai_request(nc, user)).day_requests == 1
         assert (await charge_ai_tokens(nc, user, 500)).day_tokens == 500

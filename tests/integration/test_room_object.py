@@ -140,7 +140,8 @@ async def test_a_stale_copy_is_refused_and_nothing_is_broadcast(room_host, nc, r
 
 
 async def test_an_idle_room_hibernates_and_wakes_with_the_same_state(nats_server, nc, room_name):
-    async with hosted(nats_server, idle_after=0.2) as host:
+    async with hosted(nats_server, idle_after=0.2) as running:
+        host = running.host(ROOM)
         await ask(nc, room_name, JoinRoom(session_id="s1", name="alice"))
         for i in range(5):
             await ask(nc, room_name, PostMessage(session_id="s1", text=f"m{i}"))
@@ -225,7 +226,8 @@ async def test_a_retried_post_with_the_same_command_id_is_applied_once(room_host
 
 
 async def test_a_woken_room_is_rebuilt_from_its_snapshot_and_the_tail(nats_server, nc, room_name):
-    async with hosted(nats_server, idle_after=0.2, snapshot_every=5) as host:
+    async with hosted(nats_server, idle_after=0.2, snapshot_every=5) as running:
+        host = running.host(ROOM)
         # 1 + 1 + 21 events: snapshots were taken along the way.
         await ask(nc, room_name, JoinRoom(session_id="s1", name="alice"))
         for i in range(21):

@@ -9,16 +9,12 @@ from datetime import UTC, datetime
 import pytest
 from eventsourcing.domain import Snapshot
 
-from contracts.common import ErrorCode, ErrorReply
 from contracts.ratelimit import (
     ChargeQuota,
     GetQuota,
     QuotaUsage,
     RateDecision,
     TakeToken,
-    ip_key,
-    ratelimit_command,
-    user_key,
 )
 from services.ratelimit.domainmodel import (
     RECENT_IDS,
@@ -30,8 +26,9 @@ from services.ratelimit.domainmodel import (
     quota_id,
     utc_day,
 )
-from services.ratelimit.handlers import RateLimitBehaviour
-from services.ratelimit.main import RateLimitSettings, behaviour
+from services.ratelimit.handlers import RateLimitDeps, limiter, quota
+from services.ratelimit.main import RateLimitSettings
+from services.runtime.kind import BadCommand, ObjectKind
 
 
 def replay(events):
@@ -88,16 +85,10 @@ def test_the_limit_recovers_with_time():
     assert takes(limiter, 12.5, 3) == [(True, 0.0), (True, 0.0), (False, 2.5)]
 
 
-def test_the_limiter_stores_nothing():
-    limiter = Limiter(interval=5, grace=20)
-    limiter.take(0.0)
-    assert limiter.collect_events() == []
-
-
 # --- the quota rules --------------------------------------------------------------------------
 
 LIMITS = QuotaLimits(daily_requests=3, daily_tokens=100, monthly_requests=5, monthly_tokens=1000)
-KEY = user_key("u1")
+KEY = "u1"
 
 
 def run_charge(quota, day, requests=1, tokens=0, command_id=None, limits=LIMITS):
@@ -242,77 +233,83 @@ def clocks() -> Clocks:
     return Clocks()
 
 
+class FakeClock:
+    def __init__(self, clocks: Clocks) -> None:
+        self.clocks = clocks
+
+    def time(self) -> float:
+        return self.clocks.wall
+
+    def monotonic(self) -> float:
+        return self.clocks.monotonic
+
+
 @pytest.fixture
-def rates(clocks) -> RateLimitBehaviour:
-    return RateLimitBehaviour(
-        interval=5, grace=20, limits=LIMITS,
-        monotonic=lambda: clocks.monotonic, clock=lambda: clocks.wall,
-    )
+def rates(clocks) -> RateLimitDeps:
+    return RateLimitDeps(interval=5, grace=20, limits=LIMITS)
 
 
-def decide(behaviour, key, state, command):
-    return behaviour.decide(key, state, ratelimit_command.validate_json(command.model_dump_json()))
+def decide(kind: ObjectKind, deps: RateLimitDeps, clocks: Clocks, key, state, command):
+    """The kind's handler of `command` as its host runs it: parsed from the bytes on the bus."""
+    parsed = kind.parse(command.model_dump_json().encode())
+    return kind.decide(parsed, state, kind.context(key, deps, FakeClock(clocks)))
 
 
-def test_the_behaviour_limits_ips_in_memory(rates, clocks):
-    key = ip_key("203.0.113.7")
-    assert not rates.durable(key)
+def test_the_limiter_kind_limits_ips_in_memory(rates, clocks):
+    key = "203.0.113.7"
+    assert not limiter.durable
     state = None
     replies = []
     for _ in range(5):
-        state, reply = decide(rates, key, state, TakeToken())
+        state, reply = decide(limiter, rates, clocks, key, state, TakeToken())
         replies.append(reply)
     assert replies == [RateDecision(allowed=True, cooldown=0)] * 4 + [
         RateDecision(allowed=False, cooldown=5)
     ]
-    assert isinstance(state, Limiter) and state.collect_events() == []
+    assert isinstance(state, Limiter)
     clocks.monotonic += 5
-    assert decide(rates, key, state, TakeToken())[1].allowed
+    assert decide(limiter, rates, clocks, key, state, TakeToken())[1].allowed
     # A forgotten limiter (evicted, or another replica) starts afresh, as the demo's does.
-    assert decide(rates, key, None, TakeToken())[1] == RateDecision(allowed=True, cooldown=0)
+    assert decide(limiter, rates, clocks, key, None, TakeToken())[1] == RateDecision(
+        allowed=True, cooldown=0
+    )
 
 
-def test_the_behaviour_keeps_quotas_as_events(rates, clocks):
-    key = user_key("alice")
-    assert rates.durable(key)
-    state, reply = decide(rates, key, None, GetQuota())
+def test_the_quota_kind_keeps_quotas_as_events(rates, clocks):
+    key = "alice"
+    assert quota.durable
+    state, reply = decide(quota, rates, clocks, key, None, GetQuota())
     assert state is None
     assert reply == QuotaUsage(
         allowed=True, day="2026-11-27", month="2026-11",
         day_requests=0, day_tokens=0, month_requests=0, month_tokens=0,
     )
-    state, reply = decide(rates, key, None, ChargeQuota())
+    state, reply = decide(quota, rates, clocks, key, None, ChargeQuota())
     assert isinstance(state, Quota) and reply.allowed and reply.day_requests == 1
-    state, reply = decide(rates, key, state, ChargeQuota(requests=0, tokens=120))
+    state, reply = decide(quota, rates, clocks, key, state, ChargeQuota(requests=0, tokens=120))
     assert reply.day_tokens == 120 and not reply.allowed
     assert reply.reason == "Daily AI token quota reached."
-    state, reply = decide(rates, key, state, GetQuota())
+    state, reply = decide(quota, rates, clocks, key, state, GetQuota())
     assert not reply.allowed and reply.reason == "Daily AI token quota reached."
     assert [type(e).__name__ for e in state.collect_events()] == ["Created", "Charged", "Charged"]
     # The next UTC day: the day's usage is 0 again; a GetQuota records nothing.
     clocks.wall = epoch("2026-11-28T00:00:01")
-    state, reply = decide(rates, key, state, GetQuota())
+    state, reply = decide(quota, rates, clocks, key, state, GetQuota())
     assert reply.allowed and reply.day == "2026-11-28" and reply.day_tokens == 0
     assert reply.month_tokens == 120 and state.collect_events() == []
 
 
 @pytest.mark.parametrize(
-    ("key", "command", "words"),
+    ("kind", "command", "words"),
     [
-        (ip_key("1.2.3.4"), ChargeQuota(), "per-IP limiter"),
-        (ip_key("1.2.3.4"), GetQuota(), "per-IP limiter"),
-        (user_key("bob"), TakeToken(), "AI quota"),
-        ("ip:", TakeToken(), "address"),
-        ("user:", GetQuota(), "user id"),
-        ("room:x", TakeToken(), "Unknown ratelimit key"),
-        ("1.2.3.4", TakeToken(), "Unknown ratelimit key"),
+        (limiter, ChargeQuota(), "per-IP limiter"),
+        (limiter, GetQuota(), "per-IP limiter"),
+        (quota, TakeToken(), "AI quota"),
     ],
 )
-def test_a_command_to_the_wrong_key_is_a_bad_request(rates, key, command, words):
-    state, reply = decide(rates, key, None, command)
-    assert state is None
-    assert isinstance(reply, ErrorReply) and reply.code == ErrorCode.BAD_REQUEST
-    assert words in reply.message
+def test_a_command_of_another_kind_is_a_bad_command(rates, clocks, kind, command, words):
+    with pytest.raises(BadCommand, match=words):
+        decide(kind, rates, clocks, "1.2.3.4", None, command)
 
 
 def test_settings_come_from_the_environment(monkeypatch):
@@ -320,7 +317,7 @@ def test_settings_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("DURACHAT_RATE_GRACE", "2")
     monkeypatch.setenv("DURACHAT_QUOTA_DAILY_REQUESTS", "7")
     monkeypatch.setenv("DURACHAT_QUOTA_MONTHLY_TOKENS", "9")
-    made = behaviour(RateLimitSettings())
+    made = RateLimitSettings().deps()
     assert (made.interval, made.grace) == (0.5, 2)
     assert made.limits == QuotaLimits(daily_requests=7, monthly_tokens=9)
     for name in ("DURACHAT_RATE_INTERVAL", "DURACHAT_RATE_GRACE",
@@ -328,4 +325,4 @@ def test_settings_come_from_the_environment(monkeypatch):
         monkeypatch.delenv(name)
     defaults = RateLimitSettings()
     assert (defaults.rate_interval, defaults.rate_grace) == (5.0, 20.0)
-    assert behaviour(defaults).limits == QuotaLimits(200, 200_000, 3000, 3_000_000)
+    assert defaults.deps().limits == QuotaLimits(200, 200_000, 3000, 3_000_000)

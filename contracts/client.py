@@ -1,0 +1,80 @@
+"""Sending commands to objects, with the retries the runtime's guarantees assume.
+
+Each kind's contract module declares its typed client (`RoomClient`, `ContextClient`, ...)
+as a subclass naming the kind and its reply union; callers use those, never raw requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import ClassVar, Generic, TypeVar
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from pydantic import TypeAdapter, ValidationError
+
+from contracts.common import Command, ErrorCode, ErrorReply
+from contracts.subjects import command_subject
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+
+def unavailable(kind: str) -> ErrorReply:
+    return ErrorReply(code=ErrorCode.UNAVAILABLE, message=f"The {kind} is unavailable; try again.")
+
+
+class ObjectClient(Generic[R]):
+    """Sends commands to the objects of one kind.
+
+    A command that times out, finds no owner (a service restarting, a partition moving) or
+    is refused as retryable (busy, conflict) is sent again with the same command id until
+    the deadline; the object applies it once. A subclass sets `kind` and `replies`.
+    """
+
+    kind: ClassVar[str]
+    replies: ClassVar[TypeAdapter]
+
+    def __init__(self, nc: NATS, timeout: float, attempt_timeout: float = 2.0) -> None:
+        self.nc = nc
+        self.timeout = timeout
+        self.attempt_timeout = min(attempt_timeout, timeout)
+        self.unavailable = unavailable(self.kind)
+
+    async def send(self, key: str, command: Command, timeout: float | None = None) -> R | ErrorReply:
+        """The object's reply to `command`, retried until `timeout` (the client's default)."""
+        subject = command_subject(self.kind, key)
+        data = command.model_dump_json().encode()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.timeout if timeout is None else timeout)
+        backoff = 0.02
+        reply: R | ErrorReply = self.unavailable
+        while True:
+            remaining = deadline - loop.time()
+            reply = await self._attempt(key, subject, data, min(self.attempt_timeout, remaining))
+            if not (isinstance(reply, ErrorReply) and reply.retryable):
+                return reply
+            if loop.time() + backoff >= deadline:
+                return reply
+            await asyncio.sleep(backoff)  # back off before sending the same command id again
+            backoff = min(backoff * 2, 0.5)
+
+    async def send_once(self, key: str, command: Command, timeout: float) -> R | ErrorReply:
+        """One attempt, no retry: for callers with a fallback of their own (the limiter)."""
+        data = command.model_dump_json().encode()
+        return await self._attempt(key, command_subject(self.kind, key), data, timeout)
+
+    async def _attempt(self, key: str, subject: str, data: bytes, timeout: float) -> R | ErrorReply:
+        try:
+            msg = await self.nc.request(subject, data, timeout=max(0.001, timeout))
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            return self.unavailable
+        try:
+            return self.replies.validate_json(msg.data)
+        except ValidationError:
+            log.error("%s %s replied outside the contract: %r", self.kind, key, msg.data[:200])
+            return ErrorReply(
+                code=ErrorCode.INTERNAL, message=f"The {self.kind} replied outside its contract."
+            )
