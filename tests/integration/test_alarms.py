@@ -4,7 +4,6 @@ while nothing ran. A tiny object kind, a page of code, shows what a service writ
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from typing import Annotated, Literal, Union
@@ -21,6 +20,7 @@ from contracts.subjects import ROOM, command_subject
 from services.room.handlers import RoomBehaviour
 from services.runtime.alarms import AlarmRunner, alarm_stream
 from services.runtime.host import ObjectHost
+from tests.support import eventually
 
 pytestmark = pytest.mark.nats
 
@@ -133,15 +133,6 @@ class Running:
 async def ask(nc, kind: str, key: str, command, adapter=None):
     msg = await nc.request(command_subject(kind, key), command.model_dump_json().encode(), 10)
     return (adapter or TypeAdapter(ReminderState)).validate_json(msg.data)
-
-
-async def eventually(check, timeout: float = 15.0, what: str = "condition"):
-    """Poll an async check until it returns a truthy value."""
-    deadline = time.monotonic() + timeout
-    while not (result := await check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
-    return result
 
 
 async def alarms_settled(nc, kind: str) -> bool:

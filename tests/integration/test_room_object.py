@@ -24,7 +24,8 @@ from contracts.room import (
 )
 from contracts.subjects import ROOM, command_subject, event_stream, event_subject, out_subject
 from services.runtime.eventstore import ObjectEventStore
-from tests.conftest import hosted, wait_for
+from tests.conftest import hosted
+from tests.support import eventually
 
 pytestmark = pytest.mark.nats
 
@@ -74,7 +75,7 @@ async def test_a_message_is_durable_before_anyone_hears_of_it(room_host, nc, roo
     assert isinstance(joined, Accepted) and isinstance(posted, Accepted)
     assert posted.message.name == "alice" and posted.message.message == "hello"
 
-    await wait_for(lambda: len(heard) == 2, what="two broadcasts")
+    await eventually(lambda: len(heard) == 2, what="two broadcasts")
     commits = await stream_commits(nc, room_name)
     assert [c["events"] for c in commits] == [["Created", "MemberJoined"], ["MessagePosted"]]
     assert heard[1][0]["message"]["id"] == posted.message.id
@@ -131,7 +132,7 @@ async def test_a_stale_copy_is_refused_and_nothing_is_broadcast(room_host, nc, r
     assert state.members == ["alice", "mallory"]
     assert [m.message for m in state.messages] == []
     await ask(nc, room_name, PostMessage(session_id="s1", text="again"))
-    await wait_for(lambda: len(broadcasts) == 2, what="two broadcasts")
+    await eventually(lambda: len(broadcasts) == 2, what="two broadcasts")
     # On reload the host says the last stored commit again (its owner may have died before
     # broadcasting it), then the new message; the refused one is never heard of.
     updates = [room_update.validate_json(b) for b in broadcasts]
@@ -147,7 +148,7 @@ async def test_an_idle_room_hibernates_and_wakes_with_the_same_state(nats_server
         before = await ask(nc, room_name, GetRoom())
         assert room_name in host.resident()
 
-        await wait_for(lambda: room_name not in host.resident(), what="eviction")
+        await eventually(lambda: room_name not in host.resident(), what="eviction")
 
         after = await ask(nc, room_name, GetRoom())
         assert after == before
@@ -238,7 +239,7 @@ async def test_a_woken_room_is_rebuilt_from_its_snapshot_and_the_tail(nats_serve
         assert len(await store.read(room_name, after=covered)) < 5
 
         # Evicted and woken: the same state as never evicting.
-        await wait_for(lambda: room_name not in host.resident(), what="eviction")
+        await eventually(lambda: room_name not in host.resident(), what="eviction")
         assert await ask(nc, room_name, GetRoom()) == before
         loaded = await store.load(room_name)
         assert [ChatMessage(**m) for m in loaded.aggregate.messages] == before.messages
