@@ -78,3 +78,9 @@ class ObjectClient(Generic[R]):
             return ErrorReply(
                 code=ErrorCode.INTERNAL, message=f"The {self.kind} replied outside its contract."
             )
+
+
+def client_for(kind: str, replies: TypeAdapter) -> type[ObjectClient]:
+    """A client class for a kind declared at run time (tests); a service's kinds each have
+    a class of their own in their contract module."""
+    return type(f"{kind.title()}Client", (ObjectClient,), {"kind": kind, "replies": replies})

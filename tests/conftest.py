@@ -4,7 +4,6 @@ processes."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -144,12 +143,3 @@ def gemini() -> Iterator[FakeGemini]:
 def gemini_env(fake: FakeGemini) -> dict[str, str]:
     """What points a system's context service at `fake` instead of Google."""
     return {"GEMINI_API_KEY": "test-key", "DURACHAT_GEMINI_BASE_URL": fake.base_url}
-
-
-async def wait_for(predicate, timeout: float = 5.0, what: str = "condition") -> None:
-    """Wait until `predicate()` is true, yielding to the loop between checks."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)

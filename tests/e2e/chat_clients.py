@@ -53,3 +53,13 @@ class ChatClient:
 
     async def close(self) -> None:
         await self.ws.close()
+
+
+async def joined(system, room: str, *names: str) -> list[ChatClient]:
+    """A client for each of `names` in `room` of `system`, each joined (ready) in turn."""
+    clients = []
+    for name in names:
+        client = await ChatClient.connect(system.ws_url, room)
+        await client.join(name)
+        clients.append(client)
+    return clients

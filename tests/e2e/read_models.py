@@ -1,9 +1,16 @@
-"""Reading the read store's tables for comparisons in tests."""
+"""The read store in tests: its tables read for comparisons, and commits it must set aside."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import uuid
 from pathlib import Path
+
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+
+from contracts.subjects import ROOM, event_subject
 
 # The projected tables, each with the order that makes two stores comparable row for row.
 TABLES = {
@@ -25,3 +32,15 @@ def rows(db: Path, table: str) -> list[tuple]:
     finally:
         conn.close()
     return [r[:-1] for r in found] if table == "dead_letters" else found
+
+
+async def publish_unreadable_commits(js: JetStreamContext, room: str) -> tuple[PubAck, PubAck]:
+    """Two commits on `room`'s event subject that the projector must dead-letter: one that is
+    not JSON, then one holding an event no room knows. Their acks, in that order."""
+    subject = event_subject(ROOM, room)
+    garbage = await js.publish(subject, b"not json")
+    unknown = await js.publish(subject, json.dumps({
+        "id": str(uuid.uuid4()),
+        "events": [["services.room.domainmodel:Room.Teleported", 1, "{}"]],
+    }).encode())
+    return garbage, unknown

@@ -4,11 +4,8 @@ server that speaks the Gemini REST API (tests/fakes/gemini.py)."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Iterator
 
@@ -16,9 +13,10 @@ import pytest
 
 from contracts.room import INCOMPLETE_MARK
 from services.localsystem import LocalSystem
-from tests.conftest import PARTITIONS, gemini_env, running, wait_for
-from tests.e2e.chat_clients import ChatClient
+from tests.conftest import PARTITIONS, gemini_env, running
+from tests.e2e.chat_clients import ChatClient, joined
 from tests.fakes.gemini import Block, Cut, Fail, Held, Reply
+from tests.support import eventually, http
 
 pytestmark = pytest.mark.e2e
 
@@ -69,28 +67,6 @@ def streamed_text(frames: list[dict], reply_id: str) -> str:
             assert ai["offset"] == len(text), f"chunk at {ai['offset']}, have {len(text)}"
             text += ai["text"]
     return text
-
-
-async def joined(system: LocalSystem, room: str, *names: str) -> list[ChatClient]:
-    clients = []
-    for name in names:
-        client = await ChatClient.connect(system.ws_url, room)
-        await client.join(name)
-        clients.append(client)
-    return clients
-
-
-def http_json(system, method: str, path: str, body=None, headers=None) -> tuple[int, dict]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        system.base_url + path, data=data, method=method,
-        headers={"content-type": "application/json", **(headers or {})},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
 
 
 async def test_three_members_see_the_same_chunks_in_order_and_the_same_final_text(ai_system, gemini):
@@ -219,11 +195,11 @@ async def test_context_settings_shape_the_request_and_exchanges_join_the_window(
         "model": "gemini-test-model", "temperature": 0.25,
         "system_prompt": "Answer like a pirate.", "language": "fr",
     }
-    status, view = http_json(ai_system, "PUT", path, settings)
-    assert status == 200 and view["settings"] == settings
-    assert http_json(ai_system, "PUT", path, {"temperature": 9})[0] == 422
-    assert http_json(ai_system, "PUT", path, {"colour": "red"})[0] == 422
-    assert http_json(ai_system, "GET", "/api/users/alice/context")[0] == 401
+    saved = http(ai_system, "PUT", path, json=settings)
+    assert saved.status_code == 200 and saved.json()["settings"] == settings
+    assert http(ai_system, "PUT", path, json={"temperature": 9}).status_code == 422
+    assert http(ai_system, "PUT", path, json={"colour": "red"}).status_code == 422
+    assert http(ai_system, "GET", "/api/users/alice/context").status_code == 401
 
     (dora,) = await joined(ai_system, room, "dora")
     gemini.script(Reply(["Arr, ", "bonjour."]), Reply(["Encore."]))
@@ -241,8 +217,9 @@ async def test_context_settings_shape_the_request_and_exchanges_join_the_window(
     assert second.turns[:2] == [("user", "say hello"), ("model", "Arr, bonjour.")]
     # ... and not a second time among the room's recent messages.
     assert "bonjour" not in second.turns[-1][1] and "say hello" not in second.turns[-1][1]
-    status, view = http_json(ai_system, "GET", path)
-    assert status == 200
+    response = http(ai_system, "GET", path)
+    assert response.status_code == 200
+    view = response.json()
     assert [(e["question"], e["answer"]) for e in view["exchanges"]] == [
         ("say hello", "Arr, bonjour."), ("again", "Encore."),
     ]
@@ -265,7 +242,7 @@ async def test_ai_replies_reach_the_read_store_as_messages(ai_system, gemini):
             (room,),
         )
 
-    await wait_for(lambda: len(rows()) >= 4, timeout=10, what="projected rows")
+    await eventually(lambda: len(rows()) >= 4, timeout=10, what="projected rows")
     got = rows()
     assert ("AI", "stored reply", "ai") in got and final["message"] == "stored reply"
     assert [r[2] for r in got] == ["user", "ai", "user", "system"]

@@ -3,30 +3,20 @@ processes, real WebSocket clients."""
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 import uuid
 
 import pytest
 import websockets
 
 from contracts.keys import is_private_room_id
-from tests.e2e.chat_clients import ChatClient
+from tests.e2e.chat_clients import ChatClient, joined
+from tests.support import http
 
 pytestmark = pytest.mark.e2e
 
 
 def new_room() -> str:
     return f"e2e-{uuid.uuid4().hex[:10]}"
-
-
-def http(system, method: str, path: str) -> tuple[int, str, str]:
-    request = urllib.request.Request(system.base_url + path, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, response.headers.get("content-type", ""), response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers.get("content-type", ""), error.read().decode()
 
 
 async def test_two_clients_chat(system):
@@ -60,8 +50,7 @@ async def test_two_clients_chat(system):
 
 async def test_a_newcomer_gets_who_is_here_and_the_last_100_messages(system):
     room = new_room()
-    alice = await ChatClient.connect(system.ws_url, room)
-    await alice.join("alice")
+    (alice,) = await joined(system, room, "alice")
     for i in range(105):
         await alice.send({"message": f"m{i}"})
     await alice.recv_until(lambda f: f.get("message") == "m104")
@@ -79,8 +68,7 @@ async def test_a_newcomer_gets_who_is_here_and_the_last_100_messages(system):
 
 async def test_bad_frames_get_clear_errors_and_change_nothing(system):
     room = new_room()
-    alice = await ChatClient.connect(system.ws_url, room)
-    await alice.join("alice")
+    (alice,) = await joined(system, room, "alice")
     bad = [
         ("not json", "Frame is not valid JSON."),
         (b"\x00\x01", "Binary frames are not supported; send JSON text frames."),
@@ -116,13 +104,18 @@ async def test_an_overlong_name_is_refused_and_the_socket_closed_with_1009(syste
 
 async def test_http_routes_speak_the_demo_protocol(system):
     # A private room id is 64 hex as plain text.
-    status, content_type, body = http(system, "POST", "/api/room")
-    assert status == 200 and content_type.startswith("text/plain") and is_private_room_id(body)
+    created = http(system, "POST", "/api/room")
+    assert created.status_code == 200 and created.headers["content-type"].startswith("text/plain")
+    assert is_private_room_id(created.text)
 
     # The websocket path refuses plain HTTP, and names over 32 chars.
-    assert http(system, "GET", "/api/room/lobby/websocket")[::2] == (400, "expected websocket")
-    assert http(system, "GET", f"/api/room/{'x' * 33}/websocket")[::2] == (404, "Name too long")
-    assert http(system, "GET", "/api/nothing-here")[::2] == (404, "Not found")
+    def answer(path: str) -> tuple[int, str]:
+        response = http(system, "GET", path)
+        return response.status_code, response.text
+
+    assert answer("/api/room/lobby/websocket") == (400, "expected websocket")
+    assert answer(f"/api/room/{'x' * 33}/websocket") == (404, "Name too long")
+    assert answer("/api/nothing-here") == (404, "Not found")
     with pytest.raises(websockets.InvalidStatus) as refused:
         await websockets.connect(f"{system.ws_url}/api/room/{'x' * 33}/websocket")
     assert refused.value.response.status_code == 404
@@ -136,11 +129,8 @@ async def test_private_rooms_are_reachable_only_once_created(system):
         await stranger.recv()
 
     # A created one works like any room.
-    room = http(system, "POST", "/api/room")[2]
-    alice = await ChatClient.connect(system.ws_url, room)
-    bob = await ChatClient.connect(system.ws_url, room)
-    await alice.join("alice")
-    await bob.join("bob")
+    room = http(system, "POST", "/api/room").text
+    alice, bob = await joined(system, room, "alice", "bob")
     await alice.send({"message": "psst"})
     assert (await bob.recv_until(lambda f: "message" in f))[-1]["message"] == "psst"
     await alice.close()
@@ -149,8 +139,7 @@ async def test_private_rooms_are_reachable_only_once_created(system):
 
 async def test_sockets_survive_a_crash_of_the_room_service(system):
     room = new_room()
-    alice = await ChatClient.connect(system.ws_url, room)
-    await alice.join("alice")
+    (alice,) = await joined(system, room, "alice")
     await alice.send({"message": "before"})
     await alice.recv_until(lambda f: f.get("message") == "before")
 
@@ -234,10 +223,7 @@ async def test_the_first_socket_into_a_cold_room_sees_its_history_once(system):
 
 async def test_invalid_utf8_closes_only_that_socket_with_1007(system):
     room = new_room()
-    bob = await ChatClient.connect(system.ws_url, room)
-    await bob.join("bob")
-    mallory = await ChatClient.connect(system.ws_url, room)
-    await mallory.join("mallory")
+    bob, mallory = await joined(system, room, "bob", "mallory")
     # A text frame that is not UTF-8: the WebSocket protocol itself refuses it (1007).
     async with mallory.ws.send_context():
         mallory.ws.protocol.send_text(b"\xff\xfe{")

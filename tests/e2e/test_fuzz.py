@@ -32,6 +32,7 @@ from contracts.keys import is_private_room_id
 from contracts.room import HISTORY_LENGTH, MAX_MESSAGE_LENGTH, MAX_NAME_LENGTH
 from services.gateway.settings import GatewaySettings
 from tests.e2e.chat_clients import ChatClient
+from tests.support import eventually, eventually_blocking, gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -316,7 +317,8 @@ def check_the_system(system, log_offset: int, anomalies: Anomalies) -> None:
     if not system.alive():
         anomalies.add("a service process died", system.logs())
     try:
-        health = httpx.get(system.base_url + "/healthz", timeout=5).status_code
+        with gateway(system) as client:
+            health = client.get("/healthz").status_code
     except httpx.HTTPError as exc:
         health = repr(exc)
     if health != 200:
@@ -525,25 +527,28 @@ async def websocket_fuzz_story(
     await wb.close()
 
     # ... nor reached the read store: its pages hold exactly the accepted messages.
-    async with httpx.AsyncClient(base_url=system.base_url, timeout=10) as http:
-        deadline = time.monotonic() + 20
+    try:
+        await eventually(lambda: stored_messages(system, room) == said, 20, "the read store")
+    except AssertionError:
+        stored = stored_messages(system, room)
+        anomalies.add("the read store's messages", first_difference(stored, said))
+
+
+def stored_messages(system, room: str) -> list[tuple[str, str]]:
+    """(author, text) of the room's messages, oldest first, from the read store's pages (as
+    many as it answers)."""
+    stored, cursor = [], None
+    with gateway(system) as client:
         while True:
-            stored, cursor = [], None
-            while True:
-                params = {"order": "oldest", "limit": 200} | ({"cursor": cursor} if cursor else {})
-                response = await http.get(f"/api/rooms/{room}/messages", params=params)
-                if response.status_code != 200:
-                    break
-                page = response.json()
-                stored += [(m["author"], m["text"]) for m in page["messages"]]
-                cursor = page["next_cursor"]
-                if not cursor:
-                    break
-            if stored == said or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.2)
-        if stored != said:
-            anomalies.add("the read store's messages", first_difference(stored, said))
+            params = {"order": "oldest", "limit": 200} | ({"cursor": cursor} if cursor else {})
+            response = client.get(f"/api/rooms/{room}/messages", params=params)
+            if response.status_code != 200:
+                return stored
+            page = response.json()
+            stored += [(m["author"], m["text"]) for m in page["messages"]]
+            cursor = page["next_cursor"]
+            if not cursor:
+                return stored
 
 
 async def cancel_all_tasks() -> None:
@@ -728,18 +733,11 @@ def chat_in(system, room: str, name: str, texts: list[str]) -> None:
                 pass
 
 
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_http_api_fuzz(system):
     log_offset = system.gateway.log_path.stat().st_size
     # The read store exists (the projector creates it), so its endpoints need not say 503.
-    wait_until(lambda: Path(system.read_db).exists(), 30, "the read store")
-    http = httpx.Client(base_url=system.base_url, timeout=10)
+    eventually_blocking(lambda: Path(system.read_db).exists(), 30, "the read store")
+    http = gateway(system)
 
     # The paths come from the OpenAPI schema.
     paths = sorted(http.get("/openapi.json").json()["paths"])
@@ -756,7 +754,7 @@ def test_http_api_fuzz(system):
     for room in private:
         chat_in(system, room, "bob", ["psst"])
     for room in [*public, *private]:
-        wait_until(lambda: http.get(f"/api/rooms/{room}").status_code == 200, 20, room)
+        eventually_blocking(lambda: http.get(f"/api/rooms/{room}").status_code == 200, 20, room)
     cursors = [http.get(f"/api/rooms/{room}/messages", params={"limit": 2}).json()["next_cursor"]
                for room in public]
 
@@ -807,7 +805,9 @@ def test_http_api_fuzz(system):
 
     # Afterwards, once the read store has every private room (the last one created is the
     # most recently active room of all): the public rooms are listed and none of the private.
-    wait_until(lambda: http.get(f"/api/rooms/{newest}").status_code == 200, 20, "projection")
+    eventually_blocking(
+        lambda: http.get(f"/api/rooms/{newest}").status_code == 200, 20, "projection"
+    )
     listed = {room["name"] for room in http.get("/api/rooms?limit=200").json()["rooms"]}
     if not set(public) <= listed or listed & private:
         anomalies.add("the final listing", f"{listed}: public {public}, private {private}")

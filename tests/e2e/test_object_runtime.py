@@ -19,8 +19,8 @@ from contracts.keys import subject_token
 from services.localsystem import LocalSystem, ServiceProcess
 from services.runtime.eventstore import ObjectEventStore
 from services.runtime.leases import partition_owners
-from tests.conftest import wait_for
-from tests.e2e.chat_clients import ChatClient
+from tests.e2e.chat_clients import ChatClient, joined
+from tests.support import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -56,14 +56,17 @@ def replica_process(system: LocalSystem, replica_id: str) -> ServiceProcess:
 
 async def wait_spread(nc: nats.NATS, replicas: int, timeout: float = 20) -> collections.Counter:
     """Wait until all 16 partitions are leased, evenly, by exactly `replicas` replicas."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
+    counts: collections.Counter = collections.Counter()
+
+    async def spread() -> collections.Counter | None:
+        nonlocal counts
         counts = collections.Counter((await partition_owners(nc, ROOM)).values())
         if sum(counts.values()) == 16 and len(counts) == replicas:
             if max(counts.values()) - min(counts.values()) <= 1:
                 return counts
-        assert asyncio.get_running_loop().time() < deadline, f"spread stuck at {counts}"
-        await asyncio.sleep(0.05)
+        return None
+
+    return await eventually(spread, timeout, lambda: f"an even spread, stuck at {counts}")
 
 
 async def stored_messages(nc: nats.NATS, room: str) -> list[str]:
@@ -88,11 +91,7 @@ class Chatter:
 
     @classmethod
     async def join(cls, system: LocalSystem, room: str, count: int) -> Chatter:
-        clients = []
-        for i in range(count):
-            client = await ChatClient.connect(system.ws_url, room)
-            await client.join(f"c{i}")
-            clients.append(client)
+        clients = await joined(system, room, *(f"c{i}" for i in range(count)))
         # Everyone has seen everyone join before the first message.
         for client in clients:
             while sum(1 for f in client.frames if "joined" in f) < count:
@@ -145,13 +144,13 @@ async def test_kill_9_of_the_owner_loses_no_acknowledged_message(cluster):
     chatter.start()
 
     # Traffic flows; then the replica owning the room's partition is killed outright.
-    await wait_for(lambda: chatter.total() >= 30, timeout=15, what="30 messages")
+    await eventually(lambda: chatter.total() >= 30, timeout=15, what="30 messages")
     owner = (await partition_owners(nc, ROOM))[partition]
     replica_process(cluster, owner).kill()
     killed_at = chatter.total()
 
     # The other replica takes the partition within the lease TTL and traffic goes on.
-    await wait_for(lambda: chatter.total() >= killed_at + 30, timeout=20, what="30 more")
+    await eventually(lambda: chatter.total() >= killed_at + 30, timeout=20, what="30 more")
     await chatter.stop()
     survivor = (await partition_owners(nc, ROOM))[partition]
     assert survivor != owner
@@ -167,8 +166,7 @@ async def test_a_paused_owner_cannot_write_after_its_lease_lapsed(cluster):
     room = f"stale-{uuid.uuid4().hex[:8]}"
     nc = await nats.connect(cluster.nats.url)
     await wait_spread(nc, 2)
-    alice = await ChatClient.connect(cluster.ws_url, room)
-    await alice.join("alice")
+    (alice,) = await joined(cluster, room, "alice")
     assert (await alice.say("before"))["message"] == "before"
     partition = await partition_of(nc, room)
     owner = (await partition_owners(nc, ROOM))[partition]
@@ -182,16 +180,13 @@ async def test_a_paused_owner_cannot_write_after_its_lease_lapsed(cluster):
     async def moved() -> bool:
         return (await partition_owners(nc, ROOM)).get(partition) not in (None, owner)
 
-    deadline = asyncio.get_running_loop().time() + 15
-    while not await moved():
-        assert asyncio.get_running_loop().time() < deadline, "the partition did not move"
-        await asyncio.sleep(0.1)
+    await eventually(moved, 15, "the partition to move")
     await alice.recv_until(lambda f: f.get("message") == "sent to a paused owner", timeout=15)
     assert (await alice.say("after takeover"))["message"] == "after takeover"
 
     # Resume the ex-owner: the command it still holds is refused, not written, and it steps down.
     os.kill(paused.pid, signal.SIGCONT)
-    await wait_for(
+    await eventually(
         lambda: "stepping down" in paused.log_path.read_text(), timeout=10, what="step down"
     )
     assert (await alice.say("later"))["message"] == "later"
@@ -216,14 +211,14 @@ async def test_scaling_1_to_3_and_back_moves_partitions_and_loses_nothing(tmp_pa
         system.start_room()
         assert sorted((await wait_spread(nc, 3)).values()) == [5, 5, 6]
         before = chatter.total()
-        await wait_for(lambda: chatter.total() >= before + 20, timeout=15, what="traffic on 3")
+        await eventually(lambda: chatter.total() >= before + 20, timeout=15, what="traffic on 3")
 
         # Two leave cleanly (SIGTERM): their partitions move at once to the one left.
         for room_process in system.rooms[1:]:
             assert room_process.stop() == 0
         assert list((await wait_spread(nc, 1)).values()) == [16]
         before = chatter.total()
-        await wait_for(lambda: chatter.total() >= before + 20, timeout=15, what="traffic on 1")
+        await eventually(lambda: chatter.total() >= before + 20, timeout=15, what="traffic on 1")
 
         await chatter.stop()
         await chatter.check(nc, room)

@@ -4,22 +4,19 @@ store ends equal, row for row, to a fresh replay. Dead letters; the query API.""
 from __future__ import annotations
 
 import asyncio
-import json
-import urllib.request
 import uuid
 
 import nats
 import pytest
 
-from contracts.keys import subject_token
-from contracts.room import JoinRoom, PostMessage
+from contracts.room import JoinRoom, PostMessage, RoomClient
 from contracts.subjects import ROOM, command_subject, event_stream
 from services.localsystem import LocalSystem
 from services.projector.main import Projector
 from services.readstore.projection import position
 from services.readstore.store import open_read_store
-from tests.conftest import wait_for
-from tests.e2e.read_models import TABLES, rows
+from tests.e2e.read_models import TABLES, publish_unreadable_commits, rows
+from tests.support import eventually, http
 
 pytestmark = pytest.mark.e2e
 
@@ -52,8 +49,10 @@ async def chat(nc, rooms: int, messages: int) -> None:
     """Post `messages` into `rooms` rooms through the room service, many at once."""
     names = [f"proj-{uuid.uuid4().hex[:6]}-{i}" for i in range(rooms)]
 
+    rooms = RoomClient(nc, timeout=10)
+
     async def ask(room, command):
-        await nc.request(command_subject(ROOM, room), command.model_dump_json().encode(), 10)
+        await rooms.send(room, command)
 
     await asyncio.gather(*(ask(r, JoinRoom(session_id="s", name=f"m-{r}")) for r in names))
     for start in range(0, messages, 200):
@@ -79,7 +78,7 @@ async def test_kill_9_mid_batch_many_times_ends_equal_to_a_fresh_replay(system, 
     kills = 0
     while not flow.done():
         reached = projected_to(system.read_db) if system.read_db.exists() else 0
-        await wait_for(
+        await eventually(
             lambda: flow.done()
             or (system.read_db.exists() and projected_to(system.read_db) > reached),
             timeout=20, what="the projector to move on",
@@ -92,7 +91,7 @@ async def test_kill_9_mid_batch_many_times_ends_equal_to_a_fresh_replay(system, 
 
     # It catches up, and its store is row for row what a fresh replay gives.
     target = await last_sequence(nc)
-    await wait_for(lambda: projected_to(system.read_db) == target, timeout=30, what="catch-up")
+    await eventually(lambda: projected_to(system.read_db) == target, timeout=30, what="catch-up")
     fresh = tmp_path / "fresh.db"
     await replay_into(nc, fresh)
     for table in TABLES:
@@ -105,16 +104,11 @@ async def test_bad_events_are_dead_lettered_and_the_projector_moves_on(system):
     nc = await nats.connect(system.nats.url)
     js = nc.jetstream()
     await chat(nc, rooms=1, messages=1)  # creates the stream and a room
-    subject = f"evt.{ROOM}.{subject_token('poisoned')}"
-    garbage = await js.publish(subject, b"not json")
-    unknown = await js.publish(subject, json.dumps({
-        "id": str(uuid.uuid4()),
-        "events": [["services.room.domainmodel:Room.Teleported", 1, "{}"]],
-    }).encode())
+    garbage, unknown = await publish_unreadable_commits(js, "poisoned")
     await chat(nc, rooms=1, messages=1)  # and a good one after them
 
     target = await last_sequence(nc)
-    await wait_for(lambda: projected_to(system.read_db) == target, timeout=15, what="catch-up")
+    await eventually(lambda: projected_to(system.read_db) == target, timeout=15, what="catch-up")
     letters = rows(system.read_db, "dead_letters")
     assert [(r[1], r[2]) for r in letters] == [(garbage.seq, -1), (unknown.seq, 0)]
     assert "not a stored commit" in letters[0][4]
@@ -124,26 +118,25 @@ async def test_bad_events_are_dead_lettered_and_the_projector_moves_on(system):
 
 
 def get(system, path: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(system.base_url + path, timeout=5) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
+    response = http(system, "GET", path)
+    return response.status_code, response.json()
 
 
 async def test_the_query_api_pages_through_a_room(system):
     nc = await nats.connect(system.nats.url)
     room = "paged"
 
+    rooms = RoomClient(nc, timeout=10)
+
     async def ask(command):
-        await nc.request(command_subject(ROOM, room), command.model_dump_json().encode(), 10)
+        await rooms.send(room, command)
 
     await ask(JoinRoom(session_id="s", name="alice"))
     for i in range(25):
         await ask(PostMessage(session_id="s", text=f"m{i}"))
-    private = urllib.request.urlopen(urllib.request.Request(system.base_url + "/api/room", method="POST")).read().decode()
+    private = http(system, "POST", "/api/room").text
     target = await last_sequence(nc)
-    await wait_for(lambda: projected_to(system.read_db) == target, timeout=15, what="catch-up")
+    await eventually(lambda: projected_to(system.read_db) == target, timeout=15, what="catch-up")
 
     # The room list has the public room and never the private one.
     status, listing = get(system, "/api/rooms")

@@ -4,7 +4,6 @@ X-Forwarded-For believed only from a trusted proxy."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 
@@ -13,8 +12,8 @@ import websockets
 
 from contracts.ratelimit import RATE_LIMITED
 from services.localsystem import LocalSystem
-from tests.conftest import wait_for
 from tests.e2e.chat_clients import ChatClient
+from tests.support import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -61,7 +60,7 @@ async def test_a_burst_passes_then_the_demo_refusal_frame(limited):
 
     # After one interval, one more frame passes.
     started = time.monotonic()
-    await wait_for(lambda: time.monotonic() - started > INTERVAL, what="one interval")
+    await eventually(lambda: time.monotonic() - started > INTERVAL, what="one interval")
     assert (await client.say("later"))["message"] == "later"
     await client.close()
 
@@ -94,16 +93,9 @@ async def test_too_many_sockets_from_one_address_are_refused(limited):
             return True
         except websockets.InvalidStatus:
             return False
-    await wait_until_async(reconnect)
+    await eventually(reconnect, 10, "a socket to be let in again")
     for client in held:
         await client.close()
-
-
-async def wait_until_async(check, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
 
 
 async def test_with_the_ratelimit_service_down_the_gateway_limits_locally(limited):

@@ -17,13 +17,12 @@ from pathlib import Path
 import nats
 import pytest
 
-from contracts.keys import subject_token
-from contracts.subjects import ROOM, event_stream
+from contracts.subjects import ROOM, event_stream, event_subject
 from services.runtime.eventstore import ObjectEventStore
 from services.runtime.natsserver import free_port
-from tests.conftest import wait_for
-from tests.e2e.read_models import TABLES, rows
-from tests.e2e.chat_clients import ChatClient
+from tests.e2e.read_models import TABLES, publish_unreadable_commits, rows
+from tests.e2e.chat_clients import ChatClient, joined
+from tests.support import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -77,13 +76,12 @@ async def caught_up(system) -> int:
         assert system.projector.alive(), f"the projector exited:\n{system.logs()}"
         return projected_to(system.read_db) == target
 
-    await wait_for(done, timeout=15, what=f"the projector to reach {target}")
+    await eventually(done, timeout=15, what=f"the projector to reach {target}")
     return target
 
 
 async def chat(system, room: str, name: str, *texts: str) -> ChatClient:
-    client = await ChatClient.connect(system.ws_url, room)
-    await client.join(name)
+    (client,) = await joined(system, room, name)
     for text in texts:
         assert (await client.say(text))["message"] == text
     return client
@@ -96,12 +94,11 @@ async def leave(system, room: str, *clients: ChatClient, staying: tuple[str, ...
         await client.close()
     nc = await nats.connect(system.nats.url)
     store = ObjectEventStore(nc, ROOM)
+    async def left() -> bool:
+        return tuple((await store.load(room)).aggregate.members.values()) == staying
+
     try:
-        for _ in range(200):
-            if tuple((await store.load(room)).aggregate.members.values()) == staying:
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"the members of {room} did not leave")
+        await eventually(left, what=f"the members of {room} to leave")
     finally:
         await nc.close()
 
@@ -266,12 +263,12 @@ async def test_check_and_rebuild_room_keep_ai_usage_exact(system):
     created = ("Created", {"private": False})
     nc = await nats.connect(system.nats.url)
     js = nc.jetstream()
-    await js.publish(f"evt.{ROOM}.{subject_token(lobby)}", stored_commit(
+    await js.publish(event_subject(ROOM, lobby), stored_commit(
         lobby, 1, (created[0], {**created[1], "name": lobby}),
         ("AiReplyChunk", {"reply_id": "r1", "offset": 0, "text": "hi"}),
         ("AiReplyCompleted", {"reply_id": "r1", "user_id": user, "text": "hi", "posted_at": at,
                               "prompt_tokens": 10, "output_tokens": 1})))
-    await js.publish(f"evt.{ROOM}.{subject_token(den)}", stored_commit(
+    await js.publish(event_subject(ROOM, den), stored_commit(
         den, 1, (created[0], {**created[1], "name": den}),
         ("AiReplyCompleted", {"reply_id": "r2", "user_id": user, "text": "yo",
                               "posted_at": at + 1, "prompt_tokens": 20, "output_tokens": 2}),
@@ -309,12 +306,8 @@ async def test_check_and_rebuild_room_keep_ai_usage_exact(system):
 async def test_check_lists_dead_letters(system):
     nc = await nats.connect(system.nats.url)
     js = nc.jetstream()
-    subject = f"evt.{ROOM}.{subject_token('poisoned room')}"
-    garbage = await js.publish(subject, b"not json")
-    unknown = await js.publish(subject, json.dumps({
-        "id": str(uuid.uuid4()),
-        "events": [["services.room.domainmodel:Room.Teleported", 1, "{}"]],
-    }).encode())
+    garbage, unknown = await publish_unreadable_commits(js, "poisoned room")
+    subject = event_subject(ROOM, "poisoned room")
     await nc.close()
     await caught_up(system)
 

@@ -18,7 +18,8 @@ from contracts.subjects import ROOM, command_subject, out_subject
 from services.context.main import SERVICE as CONTEXT_SERVICE
 from services.ratelimit.main import SERVICE as RATELIMIT_SERVICE
 from services.room.main import SERVICE as ROOM_SERVICE
-from tests.conftest import hosted, wait_for
+from tests.conftest import hosted
+from tests.support import eventually
 from tests.fakes.gemini import FakeGemini, Held, Reply, count_tokens
 
 pytestmark = pytest.mark.nats
@@ -96,9 +97,9 @@ async def test_a_question_over_quota_is_refused_before_the_provider_is_called(na
         calls = len([r for r in gemini.requests if r.kind == "stream"])
         gemini.script(Reply(["allowed"]))
         await room.say("@ai first", user_id=user)
-        await wait_for(lambda: any(u.message.kind == "ai" for u in room.of("message")), 10)
+        await eventually(lambda: any(u.message.kind == "ai" for u in room.of("message")), 10)
         await room.say("@ai second", user_id=user)
-        await wait_for(lambda: room.of("ai_failed"), 10, "the refusal")
+        await eventually(lambda: room.of("ai_failed"), 10, "the refusal")
         assert room.of("ai_failed")[0].reason == "quota"
         assert "quota" in room.notices()[0].lower()
         assert len([r for r in gemini.requests if r.kind == "stream"]) == calls + 1
@@ -109,7 +110,7 @@ async def test_a_question_nobody_takes_is_closed_by_the_rooms_deadline(nats_serv
         room = await Watcher(nc, new_room()).start()
         await room.say("@ai anyone there?")
         # The alarm's granularity is 1 s and a due alarm may be redelivered: allow some.
-        await wait_for(lambda: room.of("ai_failed"), 15, "the deadline")
+        await eventually(lambda: room.of("ai_failed"), 15, "the deadline")
         assert room.of("ai_failed")[0].reason == "timeout"
         assert "did not start" in room.notices()[0]
         assert room.of("ai_failed")[0].message is None  # nothing was streamed
@@ -126,7 +127,7 @@ async def test_the_window_is_trimmed_to_the_token_budget_with_the_providers_coun
         asked = len(gemini.requests)
         gemini.script(Reply(["ok"]))
         await room.say("@ai summarise please")
-        await wait_for(lambda: any(u.message.kind == "ai" for u in room.of("message")), 10)
+        await eventually(lambda: any(u.message.kind == "ai" for u in room.of("message")), 10)
         requests = gemini.requests[asked:]
         counts = [r for r in requests if r.kind == "count"]
         (stream,) = [r for r in requests if r.kind == "stream"]
@@ -143,9 +144,9 @@ async def test_a_stopping_context_service_fails_its_replies_with_the_text_kept(n
         gemini.script(Held(["kept ", "lost"]))
         await room.say("@ai go")
         gemini.release(1)
-        await wait_for(lambda: room.of("ai_chunk"), 10, "the first chunk")
+        await eventually(lambda: room.of("ai_chunk"), 10, "the first chunk")
         await streamer.stop()
-        await wait_for(lambda: room.of("ai_failed"), 10, "the failure")
+        await eventually(lambda: room.of("ai_failed"), 10, "the failure")
         failed = room.of("ai_failed")[0]
         assert failed.reason == "unavailable"
         assert failed.message.message == "kept " + INCOMPLETE_MARK

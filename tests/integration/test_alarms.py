@@ -4,7 +4,6 @@ while nothing ran. A tiny object kind, a page of code, shows what a service writ
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from contextlib import AsyncExitStack
@@ -16,7 +15,8 @@ from eventsourcing.domain import Aggregate, event
 from pydantic import BaseModel, Field, TypeAdapter
 
 from contracts.common import Command, ErrorCode, ErrorReply
-from contracts.room import Accepted, CreatePrivateRoom, GetRoom, JoinRoom, RoomState, room_reply
+from contracts.client import ObjectClient, client_for
+from contracts.room import Accepted, CreatePrivateRoom, GetRoom, JoinRoom, RoomClient, RoomState
 from contracts.keys import new_private_room_id
 from contracts.subjects import ROOM, command_subject
 from services.room.main import SERVICE as ROOM_SERVICE
@@ -24,6 +24,7 @@ from services.runtime.alarms import alarm_stream
 from services.runtime.kind import DueAlarm, ObjectKind, Outcome
 from services.runtime.service import Hosting, ObjectService, ObjectServiceSettings, ServiceParts
 from tests.conftest import hosted
+from tests.support import ask, eventually
 
 pytestmark = pytest.mark.nats
 
@@ -139,18 +140,8 @@ class Running:
         await self.stack.aclose()
 
 
-async def ask(nc, kind: str, key: str, command, adapter=None):
-    msg = await nc.request(command_subject(kind, key), command.model_dump_json().encode(), 10)
-    return (adapter or TypeAdapter(ReminderState)).validate_json(msg.data)
-
-
-async def eventually(check, timeout: float = 15.0, what: str = "condition"):
-    """Poll an async check until it returns a truthy value."""
-    deadline = time.monotonic() + timeout
-    while not (result := await check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
-    return result
+def reminders(kind: str) -> type[ObjectClient]:
+    return client_for(kind, TypeAdapter(ReminderState))
 
 
 async def alarms_settled(nc, kind: str) -> bool:
@@ -172,20 +163,20 @@ async def test_an_alarm_fires_once_per_set(nats_server, nc, kind):
     running = await Running(nats_server, reminder_service(kind, deps)).start()
     try:
         at = time.time() + 1
-        await ask(nc, kind, "r1", SetAlarm(at=at))
+        await ask(nc, reminders(kind), "r1", SetAlarm(at=at))
         state = await eventually(
             lambda: _fired(nc, kind, "r1"), what="the alarm to fire"
         )
         assert state.fired == [at] and state.alarm_at is None
         await eventually(lambda: alarms_settled(nc, kind), what="no alarm in flight")
-        assert (await ask(nc, kind, "r1", GetReminder())).fired == [at]
+        assert (await ask(nc, reminders(kind), "r1", GetReminder())).fired == [at]
         assert len(deps.attempts) == 1
     finally:
         await running.stop()
 
 
 async def _fired(nc, kind, key):
-    state = await ask(nc, kind, key, GetReminder())
+    state = await ask(nc, reminders(kind), key, GetReminder())
     return state if state.fired else None
 
 
@@ -194,20 +185,20 @@ async def test_a_replaced_or_deleted_alarm_does_not_fire(nats_server, nc, kind):
     try:
         # Replaced: only the newer time fires.
         first, second = time.time() + 1, time.time() + 2
-        await ask(nc, kind, "r1", SetAlarm(at=first))
-        await ask(nc, kind, "r1", SetAlarm(at=second))
+        await ask(nc, reminders(kind), "r1", SetAlarm(at=first))
+        await ask(nc, reminders(kind), "r1", SetAlarm(at=second))
         state = await eventually(lambda: _fired(nc, kind, "r1"), what="the alarm to fire")
         assert state.fired == [second]
 
         # Deleted: the schedule is gone from the server, and nothing fires after its time.
         at = time.time() + 1
-        await ask(nc, kind, "r2", SetAlarm(at=at))
-        await ask(nc, kind, "r2", DeleteAlarm())
+        await ask(nc, reminders(kind), "r2", SetAlarm(at=at))
+        await ask(nc, reminders(kind), "r2", DeleteAlarm())
         info = await nc.jetstream().stream_info(alarm_stream(kind), subjects_filter=f"alarm.{kind}.>")
         assert f"alarm.{kind}.set.r2" not in (info.state.subjects or {})
         await eventually(lambda: _after(at + 1.5), what="the due time to pass")
         await eventually(lambda: alarms_settled(nc, kind), what="no alarm in flight")
-        assert (await ask(nc, kind, "r2", GetReminder())).fired == []
+        assert (await ask(nc, reminders(kind), "r2", GetReminder())).fired == []
     finally:
         await running.stop()
 
@@ -221,7 +212,7 @@ async def test_a_failing_handler_is_retried_with_backoff(nats_server, nc, kind):
     running = await Running(nats_server, reminder_service(kind, behaviour)).start()
     try:
         at = time.time() + 1
-        await ask(nc, kind, "r1", SetAlarm(at=at))
+        await ask(nc, reminders(kind), "r1", SetAlarm(at=at))
         state = await eventually(lambda: _fired(nc, kind, "r1"), timeout=20, what="the retries")
         assert state.fired == [at]
         # Two failures, then success: retried after about 2 s, then about 4 s.
@@ -235,7 +226,7 @@ async def test_a_failing_handler_is_retried_with_backoff(nats_server, nc, kind):
 async def test_an_alarm_due_while_nothing_ran_fires_after_start(nats_server, nc, kind):
     running = await Running(nats_server, reminder_service(kind, ReminderDeps())).start()
     at = time.time() + 1
-    await ask(nc, kind, "r1", SetAlarm(at=at))
+    await ask(nc, reminders(kind), "r1", SetAlarm(at=at))
     await running.stop()
 
     # The due time passes while no replica runs.
@@ -255,16 +246,16 @@ async def test_a_private_room_nobody_joined_expires(nats_server, nc):
     try:
         unused, used = new_private_room_id(), new_private_room_id()
         for room in (unused, used):
-            assert isinstance(await ask(nc, ROOM, room, CreatePrivateRoom(), room_reply), Accepted)
-        await ask(nc, ROOM, used, JoinRoom(session_id="s1", name="alice"), room_reply)
+            assert isinstance(await ask(nc, RoomClient, room, CreatePrivateRoom()), Accepted)
+        await ask(nc, RoomClient, used, JoinRoom(session_id="s1", name="alice"))
 
         async def gone():
-            reply = await ask(nc, ROOM, unused, GetRoom(), room_reply)
+            reply = await ask(nc, RoomClient, unused, GetRoom())
             return isinstance(reply, ErrorReply) and reply.code == ErrorCode.NOT_FOUND
 
         await eventually(gone, what="the unused room to expire")
         await eventually(lambda: alarms_settled(nc, ROOM), what="no alarm in flight")
-        state = await ask(nc, ROOM, used, GetRoom(), room_reply)
+        state = await ask(nc, RoomClient, used, GetRoom())
         assert isinstance(state, RoomState) and state.members == ["alice"]
     finally:
         await running.stop()

@@ -13,7 +13,7 @@ import pytest
 from eventsourcing.domain import Aggregate, event
 from pydantic import Field, TypeAdapter
 
-from contracts.client import ObjectClient
+from contracts.client import ObjectClient, client_for
 from contracts.common import Command, Contract, ErrorCode, ErrorReply
 from contracts.subjects import command_subject
 from services.runtime.eventstore import ObjectEventStore
@@ -93,11 +93,7 @@ def counter_service(name: str, calls: list[str]) -> ObjectService:
 
 
 def client_of(kind: str) -> type[ObjectClient]:
-    class CounterClient(ObjectClient):
-        replies = TypeAdapter(CounterReply)
-
-    CounterClient.kind = kind
-    return CounterClient
+    return client_for(kind, TypeAdapter(CounterReply))
 
 
 @pytest.fixture

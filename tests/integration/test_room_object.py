@@ -18,20 +18,17 @@ from contracts.room import (
     GetRoom,
     JoinRoom,
     PostMessage,
+    RoomClient,
     RoomState,
     room_reply,
     room_update,
 )
 from contracts.subjects import ROOM, command_subject, event_stream, event_subject, out_subject
 from services.runtime.eventstore import ObjectEventStore
-from tests.conftest import hosted, wait_for
+from tests.conftest import hosted
+from tests.support import ask, eventually
 
 pytestmark = pytest.mark.nats
-
-
-async def ask(nc: nats.NATS, room: str, command, timeout: float = 5.0):
-    msg = await nc.request(command_subject(ROOM, room), command.model_dump_json().encode(), timeout)
-    return room_reply.validate_json(msg.data)
 
 
 async def stream_commits(nc: nats.NATS, room: str) -> list[dict]:
@@ -69,12 +66,12 @@ async def test_a_message_is_durable_before_anyone_hears_of_it(room_host, nc, roo
     await nc.subscribe(out_subject(ROOM, room_name), cb=listener)
     await nc.flush()
 
-    joined = await ask(nc, room_name, JoinRoom(session_id="s1", name="alice"))
-    posted = await ask(nc, room_name, PostMessage(session_id="s1", text="hello"))
+    joined = await ask(nc, RoomClient, room_name, JoinRoom(session_id="s1", name="alice"))
+    posted = await ask(nc, RoomClient, room_name, PostMessage(session_id="s1", text="hello"))
     assert isinstance(joined, Accepted) and isinstance(posted, Accepted)
     assert posted.message.name == "alice" and posted.message.message == "hello"
 
-    await wait_for(lambda: len(heard) == 2, what="two broadcasts")
+    await eventually(lambda: len(heard) == 2, what="two broadcasts")
     commits = await stream_commits(nc, room_name)
     assert [c["events"] for c in commits] == [["Created", "MemberJoined"], ["MessagePosted"]]
     assert heard[1][0]["message"]["id"] == posted.message.id
@@ -82,11 +79,11 @@ async def test_a_message_is_durable_before_anyone_hears_of_it(room_host, nc, roo
 
 
 async def test_a_burst_into_one_room_is_group_committed_in_order(room_host, nc, room_name):
-    await ask(nc, room_name, JoinRoom(session_id="s1", name="alice"))
+    await ask(nc, RoomClient, room_name, JoinRoom(session_id="s1", name="alice"))
     # 300 posts sent at once, without waiting for each other's replies.
     texts = [f"m{i}" for i in range(300)]
     replies = await asyncio.gather(
-        *(ask(nc, room_name, PostMessage(session_id="s1", text=t)) for t in texts)
+        *(ask(nc, RoomClient, room_name, PostMessage(session_id="s1", text=t)) for t in texts)
     )
     assert all(isinstance(r, Accepted) for r in replies)
 
@@ -105,7 +102,7 @@ async def test_a_burst_into_one_room_is_group_committed_in_order(room_host, nc, 
 
 
 async def test_a_stale_copy_is_refused_and_nothing_is_broadcast(room_host, nc, room_name):
-    await ask(nc, room_name, JoinRoom(session_id="s1", name="alice"))
+    await ask(nc, RoomClient, room_name, JoinRoom(session_id="s1", name="alice"))
     broadcasts: list[bytes] = []
 
     async def listener(msg):
@@ -122,16 +119,16 @@ async def test_a_stale_copy_is_refused_and_nothing_is_broadcast(room_host, nc, r
     await rogue_store.append(room_name, rogue.collect_events(), expected=last, commit_id="rogue-1")
 
     # The host's append names the sequence it expected: refused, retryable, no broadcast.
-    refused = await ask(nc, room_name, PostMessage(session_id="s1", text="lost?"))
+    refused = await ask(nc, RoomClient, room_name, PostMessage(session_id="s1", text="lost?"))
     assert isinstance(refused, ErrorReply) and refused.code == ErrorCode.CONFLICT
     assert refused.retryable
 
     # The host rebuilt from the stream: the next command sees the other writer's change.
-    state = await ask(nc, room_name, GetRoom())
+    state = await ask(nc, RoomClient, room_name, GetRoom())
     assert state.members == ["alice", "mallory"]
     assert [m.message for m in state.messages] == []
-    await ask(nc, room_name, PostMessage(session_id="s1", text="again"))
-    await wait_for(lambda: len(broadcasts) == 2, what="two broadcasts")
+    await ask(nc, RoomClient, room_name, PostMessage(session_id="s1", text="again"))
+    await eventually(lambda: len(broadcasts) == 2, what="two broadcasts")
     # On reload the host says the last stored commit again (its owner may have died before
     # broadcasting it), then the new message; the refused one is never heard of.
     updates = [room_update.validate_json(b) for b in broadcasts]
@@ -142,36 +139,36 @@ async def test_a_stale_copy_is_refused_and_nothing_is_broadcast(room_host, nc, r
 async def test_an_idle_room_hibernates_and_wakes_with_the_same_state(nats_server, nc, room_name):
     async with hosted(nats_server, idle_after=0.2) as running:
         host = running.host(ROOM)
-        await ask(nc, room_name, JoinRoom(session_id="s1", name="alice"))
+        await ask(nc, RoomClient, room_name, JoinRoom(session_id="s1", name="alice"))
         for i in range(5):
-            await ask(nc, room_name, PostMessage(session_id="s1", text=f"m{i}"))
-        before = await ask(nc, room_name, GetRoom())
+            await ask(nc, RoomClient, room_name, PostMessage(session_id="s1", text=f"m{i}"))
+        before = await ask(nc, RoomClient, room_name, GetRoom())
         assert room_name in host.resident()
 
-        await wait_for(lambda: room_name not in host.resident(), what="eviction")
+        await eventually(lambda: room_name not in host.resident(), what="eviction")
 
-        after = await ask(nc, room_name, GetRoom())
+        after = await ask(nc, RoomClient, room_name, GetRoom())
         assert after == before
-        posted = await ask(nc, room_name, PostMessage(session_id="s1", text="after wake"))
+        posted = await ask(nc, RoomClient, room_name, PostMessage(session_id="s1", text="after wake"))
         assert posted.version == before.version + 1
         assert posted.message.timestamp > before.messages[-1].timestamp
 
 
 async def test_a_restarted_service_rebuilds_rooms_from_their_streams(nats_server, nc, room_name):
     async with hosted(nats_server):
-        await ask(nc, room_name, JoinRoom(session_id="s1", name="alice"))
-        await ask(nc, room_name, PostMessage(session_id="s1", text="remember me"))
+        await ask(nc, RoomClient, room_name, JoinRoom(session_id="s1", name="alice"))
+        await ask(nc, RoomClient, room_name, PostMessage(session_id="s1", text="remember me"))
     async with hosted(nats_server):
-        state = await ask(nc, room_name, GetRoom())
+        state = await ask(nc, RoomClient, room_name, GetRoom())
         assert state.members == ["alice"]
         assert [m.message for m in state.messages] == ["remember me"]
 
 
 async def test_a_full_mailbox_answers_overloaded_at_once(nats_server, nc, room_name):
     async with hosted(nats_server, mailbox_limit=3):
-        await ask(nc, room_name, JoinRoom(session_id="s1", name="alice"))
+        await ask(nc, RoomClient, room_name, JoinRoom(session_id="s1", name="alice"))
         replies = await asyncio.gather(
-            *(ask(nc, room_name, PostMessage(session_id="s1", text=str(i))) for i in range(200))
+            *(ask(nc, RoomClient, room_name, PostMessage(session_id="s1", text=str(i))) for i in range(200))
         )
         overloaded = [r for r in replies if isinstance(r, ErrorReply)]
         accepted = [r for r in replies if isinstance(r, Accepted)]
@@ -202,26 +199,26 @@ async def test_a_message_outside_the_contract_gets_bad_request(room_host, nc, ro
 
 async def test_a_private_room_exists_only_once_created(room_host, nc):
     room = new_private_room_id()
-    missing = await ask(nc, room, GetRoom())
+    missing = await ask(nc, RoomClient, room, GetRoom())
     assert isinstance(missing, ErrorReply) and missing.code == ErrorCode.NOT_FOUND
-    joined = await ask(nc, room, JoinRoom(session_id="s1", name="alice"))
+    joined = await ask(nc, RoomClient, room, JoinRoom(session_id="s1", name="alice"))
     assert isinstance(joined, ErrorReply) and joined.code == ErrorCode.NOT_FOUND
 
-    assert isinstance(await ask(nc, room, CreatePrivateRoom()), Accepted)
-    again = await ask(nc, room, CreatePrivateRoom())
+    assert isinstance(await ask(nc, RoomClient, room, CreatePrivateRoom()), Accepted)
+    again = await ask(nc, RoomClient, room, CreatePrivateRoom())
     assert isinstance(again, ErrorReply) and again.code == ErrorCode.EXISTS
-    state = await ask(nc, room, GetRoom())
+    state = await ask(nc, RoomClient, room, GetRoom())
     assert isinstance(state, RoomState) and state.private and state.members == []
 
 
 async def test_a_retried_post_with_the_same_command_id_is_applied_once(room_host, nc, room_name):
-    await ask(nc, room_name, JoinRoom(session_id="s1", name="alice"))
+    await ask(nc, RoomClient, room_name, JoinRoom(session_id="s1", name="alice"))
     post = PostMessage(session_id="s1", text="only once")
-    first = await ask(nc, room_name, post)
-    retry = await ask(nc, room_name, post)  # e.g. the gateway timed out and sent it again
+    first = await ask(nc, RoomClient, room_name, post)
+    retry = await ask(nc, RoomClient, room_name, post)  # e.g. the gateway timed out and sent it again
     assert isinstance(first, Accepted) and isinstance(retry, Accepted)
     assert first.message is not None and retry.message is None
-    state = await ask(nc, room_name, GetRoom())
+    state = await ask(nc, RoomClient, room_name, GetRoom())
     assert [m.message for m in state.messages] == ["only once"]
 
 
@@ -229,10 +226,10 @@ async def test_a_woken_room_is_rebuilt_from_its_snapshot_and_the_tail(nats_serve
     async with hosted(nats_server, idle_after=0.2, snapshot_every=5) as running:
         host = running.host(ROOM)
         # 1 + 1 + 21 events: snapshots were taken along the way.
-        await ask(nc, room_name, JoinRoom(session_id="s1", name="alice"))
+        await ask(nc, RoomClient, room_name, JoinRoom(session_id="s1", name="alice"))
         for i in range(21):
-            await ask(nc, room_name, PostMessage(session_id="s1", text=f"m{i}"))
-        before = await ask(nc, room_name, GetRoom())
+            await ask(nc, RoomClient, room_name, PostMessage(session_id="s1", text=f"m{i}"))
+        before = await ask(nc, RoomClient, room_name, GetRoom())
 
         store = ObjectEventStore(nc, ROOM)
         snapshot, covered = await store.load_snapshot(room_name)
@@ -240,7 +237,7 @@ async def test_a_woken_room_is_rebuilt_from_its_snapshot_and_the_tail(nats_serve
         assert len(await store.read(room_name, after=covered)) < 5
 
         # Evicted and woken: the same state as never evicting.
-        await wait_for(lambda: room_name not in host.resident(), what="eviction")
-        assert await ask(nc, room_name, GetRoom()) == before
+        await eventually(lambda: room_name not in host.resident(), what="eviction")
+        assert await ask(nc, RoomClient, room_name, GetRoom()) == before
         loaded = await store.load(room_name)
         assert [ChatMessage(**m) for m in loaded.aggregate.messages] == before.messages
