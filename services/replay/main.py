@@ -1,7 +1,8 @@
 """`durachat-replay`: rebuild read models from the event streams, and look at a room's history.
 
-A thin command line over `services.replay.tools`: options in, rich tables and progress bars
-(or JSON) out. An unusable read store or an unreachable NATS is one line and exit code 2.
+A thin command line over the jobs in `services.replay` (`rebuild`, `check`, `history`,
+`transfer`): options in, rich tables and progress bars (or JSON) out. An unusable read
+store or an unreachable NATS is one line and exit code 2.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from contextlib import contextmanager
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -31,9 +32,16 @@ from rich.progress import (
 from rich.table import Table
 
 from contracts.room import HISTORY_LENGTH
-from contracts.subjects import ROOM, event_subject
 from services.readstore.store import ReadStoreError, open_read_store
-from services.replay import tools
+from services.replay import check, history, rebuild, transfer
+from services.replay.roomstream import (
+    ReplayError,
+    connected,
+    display_time,
+    display_time_ms,
+    jsonable,
+    parse_time_ns,
+)
 from services.runtime.eventstore import DirectGetError
 
 app = typer.Typer(
@@ -75,7 +83,7 @@ def run(work: Callable[[], Awaitable[T]]) -> T:
         return asyncio.run(work())
     except ReadStoreError as exc:
         fail(str(exc), 2)
-    except tools.ReplayError as exc:
+    except ReplayError as exc:
         fail(str(exc), exc.exit_code)
     except (nats.errors.Error, nats.js.errors.Error, DirectGetError) as exc:
         fail(f"NATS: {exc or type(exc).__name__}", 2)
@@ -101,24 +109,16 @@ def progress_bar(what: str):
                lambda done: bar.update(task, completed=done))
 
 
-@contextmanager
-def timeout_is_fine():
-    try:
-        yield
-    except nats.errors.TimeoutError:
-        pass
-
-
 def emit_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(tools.jsonable(value), ensure_ascii=False) + "\n")
+    sys.stdout.write(json.dumps(jsonable(value), ensure_ascii=False) + "\n")
     sys.stdout.flush()
 
 
 # --- rebuilding ------------------------------------------------------------------------------
 
 
-@app.command()
-def rebuild(
+@app.command("rebuild")
+def rebuild_command(
     ctx: typer.Context,
     out_path: Annotated[Path | None, typer.Option(
         "--out", metavar="PATH",
@@ -133,10 +133,10 @@ def rebuild(
     """
     opts: Options = ctx.obj
 
-    async def work() -> tools.Replayed:
-        async with tools.connected(opts.nats) as nc:
+    async def work() -> rebuild.Replayed:
+        async with connected(opts.nats) as nc:
             with progress_bar("replaying EVT_ROOM") as (set_total, advance_to):
-                return await tools.rebuild(
+                return await rebuild.rebuild_store(
                     nc, opts.db, out_path, swap=not no_swap, progress=advance_to,
                     started=set_total,
                 )
@@ -148,16 +148,16 @@ def rebuild(
 
 
 @app.command("rebuild-room")
-def rebuild_room(
+def rebuild_room_command(
     ctx: typer.Context, name: Annotated[str, typer.Argument(help="The room's name or id.")]
 ) -> None:
     """Delete one room's rows and re-project its commits, in one transaction."""
     opts: Options = ctx.obj
 
-    async def work() -> tools.RoomRebuilt:
+    async def work() -> rebuild.RoomRebuilt:
         open_read_store(opts.db, create=False).close()  # an unusable store: exit 2 first
-        async with tools.connected(opts.nats) as nc:
-            return await tools.rebuild_room(nc, opts.db, name)
+        async with connected(opts.nats) as nc:
+            return await rebuild.rebuild_room(nc, opts.db, name)
 
     result = run(work)
     deleted = ", ".join(f"{n} {table}" for table, n in result.deleted.items())
@@ -165,8 +165,8 @@ def rebuild_room(
               f" up to sequence {result.position} ({result.dead_letters} dead letters)")
 
 
-@app.command()
-def check(
+@app.command("check")
+def check_command(
     ctx: typer.Context,
     limit: Annotated[int, typer.Option(min=1, help="Differences shown per table.")] = 10,
 ) -> None:
@@ -177,12 +177,12 @@ def check(
     """
     opts: Options = ctx.obj
 
-    async def work() -> tools.CheckResult:
+    async def work() -> check.CheckResult:
         open_read_store(opts.db, readonly=True).close()
-        async with tools.connected(opts.nats) as nc:
+        async with connected(opts.nats) as nc:
             with progress_bar("replaying EVT_ROOM") as (set_total, advance_to):
-                return await tools.check(nc, opts.db, limit, progress=advance_to,
-                                         started=set_total)
+                return await check.check_store(nc, opts.db, limit, progress=advance_to,
+                                               started=set_total)
 
     result = run(work)
     summary = Table(title=f"{opts.db} vs a replay up to sequence {result.position}")
@@ -237,8 +237,8 @@ def check(
 # --- a room's history ------------------------------------------------------------------------
 
 
-@app.command()
-def state(
+@app.command("state")
+def state_command(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="The room's name or id.")],
     seq: Annotated[int | None, typer.Option(
@@ -254,13 +254,13 @@ def state(
     if seq is not None and at is not None:
         raise typer.BadParameter("give --seq or --at, not both")
     try:
-        at_ns = tools.parse_time_ns(at) if at is not None else None
+        at_ns = parse_time_ns(at) if at is not None else None
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--at")
 
-    async def work() -> tools.RoomState:
-        async with tools.connected(opts.nats) as nc:
-            return tools.room_state(name, await tools.room_messages(nc, name), seq, at_ns)
+    async def work() -> history.RoomState:
+        async with connected(opts.nats) as nc:
+            return await history.room_state_as_of(nc, name, seq, at_ns)
 
     result = run(work)
     for skipped in result.skipped:
@@ -274,7 +274,7 @@ def state(
         info = Table(show_header=False, title=f"room {escape(name)} as of {escape(as_of)}")
         info.add_column(style="bold")
         info.add_column()
-        info.add_row("last commit", f"{result.sequence} at {tools.display_time(result.time)}")
+        info.add_row("last commit", f"{result.sequence} at {display_time(result.time)}")
         info.add_row("version", str(room.version))
         info.add_row("private", "yes" if room.private else "no")
         info.add_row("expired", "yes" if room.expired else "no")
@@ -287,7 +287,7 @@ def state(
             for column in ("time", "name", "message"):
                 table.add_column(column)
             for m in shown:
-                table.add_row(tools.display_time_ms(m["timestamp"]), escape(m["name"]),
+                table.add_row(display_time_ms(m["timestamp"]), escape(m["name"]),
                               escape(m["message"]))
             out.print(table)
     if result.aggregate is None:
@@ -295,8 +295,8 @@ def state(
         raise typer.Exit(1)
 
 
-@app.command()
-def events(
+@app.command("events")
+def events_command(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="The room's name or id.")],
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines, one per event.")] = False,
@@ -317,12 +317,12 @@ def events(
             table.add_column(column, justify=justify, no_wrap=column != "fields")
         for row in rows:
             if "error" in row:
-                table.add_row(str(row["sequence"]), tools.display_time(row["time"]), "",
+                table.add_row(str(row["sequence"]), display_time(row["time"]), "",
                               "[red]unreadable[/red]", escape(row["error"]))
                 continue
             fields = {k: v for k, v in row["fields"].items()
                       if k not in ("timestamp", "originator_topic")}
-            table.add_row(str(row["sequence"]), tools.display_time(row["time"]),
+            table.add_row(str(row["sequence"]), display_time(row["time"]),
                           str(row["version"]), row["event"],
                           escape(" ".join(f"{k}={json.dumps(v, ensure_ascii=False)}"
                                           for k, v in fields.items())))
@@ -330,22 +330,15 @@ def events(
             out.print(table)
 
     async def work() -> None:
-        async with tools.connected(opts.nats) as nc:
-            # Subscribed before reading, so a commit stored meanwhile still wakes us up; what
-            # is printed always comes from the stream itself (sequence and time included).
-            wake = await nc.subscribe(event_subject(ROOM, name)) if follow else None
-            history = await tools.room_messages(nc, name)
-            show([row for msg in history for row in tools.event_rows(msg)], header=True)
-            if not history and not follow:
-                err.print(f"room {escape(name)} has no events")
-            last = history[-1].sequence if history else 0
-            while follow:
-                with timeout_is_fine():
-                    await wake.next_msg(timeout=2)  # or look anyway every 2 s
-                new = await tools.room_messages(nc, name, after=last)
-                if new:
-                    show([row for msg in new for row in tools.event_rows(msg)], header=False)
-                    last = new[-1].sequence
+        async with connected(opts.nats) as nc:
+            first = True
+            async with aclosing(history.room_commits(nc, name, follow)) as batches:
+                async for commits in batches:
+                    show([row for msg in commits for row in history.event_rows(msg)],
+                         header=first)
+                    if first and not commits and not follow:
+                        err.print(f"room {escape(name)} has no events")
+                    first = False
 
     try:
         run(work)
@@ -356,7 +349,7 @@ def events(
 
 
 @app.command("export")
-def export(
+def export_command(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="The room's name or id.")],
     out_file: Annotated[Path | None, typer.Option(
@@ -366,23 +359,21 @@ def export(
     opts: Options = ctx.obj
 
     async def work() -> int:
-        async with tools.connected(opts.nats) as nc:
+        async with connected(opts.nats) as nc:
             with progress_bar(f"exporting {name}") as (set_total, advance_to):
-                history = await tools.room_messages(nc, name)
-                if not history:
-                    raise tools.ReplayError(f"room {name!r} has no events")
-                set_total(len(history))
+                lines = await transfer.export_room(nc, name)
+                set_total(len(lines))
                 target = open(out_file, "w", encoding="utf-8") if out_file else sys.stdout
                 try:
-                    for done, msg in enumerate(history, 1):
-                        target.write(tools.export_line(name, msg) + "\n")
+                    for done, line in enumerate(lines, 1):
+                        target.write(line + "\n")
                         advance_to(done)
                 finally:
                     if out_file:
                         target.close()
                     else:
                         target.flush()
-                return len(history)
+                return len(lines)
 
     count = run(work)
     err.print(f"exported {count} commits of room {escape(name)}"
@@ -390,7 +381,7 @@ def export(
 
 
 @app.command("import")
-def import_(
+def import_command(
     ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="An export (JSON lines); - for stdin.")],
     room: Annotated[str, typer.Option("--room", help="The new room; it must not exist.")],
@@ -403,11 +394,11 @@ def import_(
     except OSError as exc:
         fail(f"cannot read {file}: {exc.strerror}", 1)
 
-    async def work() -> tools.Imported:
-        async with tools.connected(opts.nats) as nc:
+    async def work() -> transfer.Imported:
+        async with connected(opts.nats) as nc:
             with progress_bar(f"importing into {room}") as (set_total, advance_to):
                 set_total(sum(1 for line in lines if line.strip()))
-                return await tools.import_room(nc, lines, room, progress=advance_to)
+                return await transfer.import_room(nc, lines, room, progress=advance_to)
 
     result = run(work)
     skipped = f"; {result.skipped} unreadable commits left out" if result.skipped else ""

@@ -155,16 +155,19 @@ class CommitCodec:
         ).encode()
 
     def decode(self, data: bytes) -> list[Any]:
+        return [self.mapper.to_domain_event(s) for s in self.stored_events(data)]
+
+    def stored_events(self, data: bytes) -> list[StoredEvent]:
+        """The events of one commit as stored (topic, version, state JSON), without
+        resolving their topics to domain classes."""
         body = json.loads(data)
         originator_id = UUID(body["id"])
         return [
-            self.mapper.to_domain_event(
-                StoredEvent(
-                    originator_id=originator_id,
-                    originator_version=version,
-                    topic=topic,
-                    state=state.encode(),
-                )
+            StoredEvent(
+                originator_id=originator_id,
+                originator_version=version,
+                topic=topic,
+                state=state.encode(),
             )
             for topic, version, state in body["events"]
         ]
@@ -280,6 +283,11 @@ class ObjectEventStore:
         if ack.duplicate:
             raise AppendConflict(f"{subject}: commit {commit_id} was already stored")
         return ack.seq
+
+    async def last_sequence(self, key: str) -> int:
+        """The stream sequence of object `key`'s last commit (0: it has none)."""
+        last = await self._last_message(event_subject(self.kind, key))
+        return last.seq if last is not None else 0
 
     async def _last_message(self, subject: str):
         try:

@@ -16,7 +16,7 @@ from contracts.subjects import ROOM, event_subject
 from services.readstore import queries
 from services.readstore.projection import ROOM_STREAM, project_commit, record_position
 from services.readstore.store import open_read_store, transaction
-from services.replay.tools import reproject_room
+from services.replay.rebuild import reproject_room
 from services.room.domainmodel import Room, room_id
 from services.runtime.eventstore import CommitCodec, StoredMessage
 
