@@ -49,10 +49,10 @@ async def chat(nc, rooms: int, messages: int) -> None:
     """Post `messages` into `rooms` rooms through the room service, many at once."""
     names = [f"proj-{uuid.uuid4().hex[:6]}-{i}" for i in range(rooms)]
 
-    rooms = RoomClient(nc, timeout=10)
+    room_client = RoomClient(nc, timeout=10)
 
     async def ask(room, command):
-        await rooms.send(room, command)
+        await room_client.send(room, command)
 
     await asyncio.gather(*(ask(r, JoinRoom(session_id="s", name=f"m-{r}")) for r in names))
     for start in range(0, messages, 200):
@@ -126,10 +126,10 @@ async def test_the_query_api_pages_through_a_room(system):
     nc = await nats.connect(system.nats.url)
     room = "paged"
 
-    rooms = RoomClient(nc, timeout=10)
+    room_client = RoomClient(nc, timeout=10)
 
     async def ask(command):
-        await rooms.send(room, command)
+        await room_client.send(room, command)
 
     await ask(JoinRoom(session_id="s", name="alice"))
     for i in range(25):
