@@ -7,11 +7,12 @@ stops the services first, then nats-server, each by the PID this launcher starte
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import time
 from pathlib import Path
+
+from pydantic import AliasChoices, Field
 
 from services.gateway.settings import GatewaySettings
 from services.localsystem import LocalSystem
@@ -20,11 +21,22 @@ from services.runtime.natsserver import free_port, port_is_free
 log = logging.getLogger("durachat")
 
 
+class LauncherSettings(GatewaySettings):
+    """The gateway's address and the partitions, and what only the launcher decides."""
+
+    data_dir: Path = Field(Path("data"), description="where nats-server, the read store and logs keep data")
+    nats_port: int = Field(4222, ge=0, le=65535, description="nats-server's port (another free one if taken)")
+    room_replicas: int = Field(
+        1, ge=1, le=16, validation_alias=AliasChoices("DURACHAT_ROOM_REPLICAS", "ROOM_REPLICAS"),
+        description="room service processes sharing the room partitions",
+    )
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    settings = GatewaySettings()
-    data_dir = Path(os.environ.get("DURACHAT_DATA_DIR", "data")).resolve()
-    nats_port = int(os.environ.get("DURACHAT_NATS_PORT", "4222"))
+    settings = LauncherSettings()
+    data_dir = settings.data_dir.resolve()
+    nats_port = settings.nats_port
     if not port_is_free(nats_port):
         nats_port = free_port()
         log.info("the NATS port is taken; nats-server listens on %d instead", nats_port)
@@ -42,7 +54,7 @@ def main() -> None:
     system = LocalSystem(
         data_dir,
         partitions=settings.partitions,
-        room_replicas=int(os.environ.get("ROOM_REPLICAS", "1")),
+        room_replicas=settings.room_replicas,
         nats_port=nats_port,
         host=settings.host,
         port=settings.port,

@@ -144,6 +144,7 @@ class AlarmRunner:
             await msg.term()
             return
         attempt = msg.metadata.num_delivered
+        failed: ErrorReply | Exception | None
         try:
             reply = await self.nc.request(
                 command_subject(self.kind, key),

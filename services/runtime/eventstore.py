@@ -120,6 +120,7 @@ async def direct_get(
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     """Create a stream unless it exists; safe when several replicas start at once."""
+    assert config.name is not None
     try:
         await js.stream_info(config.name)
     except nats.js.errors.NotFoundError:
@@ -258,8 +259,8 @@ class ObjectEventStore:
             )
         except nats.js.errors.NotFoundError:
             return None, 0
-        (snapshot,) = self.codec.decode(msg.data)
-        return snapshot.mutate(None), int(msg.headers[SNAPSHOT_SEQUENCE])
+        (snapshot,) = self.codec.decode(msg.data or b"")
+        return snapshot.mutate(None), int((msg.headers or {})[SNAPSHOT_SEQUENCE])
 
     # --- appending -------------------------------------------------------------------------------
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Generic
+from typing import Any, Generic, cast
 from uuid import NAMESPACE_OID, uuid5
 
 from nats.aio.client import Client as NATS
@@ -155,7 +155,7 @@ class ObjectMailbox(Generic[S]):
         if not self.kind.durable:
             return  # in memory only: nothing stored to read, nothing owed
         loaded = await self.host.store.load(self.key)
-        self.state, self.sequence = loaded.aggregate, loaded.sequence
+        self.state, self.sequence = cast(S, loaded.aggregate), loaded.sequence
         self.unsnapshotted = loaded.events_after_snapshot
         self.alarm = self._wake_at()
         # The previous owner may have stored its last commit and died before broadcasting it
@@ -297,7 +297,7 @@ class ObjectHost(Generic[S, D]):
         idle_after: float = 300.0,
         snapshot_every: int = 100,
         may_write: Callable[[int], bool] = lambda partition: True,
-        on_lease_lapsed: Callable[[int], Awaitable[None]] | None = None,
+        on_lease_lapsed: Callable[[int], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         kind.check()
         self.nc = nc

@@ -130,7 +130,7 @@ class PartitionLeases:
             task.cancel()
         async with self._lock:
             try:  # first leave the membership, so nobody assigns us partitions again
-                await self.kv.delete(MEMBERS + self.replica_id)
+                await self._bucket().delete(MEMBERS + self.replica_id)
             except nats.js.errors.Error:
                 pass
             for partition in sorted(self.held):
@@ -238,7 +238,7 @@ class PartitionLeases:
         lease = self.held.pop(partition)
         await self.on_released(partition)  # stop taking commands, finish those in flight
         try:
-            await self.kv.delete(PARTITIONS + str(partition), last=lease.revision)
+            await self._bucket().delete(PARTITIONS + str(partition), last=lease.revision)
         except nats.js.errors.Error:
             pass  # it lapsed meanwhile; nothing to release
         log.info("%s: handed partition %d over", self.replica_id, partition)
@@ -247,6 +247,10 @@ class PartitionLeases:
         if self.held.pop(partition, None) is not None:
             log.warning("%s: lost partition %d; stepping down", self.replica_id, partition)
             await self.on_released(partition)
+
+    def _bucket(self) -> KeyValue:
+        assert self.kv is not None, "start() first"
+        return self.kv
 
     async def _put_with_ttl(self, key: str, value: str, last: int | None) -> int:
         """Write `key` with the lease TTL; `last` is the revision it must follow (0: absent)."""

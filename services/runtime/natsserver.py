@@ -83,6 +83,7 @@ class NatsServerProcess:
     def wait_ready(self, timeout: float) -> None:
         """Wait until /healthz says JetStream is up (or the process died)."""
         url = f"http://127.0.0.1:{self.http_port}/healthz?js-enabled-only=true"
+        assert self.process is not None, "start() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
