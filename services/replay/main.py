@@ -43,6 +43,8 @@ from services.replay.roomstream import (
     parse_time_ns,
 )
 from services.runtime.eventstore import DirectGetError
+from services.runtime.settings import RuntimeSettings
+from services.settings import ReadStore
 
 app = typer.Typer(
     name="durachat-replay",
@@ -58,6 +60,10 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 T = TypeVar("T")
 
 
+class ReplaySettings(RuntimeSettings, ReadStore):
+    """Where the streams and the read store are, as the services read it."""
+
+
 @dataclass
 class Options:
     nats: str
@@ -67,14 +73,16 @@ class Options:
 @app.callback()
 def options(
     ctx: typer.Context,
-    nats_url: Annotated[str, typer.Option(
-        "--nats", envvar="DURACHAT_NATS_URL", metavar="URL",
-        help="NATS server(s), comma-separated.")] = "nats://127.0.0.1:4222",
-    db: Annotated[Path, typer.Option(
-        "--db", envvar="DURACHAT_READ_DB", metavar="PATH",
-        help="The read store (SQLite) the projector writes.")] = Path("data/read.db"),
+    nats_url: Annotated[str | None, typer.Option(
+        "--nats", metavar="URL",
+        help="NATS server(s), comma-separated [default: DURACHAT_NATS_URL].")] = None,
+    db: Annotated[Path | None, typer.Option(
+        "--db", metavar="PATH",
+        help="The read store (SQLite) the projector writes [default: DURACHAT_READ_DB].")] = None,
 ) -> None:
-    ctx.obj = Options(nats_url, db)
+    # The defaults are the settings every service reads (one place for each).
+    settings = ReplaySettings()
+    ctx.obj = Options(nats_url or settings.nats_url, db or settings.read_db)
 
 
 def run(work: Callable[[], Awaitable[T]]) -> T:
