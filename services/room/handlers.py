@@ -50,6 +50,7 @@ from services.room.domainmodel import (
     Room,
     RoomError,
 )
+from services.room.aireply import AiDeadlines, AiStatus
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class RoomBehaviour:
         self.ai_start_timeout = ai_start_timeout  # dispatched -> started, else it fails
         self.ai_max_duration = ai_max_duration  # started -> finished, else it fails
         self.ai_stall_timeout = ai_stall_timeout  # streaming with no append that long: fails
+        self.ai_deadlines = AiDeadlines(ai_start_timeout, ai_max_duration, ai_stall_timeout)
         self._asking: set[asyncio.Task] = set()
 
     def parse(self, data: bytes):
@@ -149,7 +151,7 @@ class RoomBehaviour:
     def on_alarm(self, key: str, room: Room | None, at: float) -> tuple[Room | None, BaseModel]:
         """Expire a private room nobody joined in time; fail an AI reply past its deadline."""
         if room is not None:
-            room.alarm_due(at, time.time(), now_ms(), self.ai_start_timeout)
+            room.alarm_due(at, now=time.time(), now_ms=now_ms(), deadlines=self.ai_deadlines)
         return room, Accepted(version=room.version if room else 0)
 
     async def after_commit(self, nc, key: str, room: Room | None, events) -> None:
@@ -157,16 +159,16 @@ class RoomBehaviour:
         for event in events:
             if isinstance(event, Room.AiReplyDispatched) and room is not None:
                 reply = room.ai.get(event.reply_id)
-                if reply is None or reply["status"] != "dispatched":
+                if reply is None or reply.status is not AiStatus.DISPATCHED:
                     continue  # answered or failed since (a reload says old commits again)
                 ask = Ask(
                     room=key,
-                    reply_id=reply["id"],
-                    asker=reply["asker"],
-                    question=reply["question"],
+                    reply_id=reply.id,
+                    asker=reply.asker,
+                    question=reply.question,
                     room_messages=[ChatMessage(**m) for m in room.messages[-ROOM_WINDOW:]],
                 )
-                task = asyncio.create_task(self._ask(nc, reply["user_id"], ask))
+                task = asyncio.create_task(self._ask(nc, reply.user_id, ask))
                 self._asking.add(task)
                 task.add_done_callback(self._asking.discard)
 
@@ -214,8 +216,8 @@ class RoomBehaviour:
             messages=[ChatMessage(**m) for m in room.messages],
             ai=[
                 AiReplyView(
-                    id=r["id"], asker=r["asker"], question=r["question"], status=r["status"],
-                    model=r["model"], label=r["label"], text=r["text"],
+                    id=r.id, asker=r.asker, question=r.question, status=r.status.value,
+                    model=r.model, label=r.label, text=r.text,
                 )
                 for r in room.ai.values()
             ],
@@ -232,8 +234,8 @@ class RoomBehaviour:
     def _(self, command: PostMessage, key: str, room: Room | None):
         room = self._existing(key, room)
         posted = room.post(
-            str(command.command_id), command.session_id, command.text, now_ms(),
-            user_id=command.user_id, now=time.time(), start_timeout=self.ai_start_timeout,
+            str(command.command_id), command.session_id, command.text, now_ms=now_ms(),
+            now=time.time(), deadlines=self.ai_deadlines, user_id=command.user_id,
         )
         # None: a retry of a post already applied. Once is enough; if the first attempt's
         # broadcast was lost in a crash, the next owner re-broadcasts it when it loads the room.
@@ -250,8 +252,8 @@ class RoomBehaviour:
     def _(self, command: StartAiReply, key: str, room: Room | None):
         room = self._existing(key, room)
         room.start_ai(
-            command.reply_id, command.model, command.label, time.time(), self.ai_max_duration,
-            self.ai_stall_timeout,
+            command.reply_id, command.model, command.label, now=time.time(),
+            deadlines=self.ai_deadlines,
         )
         return room, Accepted(version=room.version)
 
@@ -259,7 +261,8 @@ class RoomBehaviour:
     def _(self, command: AppendAiReply, key: str, room: Room | None):
         room = self._existing(key, room)
         room.append_ai(
-            command.reply_id, command.offset, command.text, time.time(), self.ai_stall_timeout
+            command.reply_id, command.offset, command.text, now=time.time(),
+            deadlines=self.ai_deadlines,
         )
         return room, Accepted(version=room.version)
 
@@ -268,7 +271,7 @@ class RoomBehaviour:
         room = self._existing(key, room)
         message = room.complete_ai(
             command.reply_id, command.length, command.prompt_tokens, command.output_tokens,
-            now_ms(), time.time(), self.ai_start_timeout,
+            now_ms=now_ms(), now=time.time(), deadlines=self.ai_deadlines,
         )
         return room, Accepted(
             version=room.version, message=ChatMessage(**message) if message else None
@@ -279,6 +282,6 @@ class RoomBehaviour:
         room = self._existing(key, room)
         room.fail_ai(
             command.reply_id, command.reason, command.message, command.prompt_tokens,
-            command.output_tokens, now_ms(), time.time(), self.ai_start_timeout,
+            command.output_tokens, now_ms=now_ms(), now=time.time(), deadlines=self.ai_deadlines,
         )
         return room, Accepted(version=room.version)

@@ -7,10 +7,12 @@ from eventsourcing.domain import Snapshot
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.room.aireply import AiDeadlines
 from services.room.domainmodel import Room, RoomError
 from services.runtime.eventstore import CommitCodec
 
 codec = CommitCodec()
+DEADLINES = AiDeadlines(start_timeout=30.0, max_duration=180.0, stall_timeout=45.0)
 sessions = st.sampled_from(["s1", "s2", "s3"])
 commands = st.lists(
     st.one_of(
@@ -30,7 +32,8 @@ def run(script) -> list:
             if verb == "join":
                 room.join(session, arg)
             elif verb == "post":
-                room.post(f"m{n}", session, arg, now_ms=1_000 + n // 3)
+                room.post(f"m{n}", session, arg, now_ms=1_000 + n // 3, now=1.0,
+                          deadlines=DEADLINES)
             else:
                 room.leave(session)
         except RoomError:
