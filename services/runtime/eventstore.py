@@ -146,7 +146,7 @@ class ValueAsFields(Transcoding):
 
     def decode(self, data: dict[str, Any]) -> Any:
         cls = resolve_topic(data["topic"])
-        if not dataclasses.is_dataclass(cls):
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
             raise TypeError(f"{data['topic']} is not a value class")
         return cls(**data["fields"])
 
