@@ -43,12 +43,15 @@ import uvloop
 from bench.measure import cpu_seconds, machine_busy_seconds, pct
 from contracts.subjects import ROOM, event_subject
 from services.readstore.projection import ROOM_STREAM
+from services.room.aireply import AiDeadlines
 from services.room.domainmodel import Room
 from services.runtime.eventstore import CommitCodec, ObjectEventStore
 from services.runtime.natsserver import NatsServerProcess, child_env, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 MEMBERS = 5  # sessions joined to every room before messages are posted
+# The benchmark posts no question to the AI; the room asks for its deadlines on every post.
+AI_DEADLINES = AiDeadlines(start_timeout=30.0, max_duration=180.0, stall_timeout=45.0)
 WORDS = ("hello", "there", "how", "is", "everyone", "doing", "today", "the", "deploy",
          "went", "fine", "lunch", "at", "noon", "?", "ok", "see", "you", "soon", "thanks")
 
@@ -127,7 +130,8 @@ class CommitFactory:
             for _ in range(per_commit):
                 self.posted += 1
                 # the room service's message id is the PostMessage command id, a uuid4
-                room.post(str(uuid.uuid4()), f"s{self.posted % MEMBERS}", self._text(), now_ms)
+                room.post(str(uuid.uuid4()), f"s{self.posted % MEMBERS}", self._text(),
+                          now_ms=now_ms, now=now_ms / 1000, deadlines=AI_DEADLINES)
         events = room.collect_events()
         return self.subjects[i], self.codec.encode(events), len(events)
 

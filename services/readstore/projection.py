@@ -1,9 +1,10 @@
 """The room read models, projected from the room streams' stored commits.
 
-Each stored commit is decoded without the room's domain classes (the projector depends on
-the stored format, not on the service's code): a topic, a version and a JSON state per
-event. Every event is matched by name; an unknown name or a payload without the expected
-fields is recorded in `dead_letters` with its stream sequence and the error, and skipped.
+Each stored commit is decoded without the room's aggregate (the projector depends on the
+stored format, not on the service's code): a topic, a version and a JSON state per event.
+Every event is matched by name against the room's event schema (services.room.events); an
+unknown name or a payload without the schema's fields (or outside its bounds) is recorded
+in `dead_letters` with its stream sequence and the error, and skipped.
 The caller records the stream position in the same transaction as the rows.
 
 AI usage: every finished AI reply is a row of `ai_replies` (keyed by room and reply id), and
@@ -13,17 +14,19 @@ only when its row is new, and `forget_room` re-counts the days of the rows it de
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from contracts.keys import InvalidKey, key_from_token
 from contracts.room import AI_NAME, SYSTEM_NAME
+from services.room import events
 from services.runtime.eventstore import new_mapper
 
 ROOM_STREAM = "EVT_ROOM"
@@ -59,80 +62,39 @@ def decode_commit(data: bytes) -> list[StoredEvent | Exception]:
             raise TypeError("events is not a list")
     except (ValueError, KeyError, TypeError) as exc:
         raise CommitUnreadable(f"not a stored commit: {exc}") from exc
-    events: list[StoredEvent | Exception] = []
+    decoded: list[StoredEvent | Exception] = []
     for row in rows:
         try:
             topic, version, state = row
             name = str(topic).rsplit(".", 1)[-1].rsplit(":", 1)[-1]
-            events.append(StoredEvent(name, int(version), _transcoder.decode(state.encode())))
+            decoded.append(StoredEvent(name, int(version), _transcoder.decode(state.encode())))
         except (ValueError, TypeError, AttributeError) as exc:  # a dead letter, not a crash
-            events.append(exc)
-    return events
+            decoded.append(exc)
+    return decoded
 
 
-class _Payload(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-# Bounds keep a bad payload a dead letter rather than a value SQLite or a date cannot hold.
-Millis = Annotated[int, Field(ge=0, lt=253_402_300_800_000)]  # ms since the epoch, before 10000
-Tokens = Annotated[int, Field(ge=0, le=1_000_000_000_000)]
-
-
-class Created(_Payload):
-    name: str
-    private: bool
-
-
-class MemberJoined(_Payload):
-    member_name: str
-
-
-class MemberLeft(_Payload):
-    member_name: str
-
-
-class MessagePosted(_Payload):
-    message_id: str
-    member_name: str
-    text: str
-    posted_at: Millis
-
-
-class SystemMessagePosted(_Payload):
-    message_id: str
-    text: str
-    posted_at: Millis
-
-
-class _AiReplyFinished(_Payload):
-    reply_id: str = Field(min_length=1)
-    user_id: str = Field(min_length=1)
-    text: str
-    posted_at: Millis
-    prompt_tokens: Tokens
-    output_tokens: Tokens
-
-
-class AiReplyCompleted(_AiReplyFinished):
-    pass
-
-
-class AiReplyFailed(_AiReplyFinished):
-    reason: str
-    provider_called: bool
+def _payload_model(cls: type) -> type[BaseModel]:
+    """A validator of what an event of `cls` stores (its fields in services.room.events)."""
+    fields: dict[str, Any] = {
+        f.name: (f.type, ... if f.default is dataclasses.MISSING else f.default)
+        for f in events.stored_fields(cls)
+    }
+    return create_model(cls.__name__, __config__=ConfigDict(extra="ignore"), **fields)
 
 
 # The AI reply's progress (asked, dispatched, started, every streamed chunk) is the room's
 # live state, not a read model: only the finished reply is projected.
-IGNORED = frozenset({
-    "AlarmSet", "AlarmCleared",
-    "AiReplyRequested", "AiReplyDispatched", "AiReplyStarted", "AiReplyChunk", "AiReplyAlive",
+IGNORED: frozenset[type] = frozenset({
+    events.AlarmSet, events.AlarmCleared,
+    events.AiReplyRequested, events.AiReplyDispatched, events.AiReplyStarted,
+    events.AiReplyChunk, events.AiReplyAlive,
 })
-KNOWN = IGNORED | {
-    "Created", "MemberJoined", "MemberLeft", "MessagePosted", "Expired",
-    "SystemMessagePosted", "AiReplyCompleted", "AiReplyFailed",
-}
+PROJECTED: frozenset[type] = frozenset({
+    events.Created, events.MemberJoined, events.MemberLeft, events.MessagePosted,
+    events.Expired, events.SystemMessagePosted, events.AiReplyCompleted, events.AiReplyFailed,
+})
+KNOWN = frozenset(cls.__name__ for cls in IGNORED | PROJECTED)
+_PAYLOADS = {cls.__name__: (cls, _payload_model(cls)) for cls in PROJECTED}
 
 
 class UnknownEvent(Exception):
@@ -143,19 +105,19 @@ def apply_room_event(conn: sqlite3.Connection, room: str, event: StoredEvent) ->
     """Write what one room event means for the read models (raises on a bad event)."""
     if event.name not in KNOWN:
         raise UnknownEvent(f"unknown room event {event.name!r}")
-    if event.name in IGNORED:
+    if event.name not in _PAYLOADS:
         return
     at = event.timestamp_ms
-    match event.name:
-        case "Created":
-            e = Created.model_validate(event.data)
+    schema, payload = _PAYLOADS[event.name]
+    e: Any = payload.model_validate(event.data)
+    match schema:
+        case events.Created:
             conn.execute(
                 "INSERT INTO rooms (name, private, created_at, last_activity) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (name) DO NOTHING",
                 (room, int(e.private), at, at),
             )
-        case "MemberJoined":
-            e = MemberJoined.model_validate(event.data)
+        case events.MemberJoined:
             conn.execute(
                 "INSERT INTO members_seen (room, name, first_seen, last_seen, joins)"
                 " VALUES (?, ?, ?, ?, 1) ON CONFLICT (room, name) DO UPDATE"
@@ -163,31 +125,26 @@ def apply_room_event(conn: sqlite3.Connection, room: str, event: StoredEvent) ->
                 (room, e.member_name, at, at),
             )
             _touch(conn, room, at)
-        case "MemberLeft":
-            e = MemberLeft.model_validate(event.data)
+        case events.MemberLeft:
             conn.execute(
                 "UPDATE members_seen SET last_seen = ? WHERE room = ? AND name = ?",
                 (at, room, e.member_name),
             )
-        case "MessagePosted":
-            e = MessagePosted.model_validate(event.data)
+        case events.MessagePosted:
             _message(conn, room, e.message_id, e.member_name, e.text, e.posted_at, "user",
                      event.version)
-        case "SystemMessagePosted":
-            e = SystemMessagePosted.model_validate(event.data)
+        case events.SystemMessagePosted:
             _message(conn, room, e.message_id, SYSTEM_NAME, e.text, e.posted_at, "system",
                      event.version)
-        case "AiReplyCompleted":
-            e = AiReplyCompleted.model_validate(event.data)
+        case events.AiReplyCompleted:
             _message(conn, room, e.reply_id, AI_NAME, e.text, e.posted_at, "ai", event.version)
             _ai_reply(conn, room, e, "completed", None, requests=1)
-        case "AiReplyFailed":
-            e = AiReplyFailed.model_validate(event.data)
+        case events.AiReplyFailed:
             if e.text:  # what was streamed, marked incomplete; nothing streamed: no message
                 _message(conn, room, e.reply_id, AI_NAME, e.text, e.posted_at, "ai",
                          event.version)
             _ai_reply(conn, room, e, "failed", e.reason, requests=int(e.provider_called))
-        case "Expired":
+        case events.Expired:
             conn.execute("UPDATE rooms SET expired = 1 WHERE name = ?", (room,))
 
 
@@ -217,7 +174,7 @@ def utc_day(ms: int) -> str:
 
 
 def _ai_reply(
-    conn: sqlite3.Connection, room: str, e: _AiReplyFinished, outcome: str,
+    conn: sqlite3.Connection, room: str, e: Any, outcome: str,
     reason: str | None, requests: int,
 ) -> None:
     """The reply's fact row; its counts go into ai_usage_daily only if the row is new."""

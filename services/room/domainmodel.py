@@ -1,4 +1,9 @@
-"""The Room aggregate. Pure domain: no NATS, no I/O; rebuilt from its events."""
+"""The Room aggregate. Pure domain: no NATS, no I/O; rebuilt from its events.
+
+Its three jobs, in this order below: members and history, a private room's expiry, and the
+queue of AI replies (each reply's own rules are in services.room.aireply). The events it
+records are declared in services.room.events.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,6 @@ from contracts.room import (
     AI_NAME,
     HISTORY_CHARS,
     HISTORY_LENGTH,
-    INCOMPLETE_MARK,
     MAX_AI_QUEUE,
     MAX_AI_REPLY_LENGTH,
     MAX_MESSAGE_LENGTH,
@@ -21,45 +25,22 @@ from contracts.room import (
     SYSTEM_NAME,
     ai_question,
 )
+from services.room import events
+from services.room.aireply import AiDeadlines, AiReply, AiStatus
+from services.room.errors import (  # noqa: F401  (re-exported: the room's refusals)
+    AiReplyConflict,
+    AlreadyExists,
+    MessageTooLong,
+    NameReserved,
+    NameTooLong,
+    NoSuchAiReply,
+    NoSuchRoom,
+    NotAMember,
+    RoomError,
+)
 
 ROOM_NAMESPACE = uuid5(NAMESPACE_URL, "durachat:room")
 RECENT_IDS = 4096  # message ids remembered to apply a retried post once
-
-
-class RoomError(Exception):
-    """A command the room refuses."""
-
-
-class NotAMember(RoomError):
-    """The session has not joined the room (or has left it)."""
-
-
-class NameTooLong(RoomError):
-    """A member name longer than the room allows."""
-
-
-class MessageTooLong(RoomError):
-    """A message longer than the room allows."""
-
-
-class NoSuchRoom(RoomError):
-    """A private room id that was never created."""
-
-
-class AlreadyExists(RoomError):
-    """The room was created before."""
-
-
-class NameReserved(RoomError):
-    """A member name the room uses for itself (the AI, the system)."""
-
-
-class NoSuchAiReply(RoomError):
-    """An AI reply the room is not waiting for (finished, failed, or never asked)."""
-
-
-class AiReplyConflict(RoomError):
-    """Text that does not continue the reply where it stands."""
 
 
 def reply_id_of(message_id: str) -> str:
@@ -75,17 +56,48 @@ def room_id(name: str) -> UUID:
 class Room(Aggregate):
     """One chat room: who is present, the recent messages, and the AI replies under way."""
 
-    class_version = 2  # snapshots of v1 rooms have no AI queue
+    # v1 snapshots have no AI queue; v2 ones hold each reply as a dict, v3 as an AiReply.
+    class_version = 3
 
     @staticmethod
     def upcast_v1_v2(state: dict) -> None:
         state["ai"] = {}
 
     @staticmethod
+    def upcast_v2_v3(state: dict) -> None:
+        state["ai"] = {
+            reply_id: AiReply(
+                id=r["id"], user_id=r["user_id"], asker=r["asker"], question=r["question"],
+                status=AiStatus(r["status"]), deadline=r.get("deadline"),
+                alive_until=r.get("alive_until"), model=r.get("model"), label=r.get("label"),
+                text=r.get("text", ""),
+            )
+            for reply_id, r in state["ai"].items()
+        }
+
+    # The stored events (services.room.events); the aggregate subclasses each, so they are
+    # stored as `services.room.domainmodel:Room.<Name>`, the topics already in the streams.
+    Created = events.Created
+    MemberJoined = events.MemberJoined
+    MemberLeft = events.MemberLeft
+    MessagePosted = events.MessagePosted
+    SystemMessagePosted = events.SystemMessagePosted
+    AlarmSet = events.AlarmSet
+    AlarmCleared = events.AlarmCleared
+    Expired = events.Expired
+    AiReplyRequested = events.AiReplyRequested
+    AiReplyDispatched = events.AiReplyDispatched
+    AiReplyStarted = events.AiReplyStarted
+    AiReplyAlive = events.AiReplyAlive
+    AiReplyChunk = events.AiReplyChunk
+    AiReplyCompleted = events.AiReplyCompleted
+    AiReplyFailed = events.AiReplyFailed
+
+    @staticmethod
     def create_id(name: str, private: bool) -> UUID:
         return room_id(name)
 
-    @event("Created")
+    @event(Created)
     def __init__(self, name: str, private: bool) -> None:
         self.name = name
         self.private = private
@@ -97,7 +109,7 @@ class Room(Aggregate):
         self.expired = False
         self.alarm_at: float | None = None
         # AI replies not finished yet, in queue order; the first is being answered.
-        self.ai: dict[str, dict] = {}
+        self.ai: dict[str, AiReply] = {}
 
     @classmethod
     def open_public(cls, name: str) -> Room:
@@ -118,51 +130,7 @@ class Room(Aggregate):
         if self.expired:
             raise NoSuchRoom("No such room.")
 
-    def wake_at(self) -> float | None:
-        """When the room wants its alarm: a private room's expiry, or the deadline of the AI
-        reply being answered, whichever comes first."""
-        times = [t for t in (self.alarm_at, self._ai_deadline()) if t is not None]
-        return min(times) if times else None
-
-    def _ai_deadline(self) -> float | None:
-        head = self._ai_head()
-        if head is None or head["status"] == "queued":
-            return None
-        return min(head["deadline"], head.get("alive_until") or head["deadline"])
-
-    def alarm_due(self, at: float, now: float, now_ms: int, start_timeout: float) -> bool:
-        """The alarm set for `at` fired. Does only what is due by `at`: a duplicate delivery,
-        or an alarm replaced since, finds nothing to do and returns False."""
-        acted = False
-        if self.alarm_at is not None and self.alarm_at <= at:
-            if self.private and not self.used:
-                self._expired()
-            else:
-                self._alarm_cleared()
-            acted = True
-        head = self._ai_head()
-        due = self._ai_deadline()
-        if head is not None and due is not None and due <= at:
-            started = head["status"] == "streaming"
-            if not started:
-                why = "the AI service did not start answering."
-            elif head["deadline"] <= at:
-                why = "it did not finish in time."
-            else:
-                why = "the AI service stopped answering."
-            self._fail_ai(
-                head["id"],
-                "timeout",
-                why,
-                now_ms,
-                start_timeout=start_timeout,
-                now=now,
-                provider_called=started,
-            )
-            acted = True
-        return acted
-
-    # --- commands: check, then record the event -------------------------------------------
+    # --- members and history ----------------------------------------------------------------
 
     def join(self, session_id: str, name: str) -> bool:
         """Add the session under `name`; False if it already was (a retried join)."""
@@ -181,16 +149,17 @@ class Room(Aggregate):
         message_id: str,
         session_id: str,
         text: str,
+        *,
         now_ms: int,
+        now: float,
+        deadlines: AiDeadlines,
         user_id: str | None = None,
-        now: float = 0.0,
-        start_timeout: float = 30.0,
     ) -> dict | None:
         """Post `text`; the timestamp is `now_ms`, bumped past the last one if needed.
 
         A message addressed to the AI (`@ai ...`) also asks for an AI reply on behalf of
-        `user_id`: it joins the room's queue, and is dispatched at once if the queue was empty.
-        Returns the message, or None when `message_id` was posted before (a retry).
+        `user_id`: it joins the room's queue, and is dispatched at once (at `now`) if the
+        queue was empty. Returns the message, or None when `message_id` was posted before.
         """
         if message_id in self.recent_ids:
             return None
@@ -208,151 +177,9 @@ class Room(Aggregate):
         message = self.messages[-1]
         question = ai_question(text)
         if question is not None:
-            asker = self.members[session_id]
-            if len(self.ai) >= MAX_AI_QUEUE:
-                self._system_message(
-                    f"{message_id}:ai-busy",
-                    f"The AI has {MAX_AI_QUEUE} questions waiting; {asker}, ask again in a moment.",
-                    now_ms,
-                )
-            else:
-                reply_id = reply_id_of(message_id)
-                self._ai_reply_requested(
-                    reply_id=reply_id,
-                    user_id=user_id or guest_user(asker),
-                    asker=asker,
-                    question=question,
-                    requested_at=timestamp,
-                )
-                if len(self.ai) == 1:
-                    self._ai_reply_dispatched(reply_id=reply_id, deadline=now + start_timeout)
+            self._ask_ai(message_id, self.members[session_id], user_id, question, timestamp,
+                         now_ms=now_ms, now=now, deadlines=deadlines)
         return message
-
-    # --- AI replies: one answered at a time, in the order asked ----------------------------
-
-    def _ai_head(self) -> dict | None:
-        return next(iter(self.ai.values()), None)
-
-    def _active_ai(self, reply_id: str) -> dict:
-        head = self._ai_head()
-        if head is None or head["id"] != reply_id:
-            raise NoSuchAiReply("No such AI reply in progress.")
-        return head
-
-    def start_ai(
-        self, reply_id: str, model: str, label: str, now: float, max_duration: float,
-        stall_timeout: float | None = None,
-    ) -> bool:
-        """The context service starts streaming the head of the queue; False if it had.
-
-        The reply must finish within `max_duration`, and, with a `stall_timeout`, show signs
-        of life (appends) within that, or the room's alarm fails it: a streamer that died
-        leaves its reply open only that long."""
-        head = self._active_ai(reply_id)
-        if head["status"] == "streaming":
-            return False
-        deadline = now + max_duration
-        self._ai_reply_started(
-            reply_id=reply_id, asker=head["asker"], model=model, label=label, deadline=deadline,
-            alive_until=min(now + stall_timeout, deadline) if stall_timeout else None,
-        )
-        return True
-
-    def append_ai(
-        self, reply_id: str, offset: int, text: str, now: float = 0.0,
-        stall_timeout: float | None = None,
-    ) -> bool:
-        """Streamed text at `offset`; False for a retry of text already appended. Once half
-        the stall window has passed, an append also renews it (`AiReplyAlive`), so the alarm
-        is re-scheduled about every `stall_timeout / 2`, not on every chunk."""
-        head = self._active_ai(reply_id)
-        if head["status"] != "streaming":
-            raise NoSuchAiReply("The AI reply has not started.")
-        current = head["text"]
-        if offset + len(text) <= len(current) and current[offset : offset + len(text)] == text:
-            return False
-        if offset != len(current):
-            raise AiReplyConflict(f"The reply is at {len(current)} characters, not {offset}.")
-        if len(current) + len(text) > MAX_AI_REPLY_LENGTH:
-            raise AiReplyConflict(f"An AI reply holds at most {MAX_AI_REPLY_LENGTH} characters.")
-        self._ai_reply_chunk(reply_id=reply_id, offset=offset, text=text)
-        alive_until = head.get("alive_until")
-        if stall_timeout and alive_until is not None and alive_until - now <= stall_timeout / 2:
-            until = min(now + stall_timeout, head["deadline"])
-            if until > alive_until:
-                self._ai_reply_alive(reply_id=reply_id, until=until)
-        return True
-
-    def complete_ai(
-        self, reply_id: str, length: int, prompt_tokens: int, output_tokens: int,
-        now_ms: int, now: float, start_timeout: float,
-    ) -> dict | None:
-        """The reply is whole: it becomes a message by the AI. Dispatches the next question.
-        Returns the message, or None for a retry of a reply already finished."""
-        if reply_id in self.recent_ids:
-            return None
-        head = self._active_ai(reply_id)
-        if len(head["text"]) != length:
-            raise AiReplyConflict(
-                f"The reply has {len(head['text'])} characters stored, not {length}."
-            )
-        self._ai_reply_completed(
-            reply_id=reply_id,
-            user_id=head["user_id"],
-            text=head["text"],
-            posted_at=max(now_ms, self.last_timestamp + 1),
-            prompt_tokens=prompt_tokens,
-            output_tokens=output_tokens,
-        )
-        self._dispatch_next(now, start_timeout)
-        return self.messages[-1]
-
-    def fail_ai(
-        self, reply_id: str, reason: str, message: str, prompt_tokens: int, output_tokens: int,
-        now_ms: int, now: float, start_timeout: float,
-    ) -> None:
-        if reply_id in self.recent_ids:
-            return  # a retry of a reply already finished
-        head = self._active_ai(reply_id)
-        self._fail_ai(
-            reply_id, reason, message, now_ms, start_timeout=start_timeout, now=now,
-            provider_called=head["status"] == "streaming" or reason not in ("quota", "unavailable"),
-            prompt_tokens=prompt_tokens, output_tokens=output_tokens,
-        )
-
-    def _fail_ai(
-        self, reply_id: str, reason: str, message: str, now_ms: int, *, start_timeout: float,
-        now: float, provider_called: bool, prompt_tokens: int = 0, output_tokens: int = 0,
-    ) -> None:
-        """End the reply early: what was streamed stays, marked incomplete; the room is told."""
-        head = self.ai[reply_id]
-        partial = head["text"]
-        self._ai_reply_failed(
-            reply_id=reply_id,
-            user_id=head["user_id"],
-            reason=reason,
-            text=partial + INCOMPLETE_MARK if partial else "",
-            posted_at=max(now_ms, self.last_timestamp + 1),
-            prompt_tokens=prompt_tokens,
-            output_tokens=output_tokens,
-            provider_called=provider_called,
-        )
-        self._system_message(
-            f"{reply_id}:failed",
-            f"The AI could not answer {head['asker']}: {message}",
-            now_ms,
-        )
-        self._dispatch_next(now, start_timeout)
-
-    def _dispatch_next(self, now: float, start_timeout: float) -> None:
-        head = self._ai_head()
-        if head is not None and head["status"] == "queued":
-            self._ai_reply_dispatched(reply_id=head["id"], deadline=now + start_timeout)
-
-    def _system_message(self, message_id: str, text: str, now_ms: int) -> None:
-        self._system_message_posted(
-            message_id=message_id, text=text, posted_at=max(now_ms, self.last_timestamp + 1)
-        )
 
     def leave(self, session_id: str) -> str:
         """Remove the session; returns the name it had."""
@@ -362,17 +189,188 @@ class Room(Aggregate):
         self._member_left(session_id=session_id, member_name=name)
         return name
 
-    # --- events: how each one changes the state -------------------------------------------
+    def _system_message(self, message_id: str, text: str, now_ms: int) -> None:
+        self._system_message_posted(
+            message_id=message_id, text=text, posted_at=max(now_ms, self.last_timestamp + 1)
+        )
 
-    @event("MemberJoined")
+    # --- alarms: a private room's expiry, the AI reply's deadline ---------------------------
+
+    def wake_at(self) -> float | None:
+        """When the room wants its alarm: a private room's expiry, or the deadline of the AI
+        reply being answered, whichever comes first."""
+        head = self._ai_head()
+        times = [t for t in (self.alarm_at, head and head.due_at()) if t is not None]
+        return min(times) if times else None
+
+    def alarm_due(self, at: float, *, now: float, now_ms: int, deadlines: AiDeadlines) -> bool:
+        """The alarm set for `at` fired. Does only what is due by `at`: a duplicate delivery,
+        or an alarm replaced since, finds nothing to do and returns False."""
+        acted = False
+        if self.alarm_at is not None and self.alarm_at <= at:
+            if self.private and not self.used:
+                self._expired()
+            else:
+                self._alarm_cleared()
+            acted = True
+        head = self._ai_head()
+        why = head.overdue(at) if head is not None else None
+        if head is not None and why is not None:
+            self._fail_ai(
+                head, "timeout", why, now_ms=now_ms, now=now, deadlines=deadlines,
+                provider_called=head.started,
+            )
+            acted = True
+        return acted
+
+    # --- the AI queue: one reply answered at a time, in the order asked ---------------------
+
+    def _ai_head(self) -> AiReply | None:
+        return next(iter(self.ai.values()), None)
+
+    def _active_ai(self, reply_id: str) -> AiReply:
+        head = self._ai_head()
+        if head is None or head.id != reply_id:
+            raise NoSuchAiReply("No such AI reply in progress.")
+        return head
+
+    def _ask_ai(
+        self, message_id: str, asker: str, user_id: str | None, question: str, asked_at: int,
+        *, now_ms: int, now: float, deadlines: AiDeadlines,
+    ) -> None:
+        if len(self.ai) >= MAX_AI_QUEUE:
+            self._system_message(
+                f"{message_id}:ai-busy",
+                f"The AI has {MAX_AI_QUEUE} questions waiting; {asker}, ask again in a moment.",
+                now_ms,
+            )
+            return
+        self._ai_reply_requested(
+            reply_id=reply_id_of(message_id),
+            user_id=user_id or guest_user(asker),
+            asker=asker,
+            question=question,
+            requested_at=asked_at,
+        )
+        self._dispatch_next(now, deadlines)
+
+    def start_ai(
+        self, reply_id: str, model: str, label: str, *, now: float, deadlines: AiDeadlines
+    ) -> bool:
+        """The context service starts streaming the head of the queue; False if it had.
+
+        The reply must finish within the deadlines' `max_duration`, and, with a stall timeout,
+        show signs of life (appends) within that, or the room's alarm fails it: a streamer
+        that died leaves its reply open only that long."""
+        head = self._active_ai(reply_id)
+        if head.started:
+            return False
+        deadline = deadlines.finish_by(now)
+        self._ai_reply_started(
+            reply_id=reply_id, asker=head.asker, model=model, label=label, deadline=deadline,
+            alive_until=deadlines.alive_until(now, deadline),
+        )
+        return True
+
+    def append_ai(
+        self, reply_id: str, offset: int, text: str, *, now: float, deadlines: AiDeadlines
+    ) -> bool:
+        """Streamed text at `offset`; False for a retry of text already appended. An append
+        is a sign of life: it may renew the reply's stall window (`AiReplyAlive`)."""
+        head = self._active_ai(reply_id)
+        after = head.append(offset, text)
+        if after is head:
+            return False
+        if len(after.text) > MAX_AI_REPLY_LENGTH:
+            raise AiReplyConflict(f"An AI reply holds at most {MAX_AI_REPLY_LENGTH} characters.")
+        self._ai_reply_chunk(reply_id=reply_id, offset=offset, text=text)
+        until = deadlines.renewal(head, now)
+        if until is not None:
+            self._ai_reply_alive(reply_id=reply_id, until=until)
+        return True
+
+    def complete_ai(
+        self, reply_id: str, length: int, prompt_tokens: int, output_tokens: int,
+        *, now_ms: int, now: float, deadlines: AiDeadlines,
+    ) -> dict | None:
+        """The reply is whole: it becomes a message by the AI. Dispatches the next question.
+        Returns the message, or None for a retry of a reply already finished."""
+        if reply_id in self.recent_ids:
+            return None
+        head = self._active_ai(reply_id)
+        text = head.complete(length)
+        self._ai_reply_completed(
+            reply_id=reply_id,
+            user_id=head.user_id,
+            text=text,
+            posted_at=max(now_ms, self.last_timestamp + 1),
+            prompt_tokens=prompt_tokens,
+            output_tokens=output_tokens,
+        )
+        self._dispatch_next(now, deadlines)
+        return self.messages[-1]
+
+    def fail_ai(
+        self, reply_id: str, reason: str, message: str, prompt_tokens: int, output_tokens: int,
+        *, now_ms: int, now: float, deadlines: AiDeadlines,
+    ) -> None:
+        if reply_id in self.recent_ids:
+            return  # a retry of a reply already finished
+        head = self._active_ai(reply_id)
+        self._fail_ai(
+            head, reason, message, now_ms=now_ms, now=now, deadlines=deadlines,
+            provider_called=head.started or reason not in ("quota", "unavailable"),
+            prompt_tokens=prompt_tokens, output_tokens=output_tokens,
+        )
+
+    def _fail_ai(
+        self, head: AiReply, reason: str, message: str, *, now_ms: int, now: float,
+        deadlines: AiDeadlines, provider_called: bool, prompt_tokens: int = 0,
+        output_tokens: int = 0,
+    ) -> None:
+        """End the reply early: what was streamed stays, marked incomplete; the room is told."""
+        self._ai_reply_failed(
+            reply_id=head.id,
+            user_id=head.user_id,
+            reason=reason,
+            text=head.fail(),
+            posted_at=max(now_ms, self.last_timestamp + 1),
+            prompt_tokens=prompt_tokens,
+            output_tokens=output_tokens,
+            provider_called=provider_called,
+        )
+        self._system_message(
+            f"{head.id}:failed", f"The AI could not answer {head.asker}: {message}", now_ms
+        )
+        self._dispatch_next(now, deadlines)
+
+    def _dispatch_next(self, now: float, deadlines: AiDeadlines) -> None:
+        head = self._ai_head()
+        if head is not None and head.status is AiStatus.QUEUED:
+            self._ai_reply_dispatched(reply_id=head.id, deadline=deadlines.start_by(now))
+
+    # --- events: how each one changes the state ---------------------------------------------
+
+    @event(MemberJoined)
     def _member_joined(self, session_id: str, member_name: str) -> None:
         self.members[session_id] = member_name
         self.used = True
 
-    @event("MessagePosted")
+    @event(MemberLeft)
+    def _member_left(self, session_id: str, member_name: str) -> None:
+        del self.members[session_id]
+
+    @event(MessagePosted)
     def _message_posted(self, message_id: str, member_name: str, text: str, posted_at: int) -> None:
         self._remember(
             {"id": message_id, "name": member_name, "message": text, "timestamp": posted_at}
+        )
+
+    @event(SystemMessagePosted)
+    def _system_message_posted(self, message_id: str, text: str, posted_at: int) -> None:
+        self._remember(
+            {"id": message_id, "name": SYSTEM_NAME, "message": text, "timestamp": posted_at,
+             "kind": "system"}
         )
 
     def _remember(self, message: dict) -> None:
@@ -386,38 +384,45 @@ class Room(Aggregate):
         if len(self.recent_ids) > RECENT_IDS:
             del self.recent_ids[next(iter(self.recent_ids))]
 
-    @event("AiReplyRequested")
+    @event(AlarmSet)
+    def _alarm_set(self, at: float) -> None:
+        self.alarm_at = at
+
+    @event(AlarmCleared)
+    def _alarm_cleared(self) -> None:
+        self.alarm_at = None
+
+    @event(Expired)
+    def _expired(self) -> None:
+        self.expired = True
+        self.alarm_at = None
+
+    @event(AiReplyRequested)
     def _ai_reply_requested(
         self, reply_id: str, user_id: str, asker: str, question: str, requested_at: int
     ) -> None:
-        self.ai[reply_id] = {
-            "id": reply_id, "user_id": user_id, "asker": asker, "question": question,
-            "status": "queued", "deadline": None, "model": None, "label": None, "text": "",
-        }
+        self.ai[reply_id] = AiReply(id=reply_id, user_id=user_id, asker=asker, question=question)
 
-    @event("AiReplyDispatched")
+    @event(AiReplyDispatched)
     def _ai_reply_dispatched(self, reply_id: str, deadline: float) -> None:
-        self.ai[reply_id].update(status="dispatched", deadline=deadline)
+        self.ai[reply_id] = self.ai[reply_id].dispatch(deadline)
 
-    @event("AiReplyStarted")
+    @event(AiReplyStarted)
     def _ai_reply_started(
         self, reply_id: str, asker: str, model: str, label: str, deadline: float,
-        alive_until: float | None = None,
+        alive_until: float | None = None,  # not stored before the stall timeout existed
     ) -> None:
-        self.ai[reply_id].update(
-            status="streaming", model=model, label=label, deadline=deadline,
-            alive_until=alive_until,
-        )
+        self.ai[reply_id] = self.ai[reply_id].start(model, label, deadline, alive_until)
 
-    @event("AiReplyAlive")
+    @event(AiReplyAlive)
     def _ai_reply_alive(self, reply_id: str, until: float) -> None:
-        self.ai[reply_id]["alive_until"] = until
+        self.ai[reply_id] = self.ai[reply_id].alive(until)
 
-    @event("AiReplyChunk")
+    @event(AiReplyChunk)
     def _ai_reply_chunk(self, reply_id: str, offset: int, text: str) -> None:
-        self.ai[reply_id]["text"] += text
+        self.ai[reply_id] = self.ai[reply_id].append(offset, text)
 
-    @event("AiReplyCompleted")
+    @event(AiReplyCompleted)
     def _ai_reply_completed(
         self, reply_id: str, user_id: str, text: str, posted_at: int,
         prompt_tokens: int, output_tokens: int,
@@ -427,7 +432,7 @@ class Room(Aggregate):
             {"id": reply_id, "name": AI_NAME, "message": text, "timestamp": posted_at, "kind": "ai"}
         )
 
-    @event("AiReplyFailed")
+    @event(AiReplyFailed)
     def _ai_reply_failed(
         self, reply_id: str, user_id: str, reason: str, text: str, posted_at: int,
         prompt_tokens: int, output_tokens: int, provider_called: bool,
@@ -438,27 +443,3 @@ class Room(Aggregate):
             self._remember(
                 {"id": reply_id, "name": AI_NAME, "message": text, "timestamp": posted_at, "kind": "ai"}
             )
-
-    @event("SystemMessagePosted")
-    def _system_message_posted(self, message_id: str, text: str, posted_at: int) -> None:
-        self._remember(
-            {"id": message_id, "name": SYSTEM_NAME, "message": text, "timestamp": posted_at,
-             "kind": "system"}
-        )
-
-    @event("AlarmSet")
-    def _alarm_set(self, at: float) -> None:
-        self.alarm_at = at
-
-    @event("AlarmCleared")
-    def _alarm_cleared(self) -> None:
-        self.alarm_at = None
-
-    @event("Expired")
-    def _expired(self) -> None:
-        self.expired = True
-        self.alarm_at = None
-
-    @event("MemberLeft")
-    def _member_left(self, session_id: str, member_name: str) -> None:
-        del self.members[session_id]

@@ -35,7 +35,9 @@ from contracts.room import (
     StartAiReply,
 )
 from contracts.subjects import ROOM
-from services.room.domainmodel import (
+from services.room.aireply import AiDeadlines, AiStatus
+from services.room.domainmodel import Room
+from services.room.errors import (
     AiReplyConflict,
     AlreadyExists,
     MessageTooLong,
@@ -44,7 +46,6 @@ from services.room.domainmodel import (
     NoSuchAiReply,
     NoSuchRoom,
     NotAMember,
-    Room,
     RoomError,
 )
 from services.runtime.kind import Committed, DueAlarm, ObjectContext, ObjectKind, Outcome
@@ -57,10 +58,8 @@ class RoomDeps:
     """The room's settings, and the client it asks contexts with."""
 
     contexts: ContextClient
+    deadlines: AiDeadlines  # of an AI reply: to start, to finish, to show signs of life
     private_room_ttl: float = 86_400.0
-    ai_start_timeout: float = 30.0  # dispatched -> started, else it fails
-    ai_max_duration: float = 180.0  # started -> finished, else it fails
-    ai_stall_timeout: float | None = 45.0  # streaming with no append that long: fails
 
 
 Ctx = ObjectContext[RoomDeps]
@@ -171,8 +170,8 @@ def get_room(command: GetRoom, state: Room | None, ctx: Ctx) -> Outcome:
             messages=[ChatMessage(**m) for m in state.messages],
             ai=[
                 AiReplyView(
-                    id=r["id"], asker=r["asker"], question=r["question"], status=r["status"],
-                    model=r["model"], label=r["label"], text=r["text"],
+                    id=r.id, asker=r.asker, question=r.question, status=r.status.value,
+                    model=r.model, label=r.label, text=r.text,
                 )
                 for r in state.ai.values()
             ],
@@ -191,8 +190,8 @@ def join(command: JoinRoom, state: Room | None, ctx: Ctx) -> Outcome:
 def post(command: PostMessage, state: Room | None, ctx: Ctx) -> Outcome:
     state = existing(state, ctx)
     posted = state.post(
-        str(command.command_id), command.session_id, command.text, ctx.now_ms(),
-        user_id=command.user_id, now=ctx.now(), start_timeout=ctx.deps.ai_start_timeout,
+        str(command.command_id), command.session_id, command.text, now_ms=ctx.now_ms(),
+        now=ctx.now(), deadlines=ctx.deps.deadlines, user_id=command.user_id,
     )
     # None: a retry of a post already applied. Once is enough; if the first attempt's
     # broadcast was lost in a crash, the next owner re-broadcasts it when it loads the room.
@@ -210,8 +209,7 @@ def leave(command: LeaveRoom, state: Room | None, ctx: Ctx) -> Outcome:
 def start_ai(command: StartAiReply, state: Room | None, ctx: Ctx) -> Outcome:
     state = existing(state, ctx)
     state.start_ai(
-        command.reply_id, command.model, command.label, ctx.now(), ctx.deps.ai_max_duration,
-        ctx.deps.ai_stall_timeout,
+        command.reply_id, command.model, command.label, now=ctx.now(), deadlines=ctx.deps.deadlines
     )
     return accepted(state)
 
@@ -219,7 +217,9 @@ def start_ai(command: StartAiReply, state: Room | None, ctx: Ctx) -> Outcome:
 @room.handles(AppendAiReply)
 def append_ai(command: AppendAiReply, state: Room | None, ctx: Ctx) -> Outcome:
     state = existing(state, ctx)
-    state.append_ai(command.reply_id, command.offset, command.text, ctx.now(), ctx.deps.ai_stall_timeout)
+    state.append_ai(
+        command.reply_id, command.offset, command.text, now=ctx.now(), deadlines=ctx.deps.deadlines
+    )
     return accepted(state)
 
 
@@ -228,7 +228,7 @@ def complete_ai(command: CompleteAiReply, state: Room | None, ctx: Ctx) -> Outco
     state = existing(state, ctx)
     message = state.complete_ai(
         command.reply_id, command.length, command.prompt_tokens, command.output_tokens,
-        ctx.now_ms(), ctx.now(), ctx.deps.ai_start_timeout,
+        now_ms=ctx.now_ms(), now=ctx.now(), deadlines=ctx.deps.deadlines,
     )
     return accepted(state, message)
 
@@ -238,7 +238,7 @@ def fail_ai(command: FailAiReply, state: Room | None, ctx: Ctx) -> Outcome:
     state = existing(state, ctx)
     state.fail_ai(
         command.reply_id, command.reason, command.message, command.prompt_tokens,
-        command.output_tokens, ctx.now_ms(), ctx.now(), ctx.deps.ai_start_timeout,
+        command.output_tokens, now_ms=ctx.now_ms(), now=ctx.now(), deadlines=ctx.deps.deadlines,
     )
     return accepted(state)
 
@@ -247,7 +247,7 @@ def fail_ai(command: FailAiReply, state: Room | None, ctx: Ctx) -> Outcome:
 def alarm_due(alarm: DueAlarm, state: Room | None, ctx: Ctx) -> Outcome:
     """Expire a private room nobody joined in time; fail an AI reply past its deadline."""
     if state is not None:
-        state.alarm_due(alarm.at, ctx.now(), ctx.now_ms(), ctx.deps.ai_start_timeout)
+        state.alarm_due(alarm.at, now=ctx.now(), now_ms=ctx.now_ms(), deadlines=ctx.deps.deadlines)
     return Outcome(state, Accepted(version=state.version if state else 0))
 
 
@@ -258,16 +258,16 @@ async def ask_context(committed: Committed, state: Room | None, ctx: Ctx) -> Non
         if not isinstance(event, Room.AiReplyDispatched) or state is None:
             continue
         reply = state.ai.get(event.reply_id)
-        if reply is None or reply["status"] != "dispatched":
+        if reply is None or reply.status is not AiStatus.DISPATCHED:
             continue  # answered or failed since (a reload says old commits again)
         ask = Ask(
             room=ctx.key,
-            reply_id=reply["id"],
-            asker=reply["asker"],
-            question=reply["question"],
+            reply_id=reply.id,
+            asker=reply.asker,
+            question=reply.question,
             room_messages=[ChatMessage(**m) for m in state.messages[-ROOM_WINDOW:]],
         )
-        ctx.spawn(send_ask(ctx.deps.contexts, reply["user_id"], ask), f"ask {ask.reply_id}")
+        ctx.spawn(send_ask(ctx.deps.contexts, reply.user_id, ask), f"ask {ask.reply_id}")
 
 
 async def send_ask(contexts: ContextClient, user_id: str, ask: Ask) -> None:

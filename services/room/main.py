@@ -6,6 +6,7 @@ from nats.aio.client import Client as NATS
 from pydantic import Field
 
 from contracts.context import ContextClient
+from services.room.aireply import AiDeadlines
 from services.room.handlers import RoomDeps, room
 from services.runtime.kind import Clock
 from services.runtime.service import (
@@ -29,10 +30,10 @@ async def build(nc: NATS, settings: RoomSettings, clock: Clock) -> ServiceParts:
         # Half the start timeout: if the context never takes a question, the room's alarm
         # fails the reply at the start deadline.
         contexts=ContextClient(nc, timeout=settings.ai_start_timeout / 2),
+        deadlines=AiDeadlines(
+            settings.ai_start_timeout, settings.ai_max_duration, settings.ai_stall_timeout
+        ),
         private_room_ttl=settings.private_room_ttl,
-        ai_start_timeout=settings.ai_start_timeout,
-        ai_max_duration=settings.ai_max_duration,
-        ai_stall_timeout=settings.ai_stall_timeout,
     )
     return ServiceParts([Hosting(room, deps)])
 

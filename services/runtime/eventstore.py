@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Sequence
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -23,8 +24,10 @@ from eventsourcing.persistence import (
     JSONTranscoder,
     Mapper,
     StoredEvent,
+    Transcoding,
     UUIDAsHex,
 )
+from eventsourcing.utils import get_topic, resolve_topic
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
@@ -130,8 +133,48 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
             await js.stream_info(config.name)  # another replica won the race
 
 
+class ValueAsFields(Transcoding):
+    """A frozen dataclass held in an object's state (e.g. a room's AI reply): its topic and
+    fields. Like an event's class, a value class that moves keeps its old topic registered."""
+
+    name = "value"  # found by name when decoding; StateTranscoder picks out values to encode
+
+    def encode(self, obj: Any) -> dict[str, Any]:
+        return {
+            "topic": get_topic(type(obj)),
+            "fields": {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)},
+        }
+
+    def decode(self, data: dict[str, Any]) -> Any:
+        cls = resolve_topic(data["topic"])
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            raise TypeError(f"{data['topic']} is not a value class")
+        return cls(**data["fields"])
+
+
+class StateTranscoder(JSONTranscoder):
+    """eventsourcing's JSON transcoder, which also stores frozen dataclasses (values)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._values = ValueAsFields()
+        self.names[self._values.name] = self._values
+
+    def _encode_obj(self, o: Any) -> dict[str, Any]:
+        if type(o) not in self.types and _is_value(o):
+            return {"_type_": self._values.name, "_data_": self._values.encode(o)}
+        return super()._encode_obj(o)
+
+
+def _is_value(o: Any) -> bool:
+    return (
+        dataclasses.is_dataclass(o) and not isinstance(o, type)
+        and o.__dataclass_params__.frozen  # type: ignore[attr-defined]
+    )
+
+
 def new_mapper() -> Mapper:
-    transcoder = JSONTranscoder()
+    transcoder = StateTranscoder()
     transcoder.register(UUIDAsHex())
     transcoder.register(DecimalAsStr())
     transcoder.register(DatetimeAsISO())

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import nats
 import pytest
+from eventsourcing.utils import get_topic
 
 from contracts.subjects import ROOM, event_stream, event_subject
-from services.runtime.eventstore import ObjectEventStore
+from services.room.domainmodel import Room, room_id
+from services.runtime.eventstore import CommitCodec, ObjectEventStore
 from services.runtime.natsserver import free_port
 from tests.e2e.read_models import TABLES, publish_unreadable_commits, rows
 from tests.e2e.chat_clients import ChatClient, joined
@@ -244,15 +246,17 @@ async def test_check_finds_a_tampered_row_and_rebuild_room_repairs_it(system):
     await leave(system, room, alice)
 
 
-def stored_commit(room: str, first_version: int, *events: tuple[str, dict]) -> bytes:
-    """A commit as the room stores one: its events' topics, versions and JSON state."""
-    stamp = {"_type_": "datetime_iso", "_data_": dt.datetime.now(dt.UTC).isoformat()}
-    return json.dumps({
-        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, room)),
-        "events": [[f"services.room.domainmodel:Room.{name}", first_version + n,
-                    json.dumps({"timestamp": stamp, **fields})]
-                   for n, (name, fields) in enumerate(events)],
-    }).encode()
+def stored_commit(room: str, first_version: int, *events: tuple[type, dict]) -> bytes:
+    """A commit as the room stores one: the room's event classes, by the room's codec."""
+    return CommitCodec().encode([
+        cls(originator_id=room_id(room), originator_version=first_version + n,
+            timestamp=cls.create_timestamp(), **fields)
+        for n, (cls, fields) in enumerate(events)
+    ])
+
+
+def room_created(room: str) -> tuple[type, dict]:
+    return Room.Created, {"originator_topic": get_topic(Room), "name": room, "private": False}
 
 
 async def test_check_and_rebuild_room_keep_ai_usage_exact(system):
@@ -260,21 +264,20 @@ async def test_check_and_rebuild_room_keep_ai_usage_exact(system):
     # the room service never loads these rooms).
     user, lobby, den = f"user-{uuid.uuid4().hex[:8]}", new_room(), new_room()
     at = int(dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC).timestamp() * 1000)
-    created = ("Created", {"private": False})
     nc = await nats.connect(system.nats.url)
     js = nc.jetstream()
     await js.publish(event_subject(ROOM, lobby), stored_commit(
-        lobby, 1, (created[0], {**created[1], "name": lobby}),
-        ("AiReplyChunk", {"reply_id": "r1", "offset": 0, "text": "hi"}),
-        ("AiReplyCompleted", {"reply_id": "r1", "user_id": user, "text": "hi", "posted_at": at,
-                              "prompt_tokens": 10, "output_tokens": 1})))
+        lobby, 1, room_created(lobby),
+        (Room.AiReplyChunk, {"reply_id": "r1", "offset": 0, "text": "hi"}),
+        (Room.AiReplyCompleted, {"reply_id": "r1", "user_id": user, "text": "hi",
+                                 "posted_at": at, "prompt_tokens": 10, "output_tokens": 1})))
     await js.publish(event_subject(ROOM, den), stored_commit(
-        den, 1, (created[0], {**created[1], "name": den}),
-        ("AiReplyCompleted", {"reply_id": "r2", "user_id": user, "text": "yo",
-                              "posted_at": at + 1, "prompt_tokens": 20, "output_tokens": 2}),
-        ("AiReplyFailed", {"reply_id": "r3", "user_id": user, "reason": "cut",
-                           "text": "y [incomplete]", "posted_at": at + 2, "prompt_tokens": 3,
-                           "output_tokens": 0, "provider_called": True})))
+        den, 1, room_created(den),
+        (Room.AiReplyCompleted, {"reply_id": "r2", "user_id": user, "text": "yo",
+                                 "posted_at": at + 1, "prompt_tokens": 20, "output_tokens": 2}),
+        (Room.AiReplyFailed, {"reply_id": "r3", "user_id": user, "reason": "cut",
+                              "text": "y [incomplete]", "posted_at": at + 2, "prompt_tokens": 3,
+                              "output_tokens": 0, "provider_called": True})))
     await nc.close()
     await caught_up(system)
 

@@ -9,7 +9,7 @@ import json
 import sqlite3
 import time
 
-from eventsourcing.domain import Aggregate, event
+from eventsourcing.utils import get_topic
 
 from contracts.room import AI_NAME, INCOMPLETE_MARK, SYSTEM_NAME
 from contracts.subjects import ROOM, event_subject
@@ -17,56 +17,57 @@ from services.readstore import queries
 from services.readstore.projection import ROOM_STREAM, project_commit, record_position
 from services.readstore.store import open_read_store, transaction
 from services.replay.rebuild import reproject_room
+from services.room.aireply import AiDeadlines
 from services.room.domainmodel import Room, room_id
 from services.runtime.eventstore import CommitCodec, StoredMessage
 
 
-class ChatRoom(Aggregate):
-    """A stand-in for the room aggregate: the same event names and fields, stored by the
-    same codec, so the projection sees exactly what the room service appends."""
+class ChatRoom:
+    """A stand-in for the room aggregate: it records the Room's own event classes (the schema
+    in services.room.events, stored under the room's topics) by the same codec, without the
+    room's rules, so a test can store any history the projection may meet."""
 
-    @staticmethod
-    def create_id(name: str, private: bool):
-        return room_id(name)
-
-    @event("Created")
     def __init__(self, name: str, private: bool) -> None:
-        pass
+        self.name = name
+        self.id = room_id(name)
+        self.version = 0
+        self._pending: list = []
+        self._record(Room.Created, originator_topic=get_topic(Room), name=name, private=private)
 
-    @event("MessagePosted")
-    def post(self, message_id: str, member_name: str, text: str, posted_at: int) -> None:
-        pass
+    def _record(self, event_class: type, **fields) -> None:
+        self.version += 1
+        self._pending.append(event_class(
+            originator_id=self.id, originator_version=self.version,
+            timestamp=event_class.create_timestamp(), **fields,
+        ))
 
-    @event("AiReplyRequested")
-    def ask(self, reply_id: str, user_id: str, asker: str, question: str,
-            requested_at: int) -> None:
-        pass
+    def collect_events(self) -> list:
+        pending, self._pending = self._pending, []
+        return pending
 
-    @event("AiReplyDispatched")
-    def dispatch(self, reply_id: str, deadline: float) -> None:
-        pass
+    def post(self, **fields) -> None:
+        self._record(Room.MessagePosted, **fields)
 
-    @event("AiReplyStarted")
-    def start(self, reply_id: str, model: str, label: str, deadline: float) -> None:
-        pass
+    def ask(self, **fields) -> None:
+        self._record(Room.AiReplyRequested, **fields)
 
-    @event("AiReplyChunk")
-    def chunk(self, reply_id: str, offset: int, text: str) -> None:
-        pass
+    def dispatch(self, **fields) -> None:
+        self._record(Room.AiReplyDispatched, **fields)
 
-    @event("AiReplyCompleted")
-    def complete(self, reply_id: str, user_id: str, text: str, posted_at: int,
-                 prompt_tokens: int, output_tokens: int) -> None:
-        pass
+    def start(self, **fields) -> None:
+        self._record(Room.AiReplyStarted, **fields)
 
-    @event("AiReplyFailed")
-    def fail(self, reply_id: str, user_id: str, reason: str, text: str, posted_at: int,
-             prompt_tokens: int, output_tokens: int, provider_called: bool) -> None:
-        pass
+    def chunk(self, **fields) -> None:
+        self._record(Room.AiReplyChunk, **fields)
 
-    @event("SystemMessagePosted")
-    def notice(self, message_id: str, text: str, posted_at: int) -> None:
-        pass
+    def complete(self, **fields) -> None:
+        self._record(Room.AiReplyCompleted, **fields)
+
+    def fail(self, **fields) -> None:
+        self._record(Room.AiReplyFailed, **fields)
+
+    def notice(self, **fields) -> None:
+        self._record(Room.SystemMessagePosted, **fields)
 
 
 codec = CommitCodec()
@@ -103,9 +104,7 @@ class Stream:
 
 
 def open_room(name: str) -> ChatRoom:
-    room = ChatRoom(name=name, private=False)
-    room.name = name
-    return room
+    return ChatRoom(name=name, private=False)
 
 
 def ask(room: ChatRoom, reply_id: str, user_id: str, question: str, at: int) -> None:
@@ -118,7 +117,8 @@ def ask(room: ChatRoom, reply_id: str, user_id: str, question: str, at: int) -> 
 
 def stream_reply(room: ChatRoom, reply_id: str, pieces: list[str], deadline: float) -> None:
     room.dispatch(reply_id=reply_id, deadline=deadline)
-    room.start(reply_id=reply_id, model="gemini-2.5-flash", label="Gemini", deadline=deadline)
+    room.start(reply_id=reply_id, asker="someone", model="gemini-2.5-flash", label="Gemini",
+               deadline=deadline)
     offset = 0
     for piece in pieces:
         room.chunk(reply_id=reply_id, offset=offset, text=piece)
@@ -361,19 +361,21 @@ def test_the_room_aggregates_own_ai_events_project_as_the_stand_in_does(tmp_path
     now_ms, now = int(time.time() * 1000), time.time()
 
     # The real Room: alice asks twice; the first reply completes, the second is cut off.
+    deadlines = AiDeadlines(start_timeout=30, max_duration=60, stall_timeout=None)
     room = Room.open_public("lobby")
     room.join("s1", "alice")
-    room.post("m1", "s1", "@ai hi", now_ms, user_id="u1", now=now)
-    room.post("m2", "s1", "@ai again", now_ms + 1, user_id="u1", now=now)
+    room.post("m1", "s1", "@ai hi", now_ms=now_ms, now=now, deadlines=deadlines, user_id="u1")
+    room.post("m2", "s1", "@ai again", now_ms=now_ms + 1, now=now, deadlines=deadlines,
+              user_id="u1")
     first = next(iter(room.ai))
-    room.start_ai(first, "gemini-2.5-flash", "Gemini", now, 60)
-    room.append_ai(first, 0, "hel")
-    room.append_ai(first, 3, "lo")
-    room.complete_ai(first, 5, 10, 2, now_ms + 5, now, 30)
+    room.start_ai(first, "gemini-2.5-flash", "Gemini", now=now, deadlines=deadlines)
+    room.append_ai(first, 0, "hel", now=now, deadlines=deadlines)
+    room.append_ai(first, 3, "lo", now=now, deadlines=deadlines)
+    room.complete_ai(first, 5, 10, 2, now_ms=now_ms + 5, now=now, deadlines=deadlines)
     second = next(iter(room.ai))
-    room.start_ai(second, "gemini-2.5-flash", "Gemini", now, 60)
-    room.append_ai(second, 0, "par")
-    room.fail_ai(second, "cut", "cut off", 3, 1, now_ms + 9, now, 30)
+    room.start_ai(second, "gemini-2.5-flash", "Gemini", now=now, deadlines=deadlines)
+    room.append_ai(second, 0, "par", now=now, deadlines=deadlines)
+    room.fail_ai(second, "cut", "cut off", 3, 1, now_ms=now_ms + 9, now=now, deadlines=deadlines)
     assert stream.commit(room) == 0
 
     assert table(conn, "SELECT author, text, kind FROM messages WHERE kind != 'user'"

@@ -3,6 +3,7 @@
 import pytest
 
 from contracts.room import HISTORY_LENGTH
+from services.room.aireply import AiDeadlines
 from services.room.domainmodel import (
     MessageTooLong,
     NameTooLong,
@@ -11,6 +12,10 @@ from services.room.domainmodel import (
     RoomError,
     room_id,
 )
+
+# What the room needs to know of time and AI deadlines on every post (any post may ask the AI).
+AT = {"now": 1_000.0, "deadlines": AiDeadlines(start_timeout=30.0, max_duration=180.0,
+                                               stall_timeout=45.0)}
 
 
 def replay(events):
@@ -28,7 +33,7 @@ def test_a_room_story():
     # Two people join; one posts.
     room.join("s1", "alice")
     room.join("s2", "bob")
-    message = room.post("m1", "s1", "hello", now_ms=1000)
+    message = room.post("m1", "s1", "hello", now_ms=1000, **AT)
     assert message == {"id": "m1", "name": "alice", "message": "hello", "timestamp": 1000}
 
     # Bob leaves; his name is what the room broadcasts.
@@ -49,7 +54,7 @@ def test_a_room_story():
 def test_timestamps_strictly_increase_even_when_the_clock_does_not():
     room = Room.open_public("clock")
     room.join("s", "a")
-    stamps = [room.post(f"m{i}", "s", "x", now_ms=now)["timestamp"] for i, now in
+    stamps = [room.post(f"m{i}", "s", "x", now_ms=now, **AT)["timestamp"] for i, now in
               enumerate([500, 500, 499, 10, 800])]
     assert stamps == [500, 501, 502, 503, 800]
 
@@ -58,7 +63,7 @@ def test_history_keeps_the_last_100_oldest_first():
     room = Room.open_public("long")
     room.join("s", "a")
     for i in range(HISTORY_LENGTH + 20):
-        room.post(f"m{i}", "s", str(i), now_ms=i + 1)
+        room.post(f"m{i}", "s", str(i), now_ms=i + 1, **AT)
     assert len(room.messages) == HISTORY_LENGTH
     assert room.messages[0]["message"] == "20"
     assert room.messages[-1]["message"] == str(HISTORY_LENGTH + 19)
@@ -68,13 +73,13 @@ def test_refusals_record_nothing():
     room = Room.open_public("strict")
     room.collect_events()
     with pytest.raises(NotAMember):
-        room.post("m", "stranger", "hi", now_ms=1)
+        room.post("m", "stranger", "hi", now_ms=1, **AT)
     with pytest.raises(NameTooLong):
         room.join("s", "x" * 33)
     room.join("s", "a")
     room.collect_events()
     with pytest.raises(MessageTooLong):
-        room.post("m", "s", "x" * 257, now_ms=1)
+        room.post("m", "s", "x" * 257, now_ms=1, **AT)
     with pytest.raises(NotAMember):
         room.leave("nobody")
     assert room.collect_events() == []
@@ -92,8 +97,8 @@ def test_a_retried_command_is_applied_once():
     room = Room.open_public("retry")
     assert room.join("s", "a") is True
     assert room.join("s", "a") is False  # the same join again records nothing new
-    first = room.post("m1", "s", "once", now_ms=1)
+    first = room.post("m1", "s", "once", now_ms=1, **AT)
     assert first is not None
-    assert room.post("m1", "s", "once", now_ms=2) is None
+    assert room.post("m1", "s", "once", now_ms=2, **AT) is None
     assert [m["id"] for m in room.messages] == ["m1"]
     assert replay(room.collect_events()).recent_ids == {"m1": 1}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from contracts.room import HISTORY_CHARS, INCOMPLETE_MARK, MAX_AI_QUEUE, ai_question
+from services.room.aireply import AiDeadlines
 from services.room.domainmodel import (
     AiReplyConflict,
     NameReserved,
@@ -16,6 +17,7 @@ from services.room.domainmodel import (
 
 START = 30.0
 NOW = 1_000.0
+DEADLINES = AiDeadlines(start_timeout=START, max_duration=100.0, stall_timeout=None)
 
 
 def room_with(*names: str) -> Room:
@@ -26,7 +28,8 @@ def room_with(*names: str) -> Room:
 
 
 def ask(room: Room, name: str, text: str, message_id: str, ms: int = 1) -> str:
-    room.post(message_id, f"s-{name}", text, ms, user_id=f"u-{name}", now=NOW, start_timeout=START)
+    room.post(message_id, f"s-{name}", text, now_ms=ms, now=NOW, deadlines=DEADLINES,
+              user_id=f"u-{name}")
     return reply_id_of(message_id)
 
 
@@ -42,41 +45,47 @@ def test_questions_queue_and_are_answered_in_order():
     room = room_with("alice", "bob")
     first = ask(room, "alice", "@ai one", "m1")
     second = ask(room, "bob", "/ai two", "m2")
-    assert [r["status"] for r in room.ai.values()] == ["dispatched", "queued"]
-    assert room.ai[first]["deadline"] == NOW + START
+    assert [r.status for r in room.ai.values()] == ["dispatched", "queued"]
+    assert room.ai[first].deadline == NOW + START
     assert room.wake_at() == NOW + START
     with pytest.raises(NoSuchAiReply):  # only the head of the queue may start
-        room.start_ai(second, "m", "Gemini", NOW, 100)
+        room.start_ai(second, "m", "Gemini", now=NOW, deadlines=DEADLINES)
 
-    assert room.start_ai(first, "gemini-2.5-flash", "Gemini", NOW, 100)
-    assert not room.start_ai(first, "gemini-2.5-flash", "Gemini", NOW, 100)  # a retry
-    assert room.append_ai(first, 0, "Hel")
-    assert room.append_ai(first, 3, "lo")
-    assert not room.append_ai(first, 0, "Hel")  # a retry of stored text changes nothing
+    assert room.start_ai(first, "gemini-2.5-flash", "Gemini", now=NOW, deadlines=DEADLINES)
+    # a retry
+    assert not room.start_ai(first, "gemini-2.5-flash", "Gemini", now=NOW, deadlines=DEADLINES)
+    assert room.append_ai(first, 0, "Hel", now=NOW, deadlines=DEADLINES)
+    assert room.append_ai(first, 3, "lo", now=NOW, deadlines=DEADLINES)
+    # a retry of stored text changes nothing
+    assert not room.append_ai(first, 0, "Hel", now=NOW, deadlines=DEADLINES)
     with pytest.raises(AiReplyConflict):
-        room.append_ai(first, 9, "gap")
+        room.append_ai(first, 9, "gap", now=NOW, deadlines=DEADLINES)
     with pytest.raises(AiReplyConflict):
-        room.complete_ai(first, 4, 0, 0, 10, NOW, START)  # not what is stored
-    message = room.complete_ai(first, 5, 7, 2, 10, NOW + 1, START)
+        # not what is stored
+        room.complete_ai(first, 4, 0, 0, now_ms=10, now=NOW, deadlines=DEADLINES)
+    message = room.complete_ai(first, 5, 7, 2, now_ms=10, now=NOW + 1, deadlines=DEADLINES)
     assert message == {"id": first, "name": "AI", "message": "Hello", "timestamp": 10, "kind": "ai"}
-    assert room.complete_ai(first, 5, 7, 2, 11, NOW, START) is None  # a retried completion
-    assert list(room.ai) == [second] and room.ai[second]["status"] == "dispatched"
-    assert room.ai[second]["deadline"] == NOW + 1 + START
-    assert room.ai[second]["user_id"] == "u-bob"
+    # a retried completion
+    assert room.complete_ai(first, 5, 7, 2, now_ms=11, now=NOW, deadlines=DEADLINES) is None
+    assert list(room.ai) == [second] and room.ai[second].status == "dispatched"
+    assert room.ai[second].deadline == NOW + 1 + START
+    assert room.ai[second].user_id == "u-bob"
 
 
 def test_a_failure_keeps_the_partial_text_and_tells_the_room():
     room = room_with("alice")
     reply = ask(room, "alice", "@ai tell me", "m1")
-    room.start_ai(reply, "m", "Gemini", NOW, 100)
-    room.append_ai(reply, 0, "Part")
-    room.fail_ai(reply, "rate_limited", "the provider is busy.", 5, 1, 20, NOW, START)
+    room.start_ai(reply, "m", "Gemini", now=NOW, deadlines=DEADLINES)
+    room.append_ai(reply, 0, "Part", now=NOW, deadlines=DEADLINES)
+    room.fail_ai(reply, "rate_limited", "the provider is busy.", 5, 1,
+                 now_ms=20, now=NOW, deadlines=DEADLINES)
     *_, partial, notice = room.messages
     assert partial["message"] == "Part" + INCOMPLETE_MARK and partial["kind"] == "ai"
     assert notice["kind"] == "system" and notice["name"] == "system"
     assert "alice" in notice["message"] and "the provider is busy." in notice["message"]
     assert room.ai == {}
-    room.fail_ai(reply, "rate_limited", "again", 0, 0, 30, NOW, START)  # a retry: nothing new
+    # a retry: nothing new
+    room.fail_ai(reply, "rate_limited", "again", 0, 0, now_ms=30, now=NOW, deadlines=DEADLINES)
     assert room.messages[-1] == notice
 
 
@@ -84,17 +93,19 @@ def test_the_deadline_alarm_fails_a_reply_that_never_started_or_finished():
     room = room_with("alice")
     first = ask(room, "alice", "@ai one", "m1")
     second = ask(room, "alice", "@ai two", "m2")
-    assert not room.alarm_due(NOW + START - 1, NOW, 5, START)  # not due yet: nothing
-    assert room.alarm_due(NOW + START, NOW + START, 6, START)
-    assert first not in room.ai and room.ai[second]["status"] == "dispatched"
+    # not due yet: nothing
+    assert not room.alarm_due(NOW + START - 1, now=NOW, now_ms=5, deadlines=DEADLINES)
+    assert room.alarm_due(NOW + START, now=NOW + START, now_ms=6, deadlines=DEADLINES)
+    assert first not in room.ai and room.ai[second].status == "dispatched"
     assert "did not start" in room.messages[-1]["message"]
-    room.start_ai(second, "m", "Gemini", NOW + START, 100)
-    room.append_ai(second, 0, "half")
+    room.start_ai(second, "m", "Gemini", now=NOW + START, deadlines=DEADLINES)
+    room.append_ai(second, 0, "half", now=NOW, deadlines=DEADLINES)
     assert room.wake_at() == NOW + START + 100
-    assert room.alarm_due(NOW + START + 100, NOW + START + 100, 9, START)
+    assert room.alarm_due(NOW + START + 100, now=NOW + START + 100, now_ms=9, deadlines=DEADLINES)
     assert room.messages[-2]["message"] == "half" + INCOMPLETE_MARK
     assert room.wake_at() is None
-    assert not room.alarm_due(NOW + START + 100, NOW, 10, START)  # a duplicate does nothing
+    # a duplicate does nothing
+    assert not room.alarm_due(NOW + START + 100, now=NOW, now_ms=10, deadlines=DEADLINES)
 
 
 def test_the_queue_is_bounded_and_a_question_over_it_is_told_so():
@@ -116,8 +127,8 @@ def test_the_ai_and_system_names_are_reserved():
 def test_a_room_rebuilt_from_its_events_has_the_same_ai_state():
     room = room_with("alice")
     reply = ask(room, "alice", "@ai one", "m1")
-    room.start_ai(reply, "m", "Gemini", NOW, 100)
-    room.append_ai(reply, 0, "so far")
+    room.start_ai(reply, "m", "Gemini", now=NOW, deadlines=DEADLINES)
+    room.append_ai(reply, 0, "so far", now=NOW, deadlines=DEADLINES)
     events = room.collect_events()
     copy = None
     for event in events:
@@ -131,40 +142,41 @@ def test_long_ai_replies_bound_the_history_by_characters_too():
     room = room_with("alice")
     for i in range(12):
         reply = ask(room, "alice", f"@ai q{i}", f"m{i}", ms=10 * i)
-        room.start_ai(reply, "m", "Gemini", NOW, 100)
-        room.append_ai(reply, 0, "x" * 10_000)
-        room.complete_ai(reply, 10_000, 0, 0, 10 * i + 1, NOW, START)
+        room.start_ai(reply, "m", "Gemini", now=NOW, deadlines=DEADLINES)
+        room.append_ai(reply, 0, "x" * 10_000, now=NOW, deadlines=DEADLINES)
+        room.complete_ai(reply, 10_000, 0, 0, now_ms=10 * i + 1, now=NOW, deadlines=DEADLINES)
     assert sum(len(m["message"]) for m in room.messages) <= HISTORY_CHARS
     assert room.messages[-1]["message"] == "x" * 10_000  # the newest stays
     # Ordinary chat keeps its 100 messages.
     chat = room_with("bob")
     for i in range(150):
-        chat.post(f"c{i}", "s-bob", "y" * 256, i)
+        chat.post(f"c{i}", "s-bob", "y" * 256, now_ms=i, now=NOW, deadlines=DEADLINES)
     assert len(chat.messages) == 100
 
 
 def test_a_streaming_reply_must_show_signs_of_life_within_the_stall_timeout():
     stall, hard = 40.0, 100.0
+    stalling = AiDeadlines(start_timeout=START, max_duration=hard, stall_timeout=stall)
     room = room_with("alice")
     reply = ask(room, "alice", "@ai one", "m1")
-    room.start_ai(reply, "m", "Gemini", NOW, hard, stall)
+    room.start_ai(reply, "m", "Gemini", now=NOW, deadlines=stalling)
     assert room.wake_at() == NOW + stall
     room.collect_events()
     # Appends early in the window renew nothing (the alarm is not re-scheduled per chunk) ...
-    room.append_ai(reply, 0, "a", NOW + 5, stall)
+    room.append_ai(reply, 0, "a", now=NOW + 5, deadlines=stalling)
     assert [type(e).__name__ for e in room.collect_events()] == ["AiReplyChunk"]
     # ... past half of it, one append renews it, never beyond the hard deadline.
-    room.append_ai(reply, 1, "b", NOW + 25, stall)
+    room.append_ai(reply, 1, "b", now=NOW + 25, deadlines=stalling)
     assert [type(e).__name__ for e in room.collect_events()] == ["AiReplyChunk", "AiReplyAlive"]
     assert room.wake_at() == NOW + 25 + stall
-    room.append_ai(reply, 2, "c", NOW + 90, stall)
+    room.append_ai(reply, 2, "c", now=NOW + 90, deadlines=stalling)
     assert room.wake_at() == NOW + hard
     # A streamer that goes quiet: the alarm at the stall deadline fails the reply, text kept.
     quiet = room_with("bob")
     other = ask(quiet, "bob", "@ai two", "m2")
-    quiet.start_ai(other, "m", "Gemini", NOW, hard, stall)
-    quiet.append_ai(other, 0, "half", NOW + 1, stall)
-    assert quiet.alarm_due(NOW + stall, NOW + stall, 50, START)
+    quiet.start_ai(other, "m", "Gemini", now=NOW, deadlines=stalling)
+    quiet.append_ai(other, 0, "half", now=NOW + 1, deadlines=stalling)
+    assert quiet.alarm_due(NOW + stall, now=NOW + stall, now_ms=50, deadlines=DEADLINES)
     *_, partial, notice = quiet.messages
     assert partial["message"] == "half" + INCOMPLETE_MARK
     assert notice["message"].endswith("the AI service stopped answering.")
