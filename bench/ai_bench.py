@@ -32,23 +32,24 @@ import os
 import platform
 import re
 import secrets
-import signal
 import sys
-import tempfile
-import threading
 import time
-from pathlib import Path
 
 from bench import load
-from bench.load import run_in_child
 from bench.measure import (
-    cpu_sample,
-    machine_busy_percent,
-    pct,
+    BenchRun,
+    Child,
+    CpuMeter,
+    arguments,
+    child_main,
+    fmt,
+    fmt_stats,
+    others,
+    percentiles,
     raise_fd_limit,
-    shut_down,
-    wait_machine_quiet,
-    write_figures,
+    receive_all,
+    table,
+    wait_quiet,
 )
 
 TARGET_P99_MS = 10.0
@@ -60,12 +61,8 @@ FINAL_MARK = '"kind":"ai"'
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.ai_bench", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--quick", action="store_true",
-                   help="short run: 2 replies x 20 chunks (after a 5-chunk warm-up reply)")
+    p = arguments("bench.ai_bench", __doc__,
+                  quick="short run: 2 replies x 20 chunks (after a 5-chunk warm-up reply)")
     p.add_argument("--rate", type=float, default=20.0, help="chunks/s the provider streams")
     p.add_argument("--replies", type=int, help="measured replies per configuration (default 3, quick 2)")
     p.add_argument("--chunks", type=int, help="chunks per reply (default 60, quick 20)")
@@ -93,8 +90,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="offer permessage-deflate as browsers do (the gateway declines it)")
     p.add_argument("--partitions", type=int, default=16)
     p.add_argument("--no-uvloop", action="store_true", help="plain asyncio loop in the load process")
-    p.add_argument("--keep-dir", action="store_true", help="keep the temp dir (logs, JetStream store)")
-    p.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here as JSON")
     args = p.parse_args(argv)
     if args.replies is None:
         args.replies = 2 if args.quick else 3
@@ -123,16 +118,12 @@ def chunk_text(n: int, chars: int) -> str:
 # --- child processes (spawned) ----------------------------------------------------------------
 
 
-def _child(target, cfg: dict, conn, parent: int, barrier) -> None:
-    run_in_child(lambda: target(cfg, conn, barrier), cfg, conn, parent, barrier)
+def load_entry(cfg: dict, barrier, conn, parent: int) -> None:
+    child_main(lambda: members_run(cfg, barrier), conn, parent, barrier, uvloop=cfg["uvloop"])
 
 
-def load_entry(cfg: dict, conn, parent: int, barrier) -> None:
-    _child(members_run, cfg, conn, parent, barrier)
-
-
-def tap_entry(cfg: dict, conn, parent: int, barrier) -> None:
-    _child(tap_run, cfg, conn, parent, barrier)
+def tap_entry(cfg: dict, conn, parent: int) -> None:
+    child_main(lambda: tap_run(cfg, conn), conn, parent, uvloop=cfg["uvloop"])
 
 
 class Member:
@@ -207,18 +198,7 @@ async def join_tasks(cfg: dict, specs: list[tuple[str, str, Member]]) -> list[Ta
     return list(await asyncio.gather(*(one(*spec) for spec in specs)))
 
 
-async def barrier_wait(barrier, timeout: float) -> bool:
-    """Wait for the other load processes; False if one of them gave up (the barrier broke)."""
-    if barrier is None:
-        return True
-    try:
-        await asyncio.get_running_loop().run_in_executor(None, barrier.wait, timeout)
-        return True
-    except threading.BrokenBarrierError:
-        return False
-
-
-async def members_run(cfg: dict, conn, barrier) -> dict:
+async def members_run(cfg: dict, barrier) -> dict:
     """A load process: open its share of the members (member i goes to process i % procs),
     then, reply after reply (the first a warm-up), process 0's member 0 asks and every process
     waits until each of its members has the final message; the processes meet at a barrier
@@ -237,14 +217,16 @@ async def members_run(cfg: dict, conn, barrier) -> dict:
     else:
         sockets = await load.join_all(cfg, [(r, nm, m.on_text) for r, nm, m in specs])
     joined_s = time.monotonic() - t0
-    ok = await barrier_wait(barrier, 120.0)
+    ok = await load.barrier_wait(barrier, 120.0)
     await asyncio.sleep(0.5)  # the last joins' broadcasts are read before anything is asked
-    before = after = None
+    meter = CpuMeter(pids, self_as="load")
+    measured = False
     incomplete = 0
     t_start = t_end = 0.0
     for k in range(replies if ok else 0):
         if k == 1:
-            before, t_start = cpu_sample(pids, self_as="load"), time.time()
+            meter.start()
+            t_start = time.time()
         if index == 0:
             sockets[0].send_text(json.dumps({"message": f"@ai bench question {k}: stream it"}))
         _, pending = await asyncio.wait([m.final[k] for m in members], timeout=timeout)
@@ -253,10 +235,11 @@ async def members_run(cfg: dict, conn, barrier) -> dict:
             if barrier is not None:
                 barrier.abort()
             break
-        if not await barrier_wait(barrier, timeout):
+        if not await load.barrier_wait(barrier, timeout):
             break
-        if k == replies - 1:
-            after, t_end = cpu_sample(pids, self_as="load"), time.time()
+        if k == replies - 1 and k >= 1:
+            meter.stop()
+            t_end, measured = time.time(), True
         else:
             await asyncio.sleep(cfg["pause"])  # the context service records the exchange
     health = load.socket_health(sockets) if cfg["client"] == "protocol" else {}
@@ -264,17 +247,14 @@ async def members_run(cfg: dict, conn, barrier) -> dict:
         await asyncio.gather(*(s.close() for s in sockets), return_exceptions=True)
     else:
         await load.close_all(sockets)
-    cpu = {}
-    if before is not None and after is not None:
-        cpu = {k: after[k] - before[k] for k in after if k in before}
     in_window = sum(1 for m in members for t, _ in m.frames if t_start <= t <= t_end)
     return {
         "members": len(members),
         "joined_s": joined_s,
         "frames_in_window": in_window,
         "incomplete_members": incomplete,
-        "window_s": t_end - t_start if after is not None else None,
-        "cpu_s": cpu,
+        "window_s": t_end - t_start if measured else None,
+        "cpu_s": meter.seconds,
         "health": health,
         "frames": [
             [(t, d if isinstance(d, bytes) else d.encode()) for t, d in m.frames] for m in members
@@ -282,7 +262,7 @@ async def members_run(cfg: dict, conn, barrier) -> dict:
     }
 
 
-async def tap_run(cfg: dict, conn, barrier) -> dict:
+async def tap_run(cfg: dict, conn) -> dict:
     """Subscribe to the room's command, event and broadcast subjects; record every message
     with its arrival time until the parent says stop."""
     import nats
@@ -304,54 +284,14 @@ async def tap_run(cfg: dict, conn, barrier) -> dict:
     await nc.subscribe(f"out.room.{token}", cb=recorder(records["out"]))
     await nc.flush()
     conn.send("ready")
-    await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # "stop"
+    await load.from_parent(conn)  # "stop"
     await nc.flush()
     await asyncio.sleep(0.1)
     await nc.close()
     return {"records": records}
 
 
-def spawn(target, cfg: dict, name: str, barrier=None):
-    ctx = mp.get_context("spawn")
-    parent_end, child_end = ctx.Pipe(duplex=True)
-    proc = ctx.Process(
-        target=target, args=(cfg, child_end, os.getpid(), barrier), name=name, daemon=True
-    )
-    proc.start()
-    child_end.close()
-    return proc, parent_end
-
-
-def receive(proc, conn, timeout: float):
-    if not conn.poll(timeout):
-        raise RuntimeError(f"{proc.name} gave no result within {timeout:.0f} s")
-    try:
-        result = conn.recv()
-    except EOFError:
-        raise RuntimeError(f"{proc.name} exited ({proc.exitcode}) without a result") from None
-    if isinstance(result, dict) and "error" in result:
-        raise RuntimeError(f"{proc.name} failed:\n{result['error']}")
-    return result
-
-
-def finish(proc, conn) -> None:
-    proc.join(5)
-    if proc.is_alive():
-        proc.terminate()
-        proc.join(3)
-    if proc.is_alive():
-        proc.kill()
-        proc.join()
-    conn.close()
-
-
 # --- one configuration ------------------------------------------------------------------------
-
-
-def stats(values: list[float]) -> dict:
-    if not values:
-        return {"p50": None, "p99": None, "max": None, "n": 0}
-    return {"p50": pct(values, 50), "p99": pct(values, 99), "max": max(values), "n": len(values)}
 
 
 def run_config(fake, base: dict, args, members: int, room: str, counter: list[int]) -> dict:
@@ -373,29 +313,29 @@ def run_config(fake, base: dict, args, members: int, room: str, counter: list[in
     }
     tap = None
     if not args.no_tap:
-        tap = spawn(tap_entry, cfg, f"ai-bench-tap-{members}")
-        if receive(*tap, timeout=30) != "ready":
+        tap = Child(tap_entry, (cfg,), f"ai-bench-tap-{members}")
+        if tap.receive(30) != "ready":
+            tap.stop(0)
             raise RuntimeError("the NATS tap did not start")
     timeout = len(replies) * (cfg["chunks_per_reply"] / args.rate + 40) + 120
     procs = max(1, min(args.load_procs, members))
     barrier = mp.get_context("spawn").Barrier(procs) if procs > 1 else None
-    started = []
+    children = []
     try:
         for index in range(procs):
-            started.append(spawn(load_entry, cfg | {"index": index, "procs": procs},
-                                 f"ai-bench-members-{members}-{index}", barrier))
-        deadline = time.monotonic() + timeout
-        results = [receive(p, c, max(0.0, deadline - time.monotonic())) for p, c in started]
+            children.append(Child(load_entry, (cfg | {"index": index, "procs": procs}, barrier),
+                                  f"ai-bench-members-{members}-{index}"))
+        results = receive_all(children, timeout)
     finally:
-        for proc, conn in started:
-            finish(proc, conn)
+        for child in children:
+            child.stop()
         if tap is not None:
             try:
-                tap[1].send("stop")
-                tapped = receive(*tap, timeout=10)["records"]
+                tap.send("stop")
+                tapped = tap.receive(10)["records"]
             except (OSError, RuntimeError):
                 tapped = None
-            finish(*tap)
+            tap.stop()
     emitted = fake.emitted[emitted_before:]
     head = results[0]
     cpu = dict(head["cpu_s"])
@@ -508,10 +448,10 @@ def analyse(result: dict, tapped: dict | None, emitted, replies: list[list[str]]
         "finals_wrong": finals_bad,
         "failed_events": failed,
         "incomplete_members": result["incomplete_members"],
-        "latency_ms": stats(lat),
-        "first_member_ms": stats(list(first.values())),
-        "last_member_ms": stats(list(last.values())),
-        "spread_ms": stats([last[k] - first[k] for k in first]),
+        "latency_ms": percentiles(lat),
+        "first_member_ms": percentiles(list(first.values())),
+        "last_member_ms": percentiles(list(last.values())),
+        "spread_ms": percentiles([last[k] - first[k] for k in first]),
         "frames_per_member": {"min": min(frames_per_member), "max": max(frames_per_member),
                               "per_reply": sum(frames_per_member) / n / len(replies[1:])},
         "texts_per_frame": {
@@ -551,33 +491,20 @@ def stages(tapped: dict, emit_at: dict, measured: dict, first: dict, last: dict)
         "chunks": len(common),
         "appends": appends["cmd"],
         "commits": appends["evt"],
-        "provider_to_command": stats([ms(emit_at[k], seen["cmd"][k]) for k in common]),
-        "command_to_commit": stats([ms(seen["cmd"][k], seen["evt"][k]) for k in common]),
-        "commit_to_broadcast": stats([ms(seen["evt"][k], seen["out"][k]) for k in common]),
-        "provider_to_broadcast": stats([ms(emit_at[k], seen["out"][k]) for k in common]),
-        "broadcast_to_first": stats([first[k] - ms(emit_at[k], seen["out"][k]) for k in common]),
-        "broadcast_to_last": stats([last[k] - ms(emit_at[k], seen["out"][k]) for k in common]),
+        "provider_to_command": percentiles([ms(emit_at[k], seen["cmd"][k]) for k in common]),
+        "command_to_commit": percentiles([ms(seen["cmd"][k], seen["evt"][k]) for k in common]),
+        "commit_to_broadcast": percentiles([ms(seen["evt"][k], seen["out"][k]) for k in common]),
+        "provider_to_broadcast": percentiles([ms(emit_at[k], seen["out"][k]) for k in common]),
+        "broadcast_to_first": percentiles([first[k] - ms(emit_at[k], seen["out"][k]) for k in common]),
+        "broadcast_to_last": percentiles([last[k] - ms(emit_at[k], seen["out"][k]) for k in common]),
     }
 
 
 # --- output ---------------------------------------------------------------------------------------
 
 
-def f2(value) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
 def triple(s: dict) -> str:
-    return f"{f2(s['p50'])} / {f2(s['p99'])} / {f2(s['max'])}"
-
-
-def table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  " + "  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip()]
-    lines.append("  " + "  ".join("-" * w for w in widths))
-    for r in rows:
-        lines.append("  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
-    return "\n".join(lines)
+    return fmt_stats(s, "p50", "p99", "max")
 
 
 CPU_ORDER = ["gateway", "room", "context", "nats", "ratelimit", "projector", "bench", "load"]
@@ -600,7 +527,7 @@ def print_report(runs: list[dict], args) -> None:
 
     rows = []
     for key, label in (("p50", "p50"), ("p99", "p99"), ("max", "max")):
-        cells = [f"{label} (all chunk x member pairs)", *[f2(r["latency_ms"][key]) for r in runs]]
+        cells = [f"{label} (all chunk x member pairs)", *[fmt(r["latency_ms"][key]) for r in runs]]
         if base:
             cells.append(ratio(base["latency_ms"][key], main["latency_ms"][key]))
         if key == "p99" and main["members"] == TARGET_MEMBERS:
@@ -618,13 +545,13 @@ def print_report(runs: list[dict], args) -> None:
         ("last member per chunk p50/p99/max", lambda r: triple(r["last_member_ms"])),
         ("fan-out spread last-first p50/p99/max", lambda r: triple(r["spread_ms"])),
         ("chunks emitted (achieved chunks/s)",
-         lambda r: f"{r['chunks_emitted']} of {r['chunks_scripted']} ({f2(r['emit_rate'])}/s)"),
+         lambda r: f"{r['chunks_emitted']} of {r['chunks_scripted']} ({fmt(r['emit_rate'])}/s)"),
         ("chunk frames per member (per reply)",
          lambda r: f"{r['frames_per_member']['min']}"
                    f"{'' if r['frames_per_member']['min'] == r['frames_per_member']['max'] else '-' + str(r['frames_per_member']['max'])}"
                    f" ({r['frames_per_member']['per_reply']:.1f})"),
         ("chunk texts per frame mean / max",
-         lambda r: f"{f2(r['texts_per_frame']['mean'])} / {r['texts_per_frame']['max']} "
+         lambda r: f"{fmt(r['texts_per_frame']['mean'])} / {r['texts_per_frame']['max']} "
                    f"({r['texts_per_frame']['frames_with_several']} of "
                    f"{r['texts_per_frame']['frames']} frames hold >1)"),
         ("delivered / expected (chunk, member)",
@@ -667,7 +594,7 @@ def print_report(runs: list[dict], args) -> None:
                 cells.append("-")
                 continue
             if name == "other processes":
-                value = max(0.0, cpu["machine"] - sum(cpu.get(k, 0.0) for k in CPU_ORDER))
+                value = others(cpu)
             elif name in cpu:
                 value = cpu[name]
             else:
@@ -695,7 +622,7 @@ def print_report(runs: list[dict], args) -> None:
                 f"{args.client}): {per_frame_us:.0f} us of load CPU per frame read, so "
                 f"~{per_chunk_ms:.2f} ms for one process to read a chunk's {per_proc} frames "
                 f"(load at {load_pct:.0f}% of a core in all), against a fan-out spread p50 of "
-                f"{f2(r['spread_ms']['p50'])} ms; "
+                f"{fmt(r['spread_ms']['p50'])} ms; "
                 + ("close enough that the bench's own client may be part of the spread and of "
                    "the later members' latency (the first-member row is the least affected); "
                    "--load-procs 2 tells: if the spread stays, it is the system's"
@@ -705,9 +632,9 @@ def print_report(runs: list[dict], args) -> None:
         if cpu and window and any(100 * cpu.get(k, 0.0) / window > 80 for k in ("load", "bench")):
             notes.append(f"the bench itself ran above 80% of a core ({r['members']} members): "
                          "its figures are limited by the bench, not the system")
-        others = (cpu["machine"] - sum(cpu.get(k, 0.0) for k in CPU_ORDER)) if cpu else 0.0
-        if window and 100 * others / window > 20:
-            notes.append(f"other processes used {100 * others / window:.0f}% of a core during the "
+        rest = others(cpu) if cpu else 0.0
+        if window and 100 * rest / window > 20:
+            notes.append(f"other processes used {100 * rest / window:.0f}% of a core during the "
                          f"{r['members']}-member run: the figures are disturbed")
         problems = []
         if r["delivered_pairs"] != r["expected_pairs"]:
@@ -729,45 +656,19 @@ def print_report(runs: list[dict], args) -> None:
 # --- main -----------------------------------------------------------------------------------------
 
 
-def wait_quiet(pids: list[int], machine_limit: float) -> float:
-    """Wait until our services are idle, then (at most `machine_limit` s) until the whole
-    machine is under 25% of one core busy; how busy it was at the end."""
-    for pid in pids:
-        asyncio.run(load.wait_quiet(pid))
-    return wait_machine_quiet(25.0, machine_limit)
-
-
-def _terminate(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from services.localsystem import LocalSystem
     from tests.fakes.gemini import FakeGemini
 
     raise_fd_limit(2 * max(args.members, args.baseline_members) + 4096)
-    signal.signal(signal.SIGTERM, _terminate)
-    tmp = tempfile.mkdtemp(prefix="durachat-ai-bench-")
-    fake = FakeGemini()
-    system: LocalSystem | None = None
-    report: dict = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "targets": {"p99_ms": TARGET_P99_MS, "members": TARGET_MEMBERS},
-    }
-    status = 0
-    busy = machine_busy_percent()
-    report["machine"]["busy_before_start_percent"] = round(busy, 1)
-    if busy > 25:
-        print(f"warning: the machine is already {busy:.0f}% busy (of {100 * (os.cpu_count() or 1)}%) "
-              "before the benchmark starts; the figures will be disturbed", file=sys.stderr)
-    try:
-        t_start = time.monotonic()
+    targets = {"p99_ms": TARGET_P99_MS, "members": TARGET_MEMBERS}
+    with BenchRun(args, "durachat-ai-bench-", targets) as run:
+        fake = FakeGemini()
+        run.on_exit(fake.stop)
         fake.start()
         system = LocalSystem(
-            Path(tmp),
+            run.tmp,
             partitions=args.partitions,
             extra_env={
                 "GEMINI_API_KEY": "bench-key",
@@ -777,6 +678,7 @@ def main(argv: list[str] | None = None) -> int:
                 "DURACHAT_MAX_SOCKETS_PER_IP": "100000",
             },
         )
+        run.on_exit(system.stop, logs=system.logs)
         system.start()
         pids = {"gateway": system.gateway.pid, "room": system.rooms[0].pid,
                 "context": system.context.pid, "nats": system.nats.process.pid,
@@ -788,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
             "connect_concurrency": 32, "open_timeout": 30.0,
         }
         print(f"durachat AI streaming benchmark: {os.cpu_count()} CPUs, Python "
-              f"{platform.python_version()}, {platform.platform()}; machine {busy:.0f}% busy "
+              f"{platform.python_version()}, {platform.platform()}; machine {run.busy:.0f}% busy "
               f"(of {100 * (os.cpu_count() or 1)}%) before start")
         print(f"provider: {args.replies} replies x {args.chunks} chunks at {args.rate:g} chunks/s "
               f"({args.chunk_chars} chars each) per configuration; members: "
@@ -796,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
               + f"{args.members}")
         print(f"system: gateway pid {pids['gateway']} on {system.base_url}, room pid {pids['room']}, "
               f"context pid {pids['context']}, nats-server pid {pids['nats']}; fake Gemini on "
-              f"{fake.base_url} (a thread of this process, pid {pids['bench']}); dir {tmp}")
+              f"{fake.base_url} (a thread of this process, pid {pids['bench']}); dir {run.tmp}")
         print(f"clients: {args.load_procs} load process(es), --client {args.client}, "
               f"load loop {'asyncio' if args.no_uvloop else 'uvloop'}; each room's first reply "
               f"({args.warmup_chunks} chunks) is a warm-up, not counted", flush=True)
@@ -807,33 +709,16 @@ def main(argv: list[str] | None = None) -> int:
         quiet = [pids["gateway"], pids["context"], pids["room"]]
         configs = ([args.baseline_members] if args.baseline_members > 0 else []) + [args.members]
         for members in configs:
-            busy_before = wait_quiet(quiet, args.quiet_wait)
+            busy_before = wait_quiet(quiet, machine_limit=args.quiet_wait)
             label = "base" if members == args.baseline_members and not runs else "main"
-            run = run_config(fake, base, args, members, f"{prefix}-{label}", counter)
-            runs.append(run | {"machine_busy_before_percent": round(busy_before, 1)})
-        report["baseline"] = runs[0] if len(runs) == 2 else None
-        report["main"] = runs[-1]
+            result = run_config(fake, base, args, members, f"{prefix}-{label}", counter)
+            runs.append(result | {"machine_busy_before_percent": round(busy_before, 1)})
+        run.report["baseline"] = runs[0] if len(runs) == 2 else None
+        run.report["main"] = runs[-1]
         print_report(runs, args)
         if not system.alive():
             raise RuntimeError("a service died during the benchmark")
-        report["elapsed_s"] = round(time.monotonic() - t_start, 1)
-        print(f"\ndone in {report['elapsed_s']} s")
-    except KeyboardInterrupt:
-        print("\ninterrupted; stopping the system", file=sys.stderr)
-        status = 130
-    except Exception as exc:
-        print(f"\nbenchmark failed: {exc}", file=sys.stderr)
-        if system is not None:
-            try:
-                print(system.logs(), file=sys.stderr)
-            except OSError:
-                pass
-        status = 1
-    finally:
-        shut_down([*([system.stop] if system is not None else []), fake.stop], tmp, args.keep_dir)
-    if args.json and status == 0:
-        write_figures(args.json, report)
-    return status
+    return run.status
 
 
 if __name__ == "__main__":

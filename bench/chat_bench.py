@@ -18,15 +18,25 @@ import multiprocessing as mp
 import os
 import platform
 import secrets
-import signal
 import sys
-import tempfile
-import time
 from array import array
-from pathlib import Path
 
 from bench import load
-from bench.measure import machine_busy_percent, raise_fd_limit, shut_down, write_figures
+from bench.load import ns
+from bench.measure import (
+    BenchRun,
+    Child,
+    arguments,
+    fmt,
+    fmt_stats,
+    others,
+    percentiles,
+    raise_fd_limit,
+    receive_all,
+    table,
+    verdict,
+    wait_quiet,
+)
 
 TARGET_P50_MS = 3.0
 TARGET_P99_MS = 15.0
@@ -34,12 +44,8 @@ TARGET_MSG_S = 2000.0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.chat_bench", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: 2 s phases, 0.5 s warm-up, 200 idle sockets")
+    p = arguments("bench.chat_bench", __doc__,
+                  quick="smoke run: 2 s phases, 0.5 s warm-up, 200 idle sockets")
     p.add_argument("--phases", default="memory,latency,throughput",
                    help="comma-separated subset of memory,latency,throughput")
     p.add_argument("--duration", type=float, help="seconds measured per phase (default 10, quick 2)")
@@ -65,8 +71,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--partitions", type=int, default=16)
     g.add_argument("--no-uvloop", action="store_true", help="plain asyncio loop in the load processes")
     g.add_argument("--connect-concurrency", type=int, default=32, help="socket opens in flight")
-    g.add_argument("--keep-dir", action="store_true", help="keep the temp dir (logs, JetStream store)")
-    p.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here as JSON")
     args = p.parse_args(argv)
     args.duration = args.duration if args.duration is not None else (2.0 if args.quick else 10.0)
     args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
@@ -82,62 +86,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # --- running load processes ---------------------------------------------------------------------
 
 
-class LoadError(RuntimeError):
-    pass
-
-
 def run_load(kind: str, cfg: dict, procs: int, timeout: float) -> list[dict]:
     """Run phase `kind` in `procs` spawned processes; their result dicts, by index."""
-    ctx = mp.get_context("spawn")
-    barrier = ctx.Barrier(procs) if procs > 1 else None
-    started: list[tuple[mp.Process, object]] = []
+    barrier = mp.get_context("spawn").Barrier(procs) if procs > 1 else None
+    children: list[Child] = []
     finished = False
     try:
         for index in range(procs):
-            reader, writer = ctx.Pipe(duplex=False)
-            proc = ctx.Process(
-                target=load.entry,
-                args=(kind, cfg, index, procs, barrier, writer, os.getpid()),
-                name=f"bench-{kind}-{index}",
-                daemon=True,
-            )
-            proc.start()
-            writer.close()
-            started.append((proc, reader))
-        results = []
-        deadline = time.monotonic() + timeout
-        for proc, reader in started:
-            if not reader.poll(max(0.0, deadline - time.monotonic())):
-                raise LoadError(f"{proc.name} gave no result within {timeout:.0f} s")
-            try:
-                result = reader.recv()
-            except EOFError:
-                raise LoadError(f"{proc.name} exited ({proc.exitcode}) without a result") from None
-            if "error" in result:
-                raise LoadError(f"{proc.name} failed:\n{result['error']}")
-            results.append(result)
+            children.append(Child(load.entry, (kind, cfg, index, procs, barrier),
+                                  f"bench-{kind}-{index}"))
+        results = receive_all(children, timeout)
         finished = True
         return results
     finally:
-        for proc, reader in started:
-            proc.join(5 if finished else 0.5)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(3)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-            reader.close()
-
-
-def ns(data: bytes) -> array:
-    values = array("q")
-    values.frombytes(data)
-    return values
-
-
-def wait_quiet(pid: int) -> None:
-    asyncio.run(load.wait_quiet(pid))
+        for child in children:
+            child.stop(5 if finished else 0.5)
 
 
 # --- phases ---------------------------------------------------------------------------------------
@@ -179,14 +142,14 @@ def latency_run(base: dict, args, listeners: int, room: str) -> dict:
         "delivered": delivered,
         "lost": expected - delivered,
         "duplicates": sum(r["duplicates"] for r in results),
-        "latency_ms": load.percentiles(lat),
-        "sender_echo_ms": load.percentiles(ns(head["echo_ns"])),
+        "latency_ms": percentiles(lat, 1e6),
+        "sender_echo_ms": percentiles(ns(head["echo_ns"]), 1e6),
         # per message: its first and its last listener (last - first = the fan-out's spread)
-        "first_listener_ms": load.percentiles(list(first.values())),
-        "last_listener_ms": load.percentiles(list(last.values())),
-        "spread_ms": load.percentiles([last[s] - first[s] for s in first]),
+        "first_listener_ms": percentiles(list(first.values()), 1e6),
+        "last_listener_ms": percentiles(list(last.values()), 1e6),
+        "spread_ms": percentiles([last[s] - first[s] for s in first], 1e6),
         # by second of the run (of the send time): does a queue build up?
-        "per_second_ms": [load.percentiles(by_second[s]) for s in sorted(by_second)],
+        "per_second_ms": [percentiles(by_second[s], 1e6) for s in sorted(by_second)],
         # measured message frames (listeners' and the sender's echo) per second of the window
         "frames_per_s_into_load": (delivered + head["sent"]) / args.duration,
         "cpu_percent": head["server_cpu"] | {"load": load_cpu},
@@ -223,7 +186,7 @@ def throughput_run(base: dict, args, room: str, nats_url: str) -> dict:
         "acked_total": acked,
         "unechoed": sum(r["unechoed"] for r in results),
         "stalled_senders": sum(r["stalled_senders"] for r in results),
-        "echo_latency_ms": load.percentiles(lat),
+        "echo_latency_ms": percentiles(lat, 1e6),
         "frames_per_s_into_load": acked_in_window * args.senders / window_s,
         "cpu_percent": results[0]["cpu"] | {
             "load": sum(r["cpu"].get("load", 0.0) for r in results)
@@ -277,35 +240,12 @@ def memory_run(base: dict, args, room: str) -> dict:
 # --- output ---------------------------------------------------------------------------------------
 
 
-def fmt(value, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
-def verdict(ok: bool | None) -> str:
-    return "" if ok is None else ("ok" if ok else "MISSED")
-
-
-def table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  " + "  ".join(str(c).ljust(w) for c, w in zip(header, widths)).rstrip()]
-    lines.append("  " + "  ".join("-" * w for w in widths))
-    for r in rows:
-        lines.append("  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
-    return "\n".join(lines)
-
-
 def cpu_text(cpu: dict) -> str:
     order = ["gateway", "room", "nats", "load"]
     text = "  ".join(f"{k} {cpu[k]:.0f}%" for k in order if k in cpu)
     if "machine" in cpu:
-        others = cpu["machine"] - sum(cpu.get(k, 0.0) for k in order)
-        text += f"  (machine {cpu['machine']:.0f}% of {100 * (os.cpu_count() or 1)}%, other processes {max(0.0, others):.0f}%)"
+        text += (f"  (machine {cpu['machine']:.0f}% of {100 * (os.cpu_count() or 1)}%, "
+                 f"other processes {others(cpu):.0f}%)")
     return text
 
 
@@ -340,15 +280,11 @@ def print_latency(runs: list[dict], args) -> None:
         ("delivered / expected", lambda r: f"{r['delivered']:,} / {r['expected']:,}"),
         ("lost frames", lambda r: fmt(r["lost"])),
         ("achieved send rate (msg/s)", lambda r: fmt(r["send_rate"], 1)),
-        ("first listener p50 / p99 (ms)",
-         lambda r: f"{fmt(r['first_listener_ms']['p50'])} / {fmt(r['first_listener_ms']['p99'])}"),
-        ("last listener p50 / p99 (ms)",
-         lambda r: f"{fmt(r['last_listener_ms']['p50'])} / {fmt(r['last_listener_ms']['p99'])}"),
-        ("sender echo p50 / p99 (ms)",
-         lambda r: f"{fmt(r['sender_echo_ms']['p50'])} / {fmt(r['sender_echo_ms']['p99'])}"),
+        ("first listener p50 / p99 (ms)", lambda r: fmt_stats(r["first_listener_ms"])),
+        ("last listener p50 / p99 (ms)", lambda r: fmt_stats(r["last_listener_ms"])),
+        ("sender echo p50 / p99 (ms)", lambda r: fmt_stats(r["sender_echo_ms"])),
         ("frames/s read by load", lambda r: fmt(r["frames_per_s_into_load"], 0)),
-        ("fan-out spread last-first p50 / p99 (ms)",
-         lambda r: f"{fmt(r['spread_ms']['p50'])} / {fmt(r['spread_ms']['p99'])}"),
+        ("fan-out spread last-first p50 / p99 (ms)", lambda r: fmt_stats(r["spread_ms"])),
         ("error frames / closed early", lambda r: f"{r['error_frames']} / {r['closed_early']}"),
     ]
     for label, f in extra:
@@ -385,9 +321,8 @@ def print_throughput(t: dict, args) -> None:
     ok = t["acked_per_s"] >= TARGET_MSG_S
     rows = [
         ["acknowledged (echoed) msg/s", fmt(t["acked_per_s"], 0), f">= {TARGET_MSG_S:g} {verdict(ok)}"],
-        ["echo latency p50 / p99 / max (ms)",
-         f"{fmt(t['echo_latency_ms']['p50'])} / {fmt(t['echo_latency_ms']['p99'])} / "
-         f"{fmt(t['echo_latency_ms']['max'])}", ""],
+        ["echo latency p50 / p99 / max (ms)", fmt_stats(t["echo_latency_ms"], "p50", "p99", "max"),
+         ""],
         ["sent / acknowledged (whole run)", f"{t['sent_total']:,} / {t['acked_total']:,}", ""],
         ["stored MessagePosted in JetStream", fmt(s["messages"]),
          f">= acknowledged {verdict(t['durable'])}"],
@@ -423,53 +358,24 @@ def print_memory(m: dict) -> None:
 # --- main -----------------------------------------------------------------------------------------
 
 
-def stop_resource_tracker() -> None:
-    """Stop and reap multiprocessing's resource tracker (started by spawn) now rather than
-    leave it to exit after us. Best effort: `_stop` is private (Python 3.11+)."""
-    from multiprocessing import resource_tracker
-
-    stop = getattr(resource_tracker._resource_tracker, "_stop", None)
-    if stop is not None:
-        try:
-            stop()
-        except Exception:
-            pass
-
-
-def _terminate(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from services.localsystem import LocalSystem
 
     raise_fd_limit(args.idle_sockets * 2 + 4096)
-    signal.signal(signal.SIGTERM, _terminate)
-    tmp = tempfile.mkdtemp(prefix="durachat-bench-")
-    # All load comes from 127.0.0.1: keep the per-IP limits (bench/limits_bench measures
-    # them) out of reach, while every frame still asks the limiter, as in production.
-    system = LocalSystem(
-        Path(tmp),
-        partitions=args.partitions,
-        extra_env={"DURACHAT_RATE_INTERVAL": "0.000001", "DURACHAT_MAX_SOCKETS_PER_IP": "100000"},
-    )
-    prefix = f"b{secrets.token_hex(3)}"
-    report: dict = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "targets": {"latency_p50_ms": TARGET_P50_MS, "latency_p99_ms": TARGET_P99_MS,
-                    "throughput_msg_s": TARGET_MSG_S},
-    }
-    status = 0
-    busy = machine_busy_percent()
-    report["machine"]["busy_before_start_percent"] = round(busy, 1)
-    if busy > 25:
-        print(f"warning: the machine is already {busy:.0f}% busy (of {100 * (os.cpu_count() or 1)}%) "
-              "before the benchmark starts; the figures will be disturbed", file=sys.stderr)
-    try:
-        t_start = time.monotonic()
+    targets = {"latency_p50_ms": TARGET_P50_MS, "latency_p99_ms": TARGET_P99_MS,
+               "throughput_msg_s": TARGET_MSG_S}
+    with BenchRun(args, "durachat-bench-", targets) as run:
+        report = run.report
+        # All load comes from 127.0.0.1: keep the per-IP limits (bench/limits_bench measures
+        # them) out of reach, while every frame still asks the limiter, as in production.
+        system = LocalSystem(
+            run.tmp,
+            partitions=args.partitions,
+            extra_env={"DURACHAT_RATE_INTERVAL": "0.000001", "DURACHAT_MAX_SOCKETS_PER_IP": "100000"},
+        )
+        run.on_exit(system.stop, logs=system.logs)
+        prefix = f"b{secrets.token_hex(3)}"
         system.start()
         pids = {"gateway": system.gateway.pid, "room": system.rooms[0].pid,
                 "nats": system.nats.process.pid}
@@ -483,44 +389,28 @@ def main(argv: list[str] | None = None) -> int:
               f"client compression={'permessage-deflate' if args.compression == 'deflate' else 'none'}, "
               f"load loop={'asyncio' if args.no_uvloop else 'uvloop'}")
         print(f"system: gateway pid {pids['gateway']} on {system.base_url}, room pid {pids['room']}, "
-              f"nats-server pid {pids['nats']} on {system.nats.url}; dir {tmp}", flush=True)
-        wait_quiet(pids["gateway"])
+              f"nats-server pid {pids['nats']} on {system.nats.url}; dir {run.tmp}", flush=True)
+        wait_quiet([pids["gateway"]])
 
         if "memory" in args.phases:
             report["memory"] = memory_run(base, args, f"{prefix}-mem")
             print_memory(report["memory"])
-            wait_quiet(pids["gateway"])
+            wait_quiet([pids["gateway"]])
         if "latency" in args.phases:
             runs = []
             if args.baseline_listeners > 0:
                 runs.append(latency_run(base, args, args.baseline_listeners, f"{prefix}-lat-base"))
-                wait_quiet(pids["gateway"])
+                wait_quiet([pids["gateway"]])
             runs.append(latency_run(base, args, args.listeners, f"{prefix}-lat"))
             report["latency"] = {"baseline": runs[0] if len(runs) == 2 else None, "main": runs[-1]}
             print_latency(runs, args)
-            wait_quiet(pids["gateway"])
+            wait_quiet([pids["gateway"]])
         if "throughput" in args.phases:
             report["throughput"] = throughput_run(base, args, f"{prefix}-tput", system.nats.url)
             print_throughput(report["throughput"], args)
         if not system.alive():
             raise RuntimeError("a service died during the benchmark")
-        report["elapsed_s"] = round(time.monotonic() - t_start, 1)
-        print(f"\ndone in {report['elapsed_s']} s")
-    except KeyboardInterrupt:
-        print("\ninterrupted; stopping the system", file=sys.stderr)
-        status = 130
-    except Exception as exc:
-        print(f"\nbenchmark failed: {exc}", file=sys.stderr)
-        try:
-            print(system.logs(), file=sys.stderr)
-        except OSError:
-            pass
-        status = 1
-    finally:
-        shut_down([system.stop, stop_resource_tracker], tmp, args.keep_dir)
-    if args.json and status == 0:
-        write_figures(args.json, report)
-    return status
+    return run.status
 
 
 if __name__ == "__main__":

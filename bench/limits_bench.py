@@ -24,29 +24,34 @@ import argparse
 import asyncio
 import contextlib
 import json
-import multiprocessing as mp
 import os
 import platform
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-import traceback
 from array import array
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
 from bench import chat_bench, load
+from bench.load import ns
 from bench.measure import (
+    BenchRun,
+    Child,
+    Profiler,
+    arguments,
+    child_main,
+    cpu_percent,
     cpu_sample,
-    machine_busy_percent,
+    fmt_stats,
+    others,
+    percentiles,
+    profile_top,
     raise_fd_limit,
-    wait_machine_quiet,
-    write_figures,
+    table,
+    uninterrupted,
+    verdict,
+    wait_quiet,
 )
 from contracts.ratelimit import RATE_LIMITED
 from services.gateway.protocol import error_frame
@@ -59,12 +64,8 @@ now_ns = time.monotonic_ns
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.limits_bench", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--quick", action="store_true",
-                   help="short run: [1] 3 s per run, [2] 8 s per phase")
+    p = arguments("bench.limits_bench", __doc__,
+                  quick="short run: [1] 3 s per run, [2] 8 s per phase")
     p.add_argument("--parts", default="1,2", help="comma-separated subset of 1,2")
     g = p.add_argument_group("[1] limiter overhead")
     g.add_argument("--duration", type=float, help="seconds measured per run (default 10, quick 3)")
@@ -100,8 +101,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds to wait, before each measurement, for the machine to be under "
                         "25%% of a core busy (default 30, quick 10)")
     g.add_argument("--connect-concurrency", type=int, default=32, help="socket opens in flight")
-    g.add_argument("--keep-dir", action="store_true", help="keep the temp dir (logs)")
-    p.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here as JSON")
     args = p.parse_args(argv)
     args.duration = args.duration if args.duration is not None else (3.0 if args.quick else 10.0)
     args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
@@ -134,53 +133,6 @@ def legit_ip(k: int) -> str:
 # --- load side (spawned processes) --------------------------------------------------------------
 
 
-async def open_from(cfg: dict, room: str, name: str, source: str, on_text) -> tuple[load.Socket, bool]:
-    """A socket to `room` from source address `source`, its name frame sent. Returns it and
-    whether it got {"ready"} (False: its name frame was refused, it stays open unnamed)."""
-    loop = asyncio.get_running_loop()
-    host, port = cfg["host"], cfg["port"]
-    uri = f"ws://{host}:{port}/api/room/{room}/websocket"
-    _, sock = await loop.create_connection(
-        lambda: load.Socket(uri, "none", on_text), host, port, local_addr=(source, 0)
-    )
-    try:
-        await asyncio.wait_for(asyncio.shield(sock.opened), cfg["open_timeout"])
-        sock.send_text(json.dumps({"name": name}))
-        try:
-            await asyncio.wait_for(asyncio.shield(sock.ready), cfg["open_timeout"])
-            return sock, True
-        except RuntimeError as exc:  # an error frame came instead of {"ready"}
-            if "rate-limited" not in str(exc):
-                raise
-            return sock, False
-    except BaseException:
-        if sock.transport is not None:
-            sock.transport.abort()
-        raise
-
-
-async def open_many(cfg: dict, specs: list[tuple]) -> list[tuple[load.Socket, bool]]:
-    """open_from for (room, name, source, on_text) specs, a bounded number at a time."""
-    limit = asyncio.Semaphore(cfg["connect_concurrency"])
-
-    async def one(spec):
-        async with limit:
-            return await open_from(cfg, *spec)
-
-    results = await asyncio.gather(*(one(s) for s in specs), return_exceptions=True)
-    failures = [r for r in results if isinstance(r, BaseException)]
-    opened = [r for r in results if not isinstance(r, BaseException)]
-    if failures:
-        await load.close_all([s for s, _ in opened])
-        raise RuntimeError(f"{len(failures)} of {len(specs)} sockets failed to open: {failures[0]!r}")
-    return opened
-
-
-async def receive(conn):
-    """The parent's next message, without blocking the event loop (sockets keep answering)."""
-    return await asyncio.get_running_loop().run_in_executor(None, conn.recv)
-
-
 async def sleep_until(t_ns: int) -> None:
     delay = (t_ns - now_ns()) / 1e9
     if delay > 0:
@@ -191,15 +143,14 @@ async def idle_role(cfg: dict, conn) -> dict:
     """Idle sockets: each sends its name frame (the first 4 per IP are named, the rest are
     refused and stay open, unnamed), then nothing until the parent says stop."""
     specs = [
-        (f"idle-{(i * cfg['idle_per_ip'] + j) % cfg['idle_rooms']}", f"i{i}-{j}", idle_ip(i), None)
+        (f"idle-{(i * cfg['idle_per_ip'] + j) % cfg['idle_rooms']}", f"i{i}-{j}", None, idle_ip(i))
         for i in range(cfg["idle_ips"]) for j in range(cfg["idle_per_ip"])
     ]
     t0 = time.monotonic()
-    opened = await open_many(cfg, specs)
-    conn.send({"ready": True, "open": len(opened), "named": sum(ok for _, ok in opened),
+    sockets = await load.join_all(cfg, specs)
+    conn.send({"ready": True, "open": len(sockets), "named": sum(s.named for s in sockets),
                "open_seconds": round(time.monotonic() - t0, 2)})
-    await receive(conn)  # "stop"
-    sockets = [s for s, _ in opened]
+    await load.from_parent(conn)  # "stop"
     still_open = sum(1 for s in sockets if s.open)
     await load.close_all(sockets)
     return {"open_at_end": still_open}
@@ -233,15 +184,14 @@ async def legit_role(cfg: dict, conn) -> dict:
 
         return on_text
 
-    specs = [(room, f"l{j}", legit_ip(n_s + j), listener(j)) for j in range(n_l)]
-    specs += [(room, f"s{i}", legit_ip(i), sender(i)) for i in range(n_s)]
-    opened = await open_many(cfg, specs)
-    if not all(ok for _, ok in opened):
+    specs = [(room, f"l{j}", listener(j), legit_ip(n_s + j)) for j in range(n_l)]
+    specs += [(room, f"s{i}", sender(i), legit_ip(i)) for i in range(n_s)]
+    sockets = await load.join_all(cfg, specs)
+    if not all(s.named for s in sockets):
         raise RuntimeError("a legitimate client's name frame was refused")
-    sockets = [s for s, _ in opened]
     senders = sockets[n_l:]  # the listeners only receive
     conn.send({"ready": True})
-    t0, t1, t2, t3 = await receive(conn)
+    t0, t1, t2, t3 = await load.from_parent(conn)
 
     period = int(cfg["interval"] * 1e9)
     schedule = []
@@ -353,11 +303,11 @@ class Flooder:
 async def flood_role(cfg: dict, conn) -> dict:
     """Sockets from one IP that send frames as fast as the gateway answers them, from t2 to t3."""
     flooders = [Flooder(f"f{j}", cfg["flood_window"]) for j in range(cfg["flood_sockets"])]
-    opened = await open_many(cfg, [(cfg["room"], f.name, FLOOD_IP, f.on_text) for f in flooders])
-    for f, (sock, _) in zip(flooders, opened):
+    sockets = await load.join_all(cfg, [(cfg["room"], f.name, f.on_text, FLOOD_IP) for f in flooders])
+    for f, sock in zip(flooders, sockets):
         f.sock = sock
-    conn.send({"ready": True, "named": sum(ok for _, ok in opened)})
-    t0, t1, t2, t3 = await receive(conn)
+    conn.send({"ready": True, "named": sum(s.named for s in sockets)})
+    t0, t1, t2, t3 = await load.from_parent(conn)
     await sleep_until(t2)
     started = now_ns()
     for f in flooders:
@@ -385,66 +335,14 @@ ROLES = {"idle": idle_role, "legit": legit_role, "flood": flood_role}
 
 def entry(role: str, cfg: dict, conn, parent: int) -> None:
     """Target of a spawned load process: run one role, talking to the parent over `conn`."""
-    threading.Thread(target=load._watch_parent, args=(parent,), daemon=True).start()
-    try:
-        import uvloop
-
-        result = uvloop.run(ROLES[role](cfg, conn))
-    except KeyboardInterrupt:
-        return
-    except BaseException:
-        result = {"error": traceback.format_exc()}
-    with contextlib.suppress(OSError, ValueError):
-        conn.send(result)
-        conn.close()
+    child_main(lambda: ROLES[role](cfg, conn), conn, parent)
 
 
 # --- parent side --------------------------------------------------------------------------------
 
 
-class LoadError(RuntimeError):
-    pass
-
-
-class Role:
-    """A spawned load process and its two-way pipe."""
-
-    def __init__(self, role: str, cfg: dict) -> None:
-        ctx = mp.get_context("spawn")
-        self.conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=entry, args=(role, cfg, child, os.getpid()),
-                                   name=f"limits-{role}", daemon=True)
-        self.process.start()
-        child.close()
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def receive(self, timeout: float) -> dict:
-        if not self.conn.poll(timeout):
-            raise LoadError(f"{self.process.name} said nothing within {timeout:.0f} s")
-        try:
-            message = self.conn.recv()
-        except EOFError:
-            raise LoadError(f"{self.process.name} exited ({self.process.exitcode})") from None
-        if "error" in message:
-            raise LoadError(f"{self.process.name} failed:\n{message['error']}")
-        return message
-
-    def send(self, message) -> None:
-        self.conn.send(message)
-
-    def stop(self) -> None:
-        """Join, then terminate and kill this process (by its PID) if it does not exit."""
-        self.process.join(5)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(3)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join()
-        self.conn.close()
+def spawn_role(role: str, cfg: dict) -> Child:
+    return Child(entry, (role, cfg), f"limits-{role}")
 
 
 @contextlib.contextmanager
@@ -463,11 +361,7 @@ def local_system(root: Path, name: str, args, extra_env: dict[str, str]):
             sys.stderr.write(system.logs()[-6000:] + "\n")
         raise
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the stop
-        try:
-            system.stop()
-        finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        uninterrupted([system.stop])
 
 
 def pids_of(system) -> dict[str, int]:
@@ -484,16 +378,9 @@ def base_cfg(system, args) -> dict:
     }
 
 
-def cpu_percent(a: dict, b: dict, wall: float) -> dict[str, float]:
-    return {k: round(100 * (b[k] - a[k]) / wall, 1) for k in b if k in a}
-
-
 def ms(values: array | list) -> dict:
-    return load.percentiles(values)
-
-
-def ns(data: bytes) -> array:
-    return chat_bench.ns(data)
+    """Percentiles of nanosecond values, in ms."""
+    return percentiles(values, 1e6)
 
 
 # --- [1] limiter overhead -----------------------------------------------------------------------
@@ -513,8 +400,7 @@ def part1(args, root: Path) -> dict:
         for label in "AB":
             title, env = CONFIGS[label]
             with local_system(root, f"p1-{r}-{label}", args, env) as system:
-                chat_bench.wait_quiet(system.gateway.pid)
-                busy = wait_machine_quiet(limit=args.quiet_wait)
+                busy = wait_quiet([system.gateway.pid], machine_limit=args.quiet_wait)
                 run = chat_bench.latency_run(base_cfg(system, args), opts, args.listeners, "lat")
                 if label == "B":
                     run["decision_ms"] = asyncio.run(decision_latency(system.nats.url, 2000))
@@ -533,12 +419,6 @@ def part1(args, root: Path) -> dict:
     mean = {k: sum(d[k] for d in diffs) / len(diffs) for k in diffs[0]}
     return {"runs": runs, "differences": diffs, "mean_difference": mean,
             "ok": mean["p99"] <= TARGET_ADDED_P99_MS}
-
-
-def other_cpu(cpu: dict) -> float:
-    """What the rest of the machine used: machine busy minus this benchmark's processes."""
-    ours = sum(v for k, v in cpu.items() if k not in ("machine", "other_processes"))
-    return max(0.0, cpu.get("machine", 0.0) - ours)
 
 
 async def decision_latency(nats_url: str, n: int) -> dict:
@@ -579,12 +459,12 @@ def print_part1(p: dict, args) -> None:
         lat, echo, cpu = run["latency_ms"], run["sender_echo_ms"], run["cpu_percent"]
         rows.append([
             f"{run['round']}{run['config']}", f"{lat['p50']:.2f}", f"{lat['p99']:.2f}",
-            f"{lat['max']:.2f}", f"{echo['p50']:.2f} / {echo['p99']:.2f}",
+            f"{lat['max']:.2f}", fmt_stats(echo),
             f"{run['delivered']:,}/{run['expected']:,}", str(run["error_frames"]),
             " / ".join(f"{cpu.get(k, 0):.0f}" for k in ("gateway", "ratelimit", "room", "nats", "load")),
-            f"{other_cpu(cpu):.0f}",
+            f"{others(cpu):.0f}",
         ])
-    print(chat_bench.table(rows, header))
+    print(table(rows, header))
     for r, d in enumerate(p["differences"]):
         print(f"    round {r + 1}: B - A  p50 {d['p50']:+.2f} ms  p99 {d['p99']:+.2f} ms  "
               f"(sender echo p50 {d['echo_p50']:+.2f} ms)")
@@ -595,7 +475,7 @@ def print_part1(p: dict, args) -> None:
                   f"{d['p50']:.3f} ms, p99 {d['p99']:.3f} ms, max {d['max']:.2f} ms")
     m = p["mean_difference"]
     print(f"    mean over rounds: p50 added {m['p50']:+.2f} ms, p99 added {m['p99']:+.2f} ms "
-          f"(target <= {TARGET_ADDED_P99_MS:g} ms: {chat_bench.verdict(p['ok'])})")
+          f"(target <= {TARGET_ADDED_P99_MS:g} ms: {verdict(p['ok'])})")
 
 
 # --- [2] fairness under a flood -----------------------------------------------------------------
@@ -604,31 +484,31 @@ def print_part1(p: dict, args) -> None:
 def part2(args, root: Path) -> dict:
     env = {"DURACHAT_RATE_LIMIT": "true", "DURACHAT_RATE_INTERVAL": "5",
            "DURACHAT_RATE_GRACE": "20"}
-    roles: list[Role] = []
-    profiler: subprocess.Popen | None = None
+    roles: list[Child] = []
+    profiler: Profiler | None = None
     with local_system(root, "p2", args, env) as system:
         try:
-            base = base_cfg(system, args)
+            # the roles' sockets offer no compression; some name frames are refused on purpose
+            base = base_cfg(system, args) | {"compression": "none", "refused_ok": True}
             pids = base["pids"]
-            chat_bench.wait_quiet(pids["gateway"])
-            idle = Role("idle", base | {"idle_ips": args.idle_ips, "idle_per_ip": args.idle_per_ip,
+            wait_quiet([pids["gateway"]])
+            idle = spawn_role("idle", base | {"idle_ips": args.idle_ips, "idle_per_ip": args.idle_per_ip,
                                         "idle_rooms": args.idle_rooms})
             roles.append(idle)
             idle_info = idle.receive(300)
             print(f"    {idle_info['open']:,} idle sockets open in {idle_info['open_seconds']} s "
                   f"({idle_info['named']:,} named; the rest had their name frame refused by "
                   "their IP's limit and stay open, unnamed)", flush=True)
-            legit = Role("legit", base | {"room": "legit", "senders": args.legit_senders,
+            legit = spawn_role("legit", base | {"room": "legit", "senders": args.legit_senders,
                                           "listeners": args.legit_listeners,
                                           "interval": args.legit_interval})
             roles.append(legit)
             legit.receive(300)
-            flood = Role("flood", base | {"room": "legit", "flood_sockets": args.flood_sockets,
+            flood = spawn_role("flood", base | {"room": "legit", "flood_sockets": args.flood_sockets,
                                           "flood_window": args.flood_window})
             roles.append(flood)
             flood_info = flood.receive(120)
-            chat_bench.wait_quiet(pids["gateway"])
-            busy = wait_machine_quiet(limit=args.quiet_wait)
+            busy = wait_quiet([pids["gateway"]], machine_limit=args.quiet_wait)
             all_pids = pids | {"legit_load": legit.pid, "flood_load": flood.pid,
                                "idle_load": idle.pid}
             t0 = now_ns() + 300_000_000
@@ -642,14 +522,14 @@ def part2(args, root: Path) -> dict:
                 time.sleep(max(0.0, (t - now_ns()) / 1e9))
                 samples.append(cpu_sample(all_pids))
                 if t == t2 and args.profile:
-                    profiler = start_profiler(pids["gateway"], args.profile, args.phase)
+                    profiler = Profiler.start(pids["gateway"], args.profile, args.phase)
             results = legit.receive(60 + args.legit_interval)
             flood_result = flood.receive(60)
             idle.send("stop")
             idle_end = idle.receive(60)
         finally:
             if profiler is not None:
-                stop_process(profiler)
+                profiler.stop()
             for role in roles:
                 role.stop()
     out = {
@@ -685,63 +565,6 @@ def part2(args, root: Path) -> dict:
     return out
 
 
-def start_profiler(pid: int, path: Path, seconds: float) -> subprocess.Popen | None:
-    spy = Path(sys.executable).parent / "py-spy"
-    if not spy.exists():
-        print("    (no py-spy next to this Python; not profiling)", file=sys.stderr)
-        return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(
-        [str(spy), "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
-         "--rate", "200", "--format", "raw", "--output", str(path), "--nonblocking"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-
-
-def stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if proc.returncode and proc.stderr is not None:
-        print(f"    py-spy exited {proc.returncode}: {proc.stderr.read().decode()[-500:]}",
-              file=sys.stderr)
-    if proc.stderr is not None:
-        proc.stderr.close()
-
-
-def profile_top(path: Path, n: int = 12) -> dict:
-    """From py-spy's raw collapsed stacks: the top functions by own samples, and by samples
-    anywhere in the stack (inclusive) for functions of this repository."""
-    own: Counter = Counter()
-    inclusive: Counter = Counter()
-    total = 0
-    if not path.exists():
-        return {}
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count_s = line.rpartition(" ")
-        if not stack or not count_s.isdigit():
-            continue
-        count = int(count_s)
-        total += count
-        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].rsplit(":", 1)[0].split("/")[-1] + ")"
-                  if " (" in f else f for f in stack.split(";")]
-        own[frames[-1]] += count
-        for fr in set(frames):
-            if "services" in fr or any(x in fr for x in ("websocket.py", "ratelimit.py", "rooms.py",
-                                                         "sockets.py", "protocol.py")):
-                inclusive[fr] += count
-    pct = lambda c: round(100 * c / total, 1) if total else 0.0  # noqa: E731
-    return {"samples": total,
-            "own": [(k, pct(v)) for k, v in own.most_common(n)],
-            "inclusive": [(k, pct(v)) for k, v in inclusive.most_common(n)]}
-
-
 def print_part2(p: dict, args) -> None:
     c = p["config"]
     rate = c["legit_senders"] / c["legit_interval_s"]
@@ -763,14 +586,10 @@ def print_part2(p: dict, args) -> None:
          f"{p['p50_ratio']:.3f}x" if p["p50_ratio"] else "-", ""],
         ["legit latency p99 (ms)", *both(lambda x: f"{x['latency_ms']['p99']:.2f}"),
          f"{p['p99_ratio']:.3f}x" if p["p99_ratio"] else "-",
-         f"<= {TARGET_FLOOD_RATIO:g}x {chat_bench.verdict(p['ok'])}"],
+         f"<= {TARGET_FLOOD_RATIO:g}x {verdict(p['ok'])}"],
         ["legit latency max (ms)", *both(lambda x: f"{x['latency_ms']['max']:.2f}"), "", ""],
-        ["first listener p50 / p99 (ms)",
-         *both(lambda x: f"{x['first_listener_ms']['p50']:.2f} / {x['first_listener_ms']['p99']:.2f}"),
-         "", ""],
-        ["sender echo p50 / p99 (ms)",
-         *both(lambda x: f"{x['sender_echo_ms']['p50']:.2f} / {x['sender_echo_ms']['p99']:.2f}"),
-         "", ""],
+        ["first listener p50 / p99 (ms)", *both(lambda x: fmt_stats(x["first_listener_ms"])), "", ""],
+        ["sender echo p50 / p99 (ms)", *both(lambda x: fmt_stats(x["sender_echo_ms"])), "", ""],
         ["legit messages sent (msg/s)", *both(lambda x: f"{x['sent']:,} ({x['msg_per_s']:.1f})"),
          "", ""],
         ["delivered / expected (listener pairs)",
@@ -784,12 +603,12 @@ def print_part2(p: dict, args) -> None:
     ours = ("gateway", "ratelimit", "room", "nats", "projector", "legit_load", "flood_load",
             "idle_load")
     for x in (q, f):
-        x["cpu_percent"]["other_processes"] = round(other_cpu(x["cpu_percent"]), 1)
+        x["cpu_percent"]["other_processes"] = round(others(x["cpu_percent"]), 1)
     for name in (*ours, "other_processes", "machine"):
         label = f"CPU {name} (% of one core)" if name != "machine" else \
             f"CPU whole machine (% of {100 * (os.cpu_count() or 1)})"
         rows.append([label, *both(lambda x: f"{x['cpu_percent'].get(name, 0):.0f}"), "", ""])
-    print(chat_bench.table(rows, ["", "no flood", "flood", "ratio", "target"]))
+    print(table(rows, ["", "no flood", "flood", "ratio", "target"]))
     for phase in ("quiet", "flood"):
         series = " ".join(f"{v:.1f}" for v in p[phase]["per_second_p99_ms"])
         print(f"    legit p99 by second, {'no flood' if phase == 'quiet' else 'flood'} (ms): {series}")
@@ -812,57 +631,25 @@ def print_part2(p: dict, args) -> None:
 # --- main -----------------------------------------------------------------------------------------
 
 
-def _terminate(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from bench import limits_bench as this  # spawned processes import entry() by this name
 
     raise_fd_limit(args.idle_ips * args.idle_per_ip * 2 + 4096)
-    signal.signal(signal.SIGTERM, _terminate)
-    root = Path(tempfile.mkdtemp(prefix="durachat-limits-"))
-    report: dict = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "targets": {"added_p99_ms": TARGET_ADDED_P99_MS, "flood_p99_ratio": TARGET_FLOOD_RATIO},
-    }
-    status = 0
-    busy = machine_busy_percent()
-    report["machine"]["busy_before_start_percent"] = round(busy, 1)
-    print(f"durachat limits benchmark: {os.cpu_count()} CPUs, Python {platform.python_version()}; "
-          f"machine {busy:.0f}% busy before start; dir {root}", flush=True)
-    if busy > 25:
-        print("warning: the machine is already busy; the figures will be disturbed", file=sys.stderr)
-    t_start = time.monotonic()
-    try:
+    targets = {"added_p99_ms": TARGET_ADDED_P99_MS, "flood_p99_ratio": TARGET_FLOOD_RATIO}
+    with BenchRun(args, "durachat-limits-", targets) as run:
+        print(f"durachat limits benchmark: {os.cpu_count()} CPUs, Python "
+              f"{platform.python_version()}; machine {run.busy:.0f}% busy before start; "
+              f"dir {run.tmp}", flush=True)
         if "1" in args.parts:
             print("\n[1] limiter overhead: running A B" + " A B" * (args.rounds - 1), flush=True)
-            report["overhead"] = part1(args, root)
-            print_part1(report["overhead"], args)
+            run.report["overhead"] = part1(args, run.tmp)
+            print_part1(run.report["overhead"], args)
         if "2" in args.parts:
             print("\n[2] fairness under a flood: starting", flush=True)
-            report["flood"] = this.part2(args, root)
-            print_part2(report["flood"], args)
-        report["elapsed_s"] = round(time.monotonic() - t_start, 1)
-        print(f"\ndone in {report['elapsed_s']} s")
-    except KeyboardInterrupt:
-        print("\ninterrupted; the systems were stopped", file=sys.stderr)
-        status = 130
-    except Exception as exc:
-        print(f"\nbenchmark failed: {exc}", file=sys.stderr)
-        status = 1
-    finally:
-        chat_bench.stop_resource_tracker()
-        if args.keep_dir:
-            print(f"kept {root}", file=sys.stderr)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    if args.json and status == 0:
-        write_figures(args.json, report)
-    return status
+            run.report["flood"] = this.part2(args, run.tmp)
+            print_part2(run.report["flood"], args)
+    return run.status
 
 
 if __name__ == "__main__":

@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
-import os
 import threading
 import time
-import traceback
 from array import array
 from typing import Any, Callable
 
@@ -33,55 +30,11 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-from bench.measure import cpu_sample, cpu_seconds
+from bench.measure import CpuMeter, child_main, process_quiet, rss_kib
 
 READY = b'{"ready":true}'
 ERROR_PREFIX = b'{"error"'
 now_ns = time.monotonic_ns
-
-
-# --- process accounting ------------------------------------------------------------------------
-
-
-
-
-
-
-def rss_kib(pid: int) -> int:
-    """Resident set size of process `pid` in KiB (VmRSS of /proc/<pid>/status)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-class CpuMeter:
-    """CPU used by the server processes (and this load process) between start() and stop()."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.start_cpu: dict[str, float] = {}
-        self.start_wall = 0.0
-        self.result: dict[str, float] = {}
-
-    def _sample(self) -> dict[str, float]:
-        return cpu_sample(self.pids, self_as="load")
-
-    def start(self) -> None:
-        self.start_wall = time.monotonic()
-        self.start_cpu = self._sample()
-
-    def stop(self) -> dict[str, float]:
-        """{process: CPU utilisation in % of one core} over the window."""
-        wall = time.monotonic() - self.start_wall
-        end = self._sample()
-        self.result = {
-            name: round(100.0 * (end[name] - self.start_cpu[name]) / wall, 1)
-            for name in end
-            if name in self.start_cpu and wall > 0
-        }
-        return self.result
 
 
 # --- a WebSocket client socket -------------------------------------------------------------------
@@ -104,6 +57,7 @@ class Socket(asyncio.Protocol):
         self.errors = 0
         self.first_error: bytes | None = None
         self.deflate = False
+        self.named = True
 
     # asyncio.Protocol
 
@@ -206,19 +160,28 @@ def _fail(future: asyncio.Future, exc: BaseException) -> None:
 
 
 async def join(
-    cfg: dict, room: str, name: str, on_text: Callable[[int, bytes], None] | None = None
+    cfg: dict, room: str, name: str, on_text: Callable[[int, bytes], None] | None = None,
+    source: str | None = None,
 ) -> Socket:
-    """Open a socket to `room`, send the name frame and wait for {"ready": true}."""
+    """Open a socket to `room` (from address `source`), send the name frame and wait for
+    {"ready": true}. With cfg["refused_ok"], a name frame refused by the rate limit leaves the
+    socket open and unnamed (`sock.named` False)."""
     loop = asyncio.get_running_loop()
     host, port = cfg["host"], cfg["port"]
     uri = f"ws://{host}:{port}/api/room/{room}/websocket"
     _, sock = await loop.create_connection(
-        lambda: Socket(uri, cfg["compression"], on_text), host, port
+        lambda: Socket(uri, cfg["compression"], on_text), host, port,
+        local_addr=(source, 0) if source else None,
     )
     try:
         await asyncio.wait_for(asyncio.shield(sock.opened), cfg["open_timeout"])
         sock.send_text(json.dumps({"name": name}))
-        await asyncio.wait_for(asyncio.shield(sock.ready), cfg["open_timeout"])
+        try:
+            await asyncio.wait_for(asyncio.shield(sock.ready), cfg["open_timeout"])
+        except RuntimeError as exc:  # an error frame came instead of {"ready"}
+            if not (cfg.get("refused_ok") and "rate-limited" in str(exc)):
+                raise
+            sock.named = False
     except BaseException:
         if sock.transport is not None:
             sock.transport.abort()
@@ -226,15 +189,15 @@ async def join(
     return sock
 
 
-async def join_all(cfg: dict, specs: list[tuple[str, str, Any]]) -> list[Socket]:
-    """Open sockets for (room, name, on_text) specs, a bounded number at a time."""
+async def join_all(cfg: dict, specs: list[tuple]) -> list[Socket]:
+    """join() for (room, name, on_text[, source]) specs, a bounded number at a time."""
     limit = asyncio.Semaphore(cfg["connect_concurrency"])
 
-    async def one(room: str, name: str, on_text) -> Socket:
+    async def one(spec: tuple) -> Socket:
         async with limit:
-            return await join(cfg, room, name, on_text)
+            return await join(cfg, *spec)
 
-    results = await asyncio.gather(*(one(*spec) for spec in specs), return_exceptions=True)
+    results = await asyncio.gather(*(one(spec) for spec in specs), return_exceptions=True)
     failures = [r for r in results if isinstance(r, BaseException)]
     sockets = [r for r in results if isinstance(r, Socket)]
     if failures:
@@ -258,26 +221,28 @@ def socket_health(sockets: list[Socket]) -> dict:
     }
 
 
-async def barrier_wait(barrier, timeout: float) -> None:
-    """Wait on a multiprocessing barrier without blocking the event loop."""
+async def barrier_wait(barrier, timeout: float) -> bool:
+    """Wait for the other load processes without blocking the event loop; False if one of
+    them gave up (the barrier broke)."""
     if barrier is None:
-        return
-    await asyncio.get_running_loop().run_in_executor(None, barrier.wait, timeout)
+        return True
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, barrier.wait, timeout)
+        return True
+    except threading.BrokenBarrierError:
+        return False
 
 
-def percentiles(values: list[int] | array, qs=(0.5, 0.99)) -> dict[str, float]:
-    """Nearest-rank percentiles and max of nanosecond values, in ms."""
-    if not values:
-        return {f"p{round(q * 100)}": None for q in qs} | {"max": None, "n": 0}
-    ordered = sorted(values)
-    n = len(ordered)
-    out = {}
-    for q in qs:
-        rank = min(n, max(1, math.ceil(round(q * n, 6))))
-        out[f"p{round(q * 100)}"] = ordered[rank - 1] / 1e6
-    out["max"] = ordered[-1] / 1e6
-    out["n"] = n
-    return out
+async def from_parent(conn):
+    """The parent's next message, without blocking the event loop (sockets keep answering)."""
+    return await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+
+
+def ns(data: bytes) -> array:
+    """The nanosecond values a phase sent back as bytes."""
+    values = array("q")
+    values.frombytes(data)
+    return values
 
 
 # --- phase: latency (1 sender at a fixed rate, L listeners) ------------------------------------
@@ -315,11 +280,11 @@ async def latency(cfg: dict, index: int, procs: int, barrier) -> dict:
     sender_end = loop.create_future()
     if index == 0:
         sender = (await join_all(cfg, [(room, "sender", recorder(sender_rec, sender_end))]))[0]
-    await barrier_wait(barrier, cfg["barrier_timeout"])
+    if not await barrier_wait(barrier, cfg["barrier_timeout"]):
+        raise RuntimeError("another load process failed")
 
-    meter = CpuMeter(cfg["pids"])
-    own = CpuMeter({})
-    own.start()
+    meter = CpuMeter(cfg["pids"], self_as="load")
+    own = CpuMeter({}, self_as="load").start()
     out: dict[str, Any] = {"index": index, "listeners": len(listener_ids)}
     rate, warmup, duration = cfg["rate"], cfg["warmup"], cfg["duration"]
     warm = int(round(rate * warmup))
@@ -443,7 +408,8 @@ async def throughput(cfg: dict, index: int, procs: int, barrier) -> dict:
     sockets = await join_all(cfg, [(room, s.name, s.on_text) for s in senders])
     for sender, sock in zip(senders, sockets):
         sender.sock = sock
-    await barrier_wait(barrier, cfg["barrier_timeout"])
+    if not await barrier_wait(barrier, cfg["barrier_timeout"]):
+        raise RuntimeError("another load process failed")
 
     loop = asyncio.get_running_loop()
     start = now_ns() + int(cfg["warmup"] * 1e9)
@@ -453,7 +419,7 @@ async def throughput(cfg: dict, index: int, procs: int, barrier) -> dict:
         s.drained = loop.create_future()
         s.running = True
         s.pump()
-    meter = CpuMeter(cfg["pids"] if index == 0 else {})
+    meter = CpuMeter(cfg["pids"] if index == 0 else {}, self_as="load")
     await asyncio.sleep(cfg["warmup"])
     meter.start()
     await asyncio.sleep(max(0.0, (end - now_ns()) / 1e9))
@@ -496,7 +462,7 @@ async def memory(cfg: dict, index: int, procs: int, barrier) -> dict:
     warm[0].send_text('{"message":"warm-up"}')
     await asyncio.sleep(0.3)
     await close_all(warm)
-    await wait_quiet(gateway)
+    await process_quiet(gateway)
     before = {"gateway": rss_kib(gateway), "room": rss_kib(room_pid) if room_pid else None}
 
     n, rooms = cfg["sockets"], cfg["rooms"]
@@ -508,13 +474,13 @@ async def memory(cfg: dict, index: int, procs: int, barrier) -> dict:
     t0 = time.monotonic()
     sockets = await join_all(cfg, [(f"{cfg['room']}-{i % rooms}", f"m{i}", count) for i in range(n)])
     open_s = time.monotonic() - t0
-    await wait_quiet(gateway)
+    await process_quiet(gateway)
     after = {"gateway": rss_kib(gateway), "room": rss_kib(room_pid) if room_pid else None}
     health = socket_health(sockets)
     t0 = time.monotonic()
     await close_all(sockets)
     close_s = time.monotonic() - t0
-    await wait_quiet(gateway)
+    await process_quiet(gateway)
     released = rss_kib(gateway)
     return {
         "sockets": n,
@@ -529,52 +495,12 @@ async def memory(cfg: dict, index: int, procs: int, barrier) -> dict:
     }
 
 
-async def wait_quiet(pid: int, below: float = 5.0, window: float = 0.25, limit: float = 15.0) -> None:
-    """Wait until process `pid` uses under `below`% of a core over `window` seconds."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        c0, t0 = cpu_seconds(pid), time.monotonic()
-        await asyncio.sleep(window)
-        if 100 * (cpu_seconds(pid) - c0) / (time.monotonic() - t0) < below:
-            return
-
-
 # --- process entry ------------------------------------------------------------------------------
 
 PHASES = {"latency": latency, "throughput": throughput, "memory": memory}
 
 
-def _watch_parent(parent: int) -> None:
-    """Exit if the benchmark process goes away (so no load process outlives it)."""
-    while True:
-        time.sleep(1.0)
-        if os.getppid() != parent:
-            os._exit(3)
-
-
 def entry(kind: str, cfg: dict, index: int, procs: int, barrier, conn, parent: int) -> None:
     """Target of a spawned load process: run one phase, send its result dict through `conn`."""
-    run_in_child(lambda: PHASES[kind](cfg, index, procs, barrier), cfg, conn, parent, barrier)
-
-
-def run_in_child(make_coro, cfg: dict, conn, parent: int, barrier) -> None:
-    """Body of a spawned bench process: run `make_coro()` (under uvloop unless cfg says
-    "uvloop": False) and send its result dict, or the traceback, through `conn`; exit when
-    the parent does."""
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
-    try:
-        coro = make_coro()
-        if cfg.get("uvloop", True):
-            import uvloop
-
-            result = uvloop.run(coro)
-        else:
-            result = asyncio.run(coro)
-    except KeyboardInterrupt:
-        return
-    except BaseException:
-        if barrier is not None:
-            barrier.abort()
-        result = {"error": traceback.format_exc()}
-    conn.send(result)
-    conn.close()
+    child_main(lambda: PHASES[kind](cfg, index, procs, barrier), conn, parent, barrier,
+               uvloop=cfg.get("uvloop", True))

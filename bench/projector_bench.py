@@ -19,18 +19,13 @@ stopped by its PID at the end, also on an error, Ctrl-C or SIGTERM.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import bisect
-import collections
-import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -40,7 +35,16 @@ from pathlib import Path
 import nats
 import uvloop
 
-from bench.measure import cpu_seconds, machine_busy_seconds, pct
+from bench.measure import (
+    BenchRun,
+    CpuMeter,
+    Profiler,
+    arguments,
+    others,
+    percentiles,
+    print_figures,
+    profile_top,
+)
 from contracts.subjects import ROOM, event_subject
 from services.readstore.projection import ROOM_STREAM
 from services.room.aireply import AiDeadlines
@@ -62,24 +66,11 @@ WORDS = ("hello", "there", "how", "is", "everyone", "doing", "today", "the", "de
 
 
 
-class CpuMeter:
-    """CPU of our processes over a window, in % of one core, and of everything else."""
-
-    def __init__(self, **pids: int) -> None:
-        self.pids = pids
-        self.start = self._sample()
-
-    def _sample(self) -> tuple[float, float, dict[str, float]]:
-        return time.monotonic(), machine_busy_seconds(), {k: cpu_seconds(p) for k, p in self.pids.items()}
-
-    def figures(self) -> dict[str, float]:
-        t1, m1, c1 = self._sample()
-        t0, m0, c0 = self.start
-        wall = t1 - t0
-        out = {f"{k}_cpu_pct": 100 * (c1[k] - c0[k]) / wall for k in self.pids}
-        ours = sum(c1[k] - c0[k] for k in self.pids)
-        out["other_cpu_pct"] = max(0.0, 100 * (m1 - m0 - ours) / wall)
-        return out
+def cpu_figures(meter: CpuMeter) -> dict[str, float]:
+    """The meter's window as figures: each process's CPU and the rest of the machine's, in %
+    of one core."""
+    cpu = meter.stop()
+    return {f"{k}_cpu_pct": cpu[k] for k in meter.pids if k in cpu} | {"other_cpu_pct": others(cpu)}
 
 
 STOP = threading.Event()  # set by SIGTERM / SIGINT (see stoppable)
@@ -282,28 +273,6 @@ def start_projector(url: str, db: Path, batch: int, logfile: Path) -> subprocess
         out.close()
 
 
-def start_profile(pid: int, out: Path) -> subprocess.Popen:
-    spy = Path(sys.executable).parent / "py-spy"
-    return subprocess.Popen(
-        [str(spy), "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
-         "--duration", "600", "--output", str(out), "--nonblocking"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-
-
-def profile_summary(raw: Path, top: int = 10) -> list[tuple[str, float]]:
-    """Self share of samples per source line (the innermost Python frame), from py-spy's raw
-    output. Time in C (SQLite, json) counts on the Python line that called it."""
-    total = 0
-    own: collections.Counter[str] = collections.Counter()
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if count.isdigit():
-            total += int(count)
-            own[stack.rsplit(";", 1)[-1]] += int(count)
-    return [(with_source(name), 100 * n / total) for name, n in own.most_common(top)] if total else []
-
-
 def with_source(frame: str) -> str:
     """`func (path:line)`, plus that line's text when it is one of ours."""
     where = frame.rpartition(" (")[2].rstrip(")")
@@ -371,11 +340,11 @@ async def projector_phases(url: str, tmp: Path, args, figures: dict) -> None:
     profiler = None
     try:
         pids = {"projector": projector.pid, "nats": args.server_pid, "bench": os.getpid()}
-        meter = CpuMeter(**pids)
+        meter = CpuMeter(pids).start()
         if args.profile:
-            profiler = start_profile(projector.pid, args.profile)
+            profiler = Profiler.start(projector.pid, args.profile)
         done = await watcher.wait_for(ledger.last, 600, projector)
-        cpu = meter.figures()
+        cpu = cpu_figures(meter)
         first_t, first_pos = watcher.times[0], watcher.positions[0]
         steady_events = ledger.events - ledger.events_at(first_pos)
         steady_commits = ledger.last - first_pos
@@ -391,17 +360,16 @@ async def projector_phases(url: str, tmp: Path, args, figures: dict) -> None:
             "rows": check_rows(db, factory),
         }
         log(f"caught up in {wall:.1f} s")
-        if profiler is not None:  # py-spy writes its output on SIGINT
-            profiler.send_signal(signal.SIGINT)
-            await asyncio.to_thread(profiler.wait, 60)
+        if profiler is not None:
+            await asyncio.to_thread(profiler.stop)
 
         for per_commit in args.lag_commit_events:
             await asyncio.sleep(0.5)
-            meter = CpuMeter(**pids)
+            meter = CpuMeter(pids).start()
             records = await publish_steady(url, factory, args.lag_rate, per_commit, args.lag_seconds)
             last_seq = max(r[0] for r in records)
             await watcher.wait_for(last_seq, 60, projector)
-            cpu = meter.figures()
+            cpu = cpu_figures(meter)
             lags, from_publish, seen_first = [], [], 0
             for sequence, published, acked in records:
                 seen = watcher.reached(sequence)
@@ -411,10 +379,11 @@ async def projector_phases(url: str, tmp: Path, args, figures: dict) -> None:
             changes = bisect.bisect_right(watcher.positions, last_seq) - bisect.bisect_left(
                 watcher.positions, records[0][0])
             kind = "single-event" if per_commit == 1 else f"{per_commit}-event"
+            lag = percentiles(lags)
             figures[f"[2] lag at {args.lag_rate:.0f} events/s, {kind} commits"] = {
                 "commits": len(records),
-                "p50_ms": pct(lags, 50), "p99_ms": pct(lags, 99), "max_ms": max(lags),
-                "p99_from_publish_ms": pct(from_publish, 99),
+                "p50_ms": lag["p50"], "p99_ms": lag["p99"], "max_ms": lag["max"],
+                "p99_from_publish_ms": percentiles(from_publish)["p99"],
                 "seen_before_ack": seen_first,
                 "commits_per_position_change": len(records) / max(1, changes),
                 **cpu,
@@ -422,8 +391,8 @@ async def projector_phases(url: str, tmp: Path, args, figures: dict) -> None:
         figures["position polls"] = {"interval_ms": watcher.interval * 1000,
                                      "polls": watcher.polls, "rows": check_rows(db, factory)}
     finally:
-        if profiler is not None and profiler.poll() is None:
-            stop_process(profiler)
+        if profiler is not None:
+            profiler.stop()
         stop_process(projector)
         watcher.stop()
 
@@ -446,8 +415,8 @@ async def rebuild_phase(url: str, tmp: Path, args, figures: dict) -> None:
     profiler = None
     try:
         db = tmp / "rebuild.db"
-        profiler = start_profile(os.getpid(), rebuild_profile(args.profile)) if args.profile else None
-        meter = CpuMeter(projector=os.getpid(), nats=args.server_pid)  # in this process
+        profiler = Profiler.start(os.getpid(), rebuild_profile(args.profile)) if args.profile else None
+        meter = CpuMeter({"projector": os.getpid(), "nats": args.server_pid}).start()  # in-process
         start = time.monotonic()
         projector = Projector(nc, db, batch=args.rebuild_batch)
         await projector.open()
@@ -457,11 +426,10 @@ async def rebuild_phase(url: str, tmp: Path, args, figures: dict) -> None:
             await projector.step(timeout=5.0)
             steps += 1
         seconds = time.monotonic() - start
-        cpu = meter.figures()
+        cpu = cpu_figures(meter)
         projector.conn.close()
         if profiler is not None:
-            profiler.send_signal(signal.SIGINT)
-            await asyncio.to_thread(profiler.wait, 60)
+            await asyncio.to_thread(profiler.stop)
         figures["[3] full rebuild (in-process Projector)"] = {
             "events": ledger.events, "commits": ledger.last, "batch": args.rebuild_batch,
             "transactions": steps, "seconds": seconds, "events_per_s": ledger.events / seconds,
@@ -471,8 +439,8 @@ async def rebuild_phase(url: str, tmp: Path, args, figures: dict) -> None:
         }
         log(f"rebuilt in {seconds:.1f} s")
     finally:
-        if profiler is not None and profiler.poll() is None:
-            stop_process(profiler)
+        if profiler is not None:
+            profiler.stop()
         await nc.close()
 
 
@@ -495,34 +463,34 @@ async def stoppable(coro) -> None:
         STOP.set()
         task.cancel()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:
         loop.add_signal_handler(sig, stop)
     try:
         await coro
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig, handler in previous.items():
             loop.remove_signal_handler(sig)
+            signal.signal(sig, handler)
     stop_requested()
 
 
-def show(figures: dict) -> None:
-    for name, values in figures.items():
-        print(name)
-        line = " "
-        for k, v in values.items():
-            item = f" {k}={v:.2f}" if isinstance(v, float) else f" {k}={v}"
-            if len(line) + len(item) > 100:
-                print(line)
-                line = " "
-            line += item
-        print(line)
-    print("targets: [1] >= 10,000 events/s; [2] p99 <= 250 ms; [3] 1,000,000 events <= 120 s")
+def run_phase(server_dir: Path, phase, tmp: Path, args, figures: dict) -> None:
+    """Start a nats-server in `server_dir`, run `phase(url, tmp, args, figures)` on it under
+    uvloop (a signal cancels it), stop the server."""
+    server = NatsServerProcess(server_dir)
+    try:
+        server.start()
+        args.server_pid = server.process.pid
+        uvloop.run(stoppable(phase(server.url, tmp, args, figures)))
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
+    finally:
+        server.stop()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a short smoke run (about 1 min)")
+def main() -> int:
+    parser = arguments("bench.projector_bench", __doc__, quick="a short smoke run (about 1 min)")
     parser.add_argument("--events", type=int, help="events for [1] (200,000; quick 20,000)")
     parser.add_argument("--rooms", type=int, default=100, help="rooms the events spread over")
     parser.add_argument("--commit-events", type=int, default=10,
@@ -540,8 +508,6 @@ def main() -> None:
     parser.add_argument("--profile", type=Path,
                         help="py-spy record (raw) the projector process during [1] into this file, "
                         "and this process during [3] into <stem>-rebuild<suffix>")
-    parser.add_argument("--keep-dir", action="store_true", help="keep the temp dir")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     args.events = args.events or (20_000 if args.quick else 200_000)
     args.lag_seconds = args.lag_seconds or (5.0 if args.quick else 20.0)
@@ -550,48 +516,23 @@ def main() -> None:
     phases = set(args.phases.split(","))
     figures: dict[str, dict] = {}
 
-    def terminate(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, terminate)  # outside the event loop; inside, see stoppable
-    tmp = Path(tempfile.mkdtemp(prefix="durachat-projbench-"))
-    try:
+    with BenchRun(args, "durachat-projbench-") as run:
         if "1" in phases:
-            server = NatsServerProcess(tmp / "nats-1")
-            try:
-                server.start()
-                args.server_pid = server.process.pid
-                uvloop.run(stoppable(projector_phases(server.url, tmp, args, figures)))
-            finally:
-                server.stop()
+            run_phase(run.tmp / "nats-1", projector_phases, run.tmp, args, figures)
         if "3" in phases:
-            server = NatsServerProcess(tmp / "nats-3")
-            try:
-                server.start()
-                args.server_pid = server.process.pid
-                uvloop.run(stoppable(rebuild_phase(server.url, tmp, args, figures)))
-            finally:
-                server.stop()
-    except asyncio.CancelledError:
-        log("stopped by a signal")
-        raise SystemExit(1) from None
-    finally:
-        if args.keep_dir:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-    show(figures)
-    if args.profile:
-        for label, raw in (("the projector process during [1]", args.profile),
-                           ("the in-process rebuild [3]", rebuild_profile(args.profile))):
-            if raw.exists():
-                print(f"py-spy, {label}: % of samples by innermost Python line ({raw})")
-                for name, share in profile_summary(raw):
-                    print(f"  {share:5.1f}%  {name}")
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2))
+            run_phase(run.tmp / "nats-3", rebuild_phase, run.tmp, args, figures)
+        run.report.update(figures)
+        print_figures(figures, "[1] >= 10,000 events/s; [2] p99 <= 250 ms; "
+                      "[3] 1,000,000 events <= 120 s")
+        if args.profile:
+            for label, raw in (("the projector process during [1]", args.profile),
+                               ("the in-process rebuild [3]", rebuild_profile(args.profile))):
+                if raw.exists():
+                    print(f"py-spy, {label}: % of samples by innermost Python line ({raw})")
+                    for name, share in profile_top(raw, 10, by_line=True)["own"]:
+                        print(f"  {share:5.1f}%  {with_source(name)}")
+    return run.status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

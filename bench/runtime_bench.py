@@ -8,19 +8,17 @@ stopped by its PID at the end.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
-import json
 import statistics
-import tempfile
+import sys
 import time
 import uuid
 from pathlib import Path
 
 import nats
 
-from bench.measure import pct
+from bench.measure import BenchRun, arguments, percentiles, print_figures
 from contracts.room import Accepted, GetRoom, JoinRoom, PostMessage, room_reply
 from contracts.subjects import ROOM, command_subject
 from services.localsystem import LocalSystem
@@ -28,8 +26,6 @@ from services.room.handlers import RoomBehaviour
 from services.runtime.host import ObjectHost
 from services.runtime.leases import partition_owners
 from services.runtime.natsserver import NatsServerProcess
-
-
 
 
 async def ask(nc, room: str, command, timeout: float = 10.0):
@@ -144,11 +140,19 @@ async def rebalance_times(system: LocalSystem, joins: int) -> list[float]:
     return times
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a short smoke run")
+def on_system(path: Path, replicas: int, measure):
+    """`measure(system)` on a LocalSystem with `replicas` room services, stopped after."""
+    system = LocalSystem(path, room_replicas=replicas)
+    try:
+        system.start()
+        return asyncio.run(measure(system))
+    finally:
+        system.stop()
+
+
+def main() -> int:
+    parser = arguments("bench.runtime_bench", __doc__, quick="a short smoke run")
     parser.add_argument("--events", type=int, default=10_000)
-    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     events = 1_000 if args.quick else args.events
     wakes = 20 if args.quick else 200
@@ -156,45 +160,32 @@ def main() -> None:
     joins = 2 if args.quick else 5
     figures: dict[str, dict] = {}
 
-    with tempfile.TemporaryDirectory(prefix="durachat-bench-") as tmp:
-        server = NatsServerProcess(Path(tmp) / "nats").start()
+    with BenchRun(args, "durachat-bench-") as run:
+        server = NatsServerProcess(run.tmp / "nats").start()
         try:
             for label, every in (("snapshots every 100", 100), ("no snapshots", 10**9)):
                 woken, resident = asyncio.run(wake_latency(server.url, 16, events, wakes, every))
                 figures[f"wake {events} events, {label}"] = {
-                    "p50_ms": statistics.median(woken), "p99_ms": pct(woken, 99),
+                    "p50_ms": statistics.median(woken), "p99_ms": percentiles(woken)["p99"],
                     "resident_p50_ms": statistics.median(resident),
-                    "resident_p99_ms": pct(resident, 99),
+                    "resident_p99_ms": percentiles(resident)["p99"],
                 }
         finally:
             server.stop()
 
-        system = LocalSystem(Path(tmp) / "failover", room_replicas=2).start()
-        try:
-            times = asyncio.run(failover_times(system, kills))
-            figures["failover after kill -9 (lease TTL 3 s)"] = {
-                "kills": kills, "p50_s": statistics.median(times), "max_s": max(times),
-            }
-        finally:
-            system.stop()
-
-        system = LocalSystem(Path(tmp) / "rebalance", room_replicas=1).start()
-        try:
-            times = asyncio.run(rebalance_times(system, joins))
-            figures["rebalance 1 -> 2 replicas"] = {
-                "joins": joins, "p50_s": statistics.median(times), "max_s": max(times),
-            }
-        finally:
-            system.stop()
-
-    print(f"{'figure':48} values")
-    for name, values in figures.items():
-        shown = "  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
-        print(f"{name:48} {shown}")
-    print("targets: wake p99 <= 10 ms (10,000 events); failover max <= 5 s; rebalance <= 10 s")
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2))
+        times = on_system(run.tmp / "failover", 2, lambda system: failover_times(system, kills))
+        figures["failover after kill -9 (lease TTL 3 s)"] = {
+            "kills": kills, "p50_s": statistics.median(times), "max_s": max(times),
+        }
+        times = on_system(run.tmp / "rebalance", 1, lambda system: rebalance_times(system, joins))
+        figures["rebalance 1 -> 2 replicas"] = {
+            "joins": joins, "p50_s": statistics.median(times), "max_s": max(times),
+        }
+        run.report.update(figures)
+        print_figures(figures, "wake p99 <= 10 ms (10,000 events); failover max <= 5 s; "
+                      "rebalance <= 10 s")
+    return run.status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
