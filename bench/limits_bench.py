@@ -426,20 +426,19 @@ async def decision_latency(nats_url: str, n: int) -> dict:
     the ratelimit service (over 50 keys), as the gateway sends them; round trips in ms."""
     import nats
 
-    from contracts.ratelimit import RATELIMIT, TakeToken, ip_key, ratelimit_reply
-    from contracts.subjects import command_subject
+    from contracts.ratelimit import LimiterClient, RateDecision, TakeToken
 
     nc = await nats.connect(nats_url, name="durachat-limits-bench")
     try:
-        payload = TakeToken().model_dump_json().encode()
+        limiters = LimiterClient(nc, timeout=2.0)
         rtt = array("q")
         refused = 0
         for i in range(n):
-            subject = command_subject(RATELIMIT, ip_key(f"198.51.100.{i % 50}"))
             t = now_ns()
-            msg = await nc.request(subject, payload, timeout=2.0)
+            decision = await limiters.send_once(f"198.51.100.{i % 50}", TakeToken(), 2.0)
             rtt.append(now_ns() - t)
-            refused += not ratelimit_reply.validate_json(msg.data).allowed
+            assert isinstance(decision, RateDecision), decision
+            refused += not decision.allowed
     finally:
         await nc.drain()
     warm = n // 10  # the first requests create the limiter objects

@@ -19,18 +19,17 @@ from pathlib import Path
 import nats
 
 from bench.measure import BenchRun, arguments, percentiles, print_figures
-from contracts.room import Accepted, GetRoom, JoinRoom, PostMessage, room_reply
-from contracts.subjects import ROOM, command_subject
+from contracts.room import Accepted, GetRoom, JoinRoom, PostMessage, RoomClient
+from contracts.subjects import ROOM
 from services.localsystem import LocalSystem
-from services.room.handlers import RoomBehaviour
-from services.runtime.host import ObjectHost
+from services.room.main import SERVICE as ROOM_SERVICE
 from services.runtime.leases import partition_owners
 from services.runtime.natsserver import NatsServerProcess
+from services.runtime.service import running_service
 
 
 async def ask(nc, room: str, command, timeout: float = 10.0):
-    msg = await nc.request(command_subject(ROOM, room), command.model_dump_json().encode(), timeout)
-    return room_reply.validate_json(msg.data)
+    return await RoomClient(nc, timeout=timeout).send(room, command)
 
 
 # --- wake from eviction -------------------------------------------------------------------------
@@ -50,11 +49,14 @@ async def fill_room(nc, room: str, events: int) -> None:
 
 async def wake_latency(url: str, partitions: int, events: int, wakes: int, snapshot_every: int):
     """p50/p99 of GetRoom on a room just evicted, and on the same room resident."""
+    settings = ROOM_SERVICE.settings(
+        nats_url=url, partitions=partitions, snapshot_every=snapshot_every
+    )
     nc = await nats.connect(url)
-    host = ObjectHost(nc, RoomBehaviour(), snapshot_every=snapshot_every)
-    await host.start(range(partitions))
     room = f"wake-{uuid.uuid4().hex[:8]}"
-    try:
+    # The room service by its own bootstrap, in this process (so it can evict on cue).
+    async with running_service(ROOM_SERVICE, settings, lease=False) as running:
+        host = running.host(ROOM)
         await fill_room(nc, room, events)
         woken, resident = [], []
         for _ in range(wakes):
@@ -65,10 +67,8 @@ async def wake_latency(url: str, partitions: int, events: int, wakes: int, snaps
             t = time.perf_counter()
             await ask(nc, room, GetRoom())
             resident.append((time.perf_counter() - t) * 1000)
-        return woken, resident
-    finally:
-        await host.stop()
-        await nc.drain()
+    await nc.drain()
+    return woken, resident
 
 
 # --- failover and rebalance -------------------------------------------------------------------
