@@ -207,7 +207,7 @@ async def legit_role(cfg: dict, conn) -> dict:
         tx = now_ns()
         if tx - t > 2_000_000:
             late += 1
-        senders[i].send_text('{"message":"%d:%d"}' % (seq, tx))
+        senders[i].send_text(f'{{"message":"{seq}:{tx}"}}')
     total = len(schedule)
     deadline = time.monotonic() + cfg["drain_timeout"]
     while min(counts, default=total) < total and time.monotonic() < deadline:
@@ -606,7 +606,7 @@ def print_part2(p: dict, args) -> None:
     for name in (*ours, "other_processes", "machine"):
         label = f"CPU {name} (% of one core)" if name != "machine" else \
             f"CPU whole machine (% of {100 * (os.cpu_count() or 1)})"
-        rows.append([label, *both(lambda x: f"{x['cpu_percent'].get(name, 0):.0f}"), "", ""])
+        rows.append([label, *both(lambda x, name=name: f"{x['cpu_percent'].get(name, 0):.0f}"), "", ""])
     print(table(rows, ["", "no flood", "flood", "ratio", "target"]))
     for phase in ("quiet", "flood"):
         series = " ".join(f"{v:.1f}" for v in p[phase]["per_second_p99_ms"])

@@ -21,7 +21,8 @@ import json
 import threading
 import time
 from array import array
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from websockets.client import ClientProtocol
 from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
@@ -300,7 +301,7 @@ async def latency(cfg: dict, index: int, procs: int, barrier) -> dict:
             if seq == warm:
                 meter.start()
             sent_at.append(time.monotonic())
-            sender.send_text('{"message":"%d:%d"}' % (seq, now_ns()))
+            sender.send_text(f'{{"message":"{seq}:{now_ns()}"}}')
         out["server_cpu"] = meter.stop()
         sender.send_text('{"message":"end"}')
         measured = sent_at[warm:]
@@ -383,7 +384,7 @@ class Sender:
     def pump(self) -> None:
         sock = self.sock
         while self.running and self.outstanding < self.window and sock.open:
-            sock.send_text('{"message":"%d:%d"}' % (self.seq, now_ns()))
+            sock.send_text(f'{{"message":"{self.seq}:{now_ns()}"}}')
             self.seq += 1
             self.outstanding += 1
 

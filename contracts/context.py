@@ -7,7 +7,7 @@ into the room.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter
 
@@ -83,7 +83,7 @@ class RecordExchange(Command):
 
 
 ContextCommand = Annotated[
-    Union[GetContext, PutSettings, Ask, RecordExchange], Field(discriminator="type")
+    GetContext | PutSettings | Ask | RecordExchange, Field(discriminator="type")
 ]
 context_command = TypeAdapter(ContextCommand)
 
@@ -106,7 +106,7 @@ class AskAccepted(Contract):
     duplicate: bool = Field(description="This reply id was asked before; nothing new started.")
 
 
-ContextReply = Annotated[Union[ContextView, AskAccepted, ErrorReply], Field(discriminator="type")]
+ContextReply = Annotated[ContextView | AskAccepted | ErrorReply, Field(discriminator="type")]
 context_reply = TypeAdapter(ContextReply)
 
 

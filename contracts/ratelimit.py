@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter
 
@@ -70,12 +70,12 @@ class QuotaUsage(Contract):
     month_tokens: int
 
 
-LimiterCommand = Annotated[Union[TakeToken], Field(discriminator="type")]
-LimiterReply = Annotated[Union[RateDecision, ErrorReply], Field(discriminator="type")]
+LimiterCommand = TakeToken  # one command: the union of one
+LimiterReply = Annotated[RateDecision | ErrorReply, Field(discriminator="type")]
 limiter_reply = TypeAdapter(LimiterReply)
 
-QuotaCommand = Annotated[Union[ChargeQuota, GetQuota], Field(discriminator="type")]
-QuotaReply = Annotated[Union[QuotaUsage, ErrorReply], Field(discriminator="type")]
+QuotaCommand = Annotated[ChargeQuota | GetQuota, Field(discriminator="type")]
+QuotaReply = Annotated[QuotaUsage | ErrorReply, Field(discriminator="type")]
 quota_reply = TypeAdapter(QuotaReply)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter
 
@@ -142,10 +142,7 @@ class FailAiReply(Command):
 
 
 RoomCommand = Annotated[
-    Union[
-        CreatePrivateRoom, GetRoom, JoinRoom, PostMessage, LeaveRoom,
-        StartAiReply, AppendAiReply, CompleteAiReply, FailAiReply,
-    ],
+    CreatePrivateRoom | GetRoom | JoinRoom | PostMessage | LeaveRoom | StartAiReply | AppendAiReply | CompleteAiReply | FailAiReply,
     Field(discriminator="type"),
 ]
 room_command = TypeAdapter(RoomCommand)
@@ -177,7 +174,7 @@ class Accepted(Contract):
     message: ChatMessage | None = None
 
 
-RoomReply = Annotated[Union[RoomState, Accepted, ErrorReply], Field(discriminator="type")]
+RoomReply = Annotated[RoomState | Accepted | ErrorReply, Field(discriminator="type")]
 room_reply = TypeAdapter(RoomReply)
 
 
@@ -249,7 +246,7 @@ class AiFailed(Contract):
 
 
 RoomUpdate = Annotated[
-    Union[MemberJoined, MessagePosted, MemberQuit, AiQueued, AiStarted, AiChunk, AiFailed],
+    MemberJoined | MessagePosted | MemberQuit | AiQueued | AiStarted | AiChunk | AiFailed,
     Field(discriminator="type"),
 ]
 room_update = TypeAdapter(RoomUpdate)

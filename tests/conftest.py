@@ -18,9 +18,9 @@ from services.localsystem import LocalSystem
 from services.room.main import SERVICE as ROOM_SERVICE
 from services.runtime.host import ObjectHost
 from services.runtime.kind import SYSTEM_CLOCK, Clock
-from services.runtime.service import ObjectService, RunningService, running_service
 from services.runtime.natsconf import render_nats_conf
 from services.runtime.natsserver import NatsServerProcess
+from services.runtime.service import ObjectService, RunningService, running_service
 from tests.fakes.gemini import FakeGemini
 
 PARTITIONS = 16

@@ -16,7 +16,6 @@ from contracts.client import ObjectClient
 from contracts.common import Command
 from services.localsystem import LocalSystem
 
-
 Described = str | Callable[[], str] | None
 
 

@@ -13,11 +13,10 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Path, Request
 from pydantic import ValidationError
 
-from contracts.common import ErrorCode, ErrorReply
+from contracts.common import ErrorCode, ErrorReply, describe_validation_error
 from contracts.context import ContextSettings, ContextView, GetContext, PutSettings
 from services.gateway.deps import Gateway
 from services.gateway.identity import USER_ID, InvalidToken, verify
-from contracts.common import describe_validation_error
 
 router = APIRouter(tags=["context"])
 

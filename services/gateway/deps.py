@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -9,11 +10,9 @@ from fastapi import Depends
 from nats.aio.client import Client as NATS
 from starlette.requests import HTTPConnection
 
-from collections import Counter
-
-from services.gateway.ratelimit import IpRateLimiter
 from contracts.context import ContextClient
 from contracts.room import RoomClient
+from services.gateway.ratelimit import IpRateLimiter
 from services.gateway.rooms import RoomFanouts
 from services.gateway.settings import GatewaySettings
 

@@ -59,7 +59,9 @@ def read_store(gateway: Gateway) -> Iterator[sqlite3.Connection]:
     try:
         conn = open_read_store(gateway.settings.read_db, readonly=True)
     except ReadStoreError as exc:
-        raise HTTPException(status_code=503, detail=f"The read store is not available: {exc}")
+        raise HTTPException(
+            status_code=503, detail=f"The read store is not available: {exc}"
+        ) from exc
     try:
         yield conn
     finally:
@@ -99,7 +101,7 @@ def list_messages(
     try:
         after = Cursor.decode(cursor) if cursor is not None else None
     except ValueError as exc:
-        raise HTTPException(status_code=422, detail=str(exc))
+        raise HTTPException(status_code=422, detail=str(exc)) from exc
     rows, following = queries.messages(store, name, limit, order, after)
     return MessagePage(
         messages=[MessageRow(**dict(r)) for r in rows],

@@ -7,11 +7,11 @@ import logging
 import secrets
 
 from fastapi import APIRouter, Request, WebSocket
-from pydantic import ValidationError
 from fastapi.responses import PlainTextResponse
+from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect
 
-from contracts.common import ErrorReply
+from contracts.common import ErrorReply, describe_validation_error
 from contracts.context import guest_user
 from contracts.keys import is_private_room_id
 from contracts.ratelimit import RATE_LIMITED
@@ -22,7 +22,6 @@ from services.gateway.identity import InvalidToken, verify
 from services.gateway.protocol import FrameError
 from services.gateway.ratelimit import client_address
 from services.gateway.rooms import RoomFanout
-from contracts.common import describe_validation_error
 from services.gateway.sockets import OutFrame, SocketWriter, open_writer
 
 log = logging.getLogger(__name__)

@@ -8,15 +8,23 @@ from dataclasses import dataclass, field
 from contracts.ratelimit import (
     LIMITER,
     QUOTA,
-    GetQuota,
     ChargeQuota,
+    GetQuota,
     LimiterCommand,
     QuotaCommand,
     QuotaUsage,
     RateDecision,
     TakeToken,
 )
-from services.ratelimit.domainmodel import Charge, Limiter, Quota, QuotaLimits, Usage, charge, utc_day
+from services.ratelimit.domainmodel import (
+    Charge,
+    Limiter,
+    Quota,
+    QuotaLimits,
+    Usage,
+    charge,
+    utc_day,
+)
 from services.runtime.kind import ObjectContext, ObjectKind, Outcome
 
 

@@ -96,7 +96,7 @@ def run(work: Callable[[], Awaitable[T]]) -> T:
     except (nats.errors.Error, nats.js.errors.Error, DirectGetError) as exc:
         fail(f"NATS: {exc or type(exc).__name__}", 2)
     except KeyboardInterrupt:
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
 
 
 def fail(message: str, code: int) -> None:
@@ -264,7 +264,7 @@ def state_command(
     try:
         at_ns = parse_time_ns(at) if at is not None else None
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--at")
+        raise typer.BadParameter(str(exc), param_hint="--at") from exc
 
     async def work() -> history.RoomState:
         async with connected(opts.nats) as nc:
@@ -352,7 +352,7 @@ def events_command(
         run(work)
     except typer.Exit as exit_:
         if follow and exit_.exit_code == 130:  # Ctrl-C is how --follow ends
-            raise typer.Exit(0)
+            raise typer.Exit(0) from None
         raise
 
 
@@ -371,7 +371,8 @@ def export_command(
             with progress_bar(f"exporting {name}") as (set_total, advance_to):
                 lines = await transfer.export_room(nc, name)
                 set_total(len(lines))
-                target = open(out_file, "w", encoding="utf-8") if out_file else sys.stdout
+                # A CLI's one output file: nothing else runs on this loop meanwhile.
+                target = open(out_file, "w", encoding="utf-8") if out_file else sys.stdout  # noqa: ASYNC230
                 try:
                     for done, line in enumerate(lines, 1):
                         target.write(line + "\n")

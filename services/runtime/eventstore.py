@@ -9,9 +9,9 @@ stored once.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Sequence
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID

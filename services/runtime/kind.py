@@ -25,6 +25,7 @@ the optional parts it uses:
 from __future__ import annotations
 
 import time
+import types
 import typing
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
@@ -123,7 +124,8 @@ def union_members(commands: Any) -> tuple[type, ...]:
     """The classes of a (possibly Annotated) union of command contracts."""
     if typing.get_origin(commands) is typing.Annotated:
         commands = typing.get_args(commands)[0]
-    members = typing.get_args(commands) if typing.get_origin(commands) is typing.Union else ()
+    union = typing.get_origin(commands) in (typing.Union, types.UnionType)
+    members = typing.get_args(commands) if union else ()
     return members or (commands,)
 
 

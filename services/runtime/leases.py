@@ -178,7 +178,7 @@ class PartitionLeases:
             try:
                 async with self._lock:
                     await self._cycle()
-            except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            except (TimeoutError, nats.errors.Error) as exc:
                 log.warning("%s: lease cycle failed (%s); retrying", self.replica_id, exc)
             try:
                 await asyncio.wait_for(self._changed.wait(), self.renew_every)

@@ -81,7 +81,7 @@ async def test_three_members_see_the_same_chunks_in_order_and_the_same_final_tex
     for i in range(len(chunks)):
         gemini.release()
         for client in (alice, bob, carol):
-            await client.recv_until(lambda f: is_ai("chunk")(f) and f["ai"]["text"] == chunks[i])
+            await client.recv_until(lambda f, i=i: is_ai("chunk")(f) and f["ai"]["text"] == chunks[i])
     finals = [await c.recv_until(is_final, timeout=10) for c in (alice, bob, carol)]
     for client, last in zip((alice, bob, carol), finals):
         final = last[-1]

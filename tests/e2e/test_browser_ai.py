@@ -37,7 +37,7 @@ def system(tmp_path_factory, gemini) -> Iterator[LocalSystem]:
         yield local
 
 
-def test_the_web_client_shows_an_ai_reply_growing_then_final(open_tab, gemini, system) -> None:
+def test_the_web_client_shows_an_ai_reply_growing_then_final(open_tab, gemini, system) -> None:  # noqa: F811 (the fixture)
     room = f"br-ai-{uuid.uuid4().hex[:16]}"
     alice, bob = open_tab(), open_tab()
     for page, name in [(alice, "alice"), (bob, "bob")]:

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import nats
 import pytest
 
+from contracts.keys import subject_token
 from contracts.room import GetRoom
 from contracts.subjects import ROOM, command_subject
-from contracts.keys import subject_token
 from services.localsystem import LocalSystem, ServiceProcess
 from services.runtime.eventstore import ObjectEventStore
 from services.runtime.leases import partition_owners

@@ -10,7 +10,7 @@ import nats
 import pytest
 
 from contracts.room import JoinRoom, PostMessage, RoomClient
-from contracts.subjects import ROOM, command_subject, event_stream
+from contracts.subjects import ROOM, event_stream
 from services.localsystem import LocalSystem
 from services.projector.main import Projector
 from services.readstore.projection import position
@@ -79,7 +79,7 @@ async def test_kill_9_mid_batch_many_times_ends_equal_to_a_fresh_replay(system, 
     while not flow.done():
         reached = projected_to(system.read_db) if system.read_db.exists() else 0
         await eventually(
-            lambda: flow.done()
+            lambda reached=reached: flow.done()
             or (system.read_db.exists() and projected_to(system.read_db) > reached),
             timeout=20, what="the projector to move on",
         )

@@ -22,8 +22,8 @@ from contracts.subjects import ROOM, event_stream, event_subject
 from services.room.domainmodel import Room, room_id
 from services.runtime.eventstore import CommitCodec, ObjectEventStore
 from services.runtime.natsserver import free_port
-from tests.e2e.read_models import TABLES, publish_unreadable_commits, rows
 from tests.e2e.chat_clients import ChatClient, joined
+from tests.e2e.read_models import TABLES, publish_unreadable_commits, rows
 from tests.support import eventually
 
 pytestmark = pytest.mark.e2e

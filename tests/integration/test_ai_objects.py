@@ -19,8 +19,8 @@ from services.context.main import SERVICE as CONTEXT_SERVICE
 from services.ratelimit.main import SERVICE as RATELIMIT_SERVICE
 from services.room.main import SERVICE as ROOM_SERVICE
 from tests.conftest import hosted
-from tests.support import eventually
 from tests.fakes.gemini import FakeGemini, Held, Reply, count_tokens
+from tests.support import eventually
 
 pytestmark = pytest.mark.nats
 

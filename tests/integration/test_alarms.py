@@ -8,17 +8,17 @@ import time
 import uuid
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import pytest
 from eventsourcing.domain import Aggregate, event
 from pydantic import BaseModel, Field, TypeAdapter
 
-from contracts.common import Command, ErrorCode, ErrorReply
 from contracts.client import ObjectClient, client_for
-from contracts.room import Accepted, CreatePrivateRoom, GetRoom, JoinRoom, RoomClient, RoomState
+from contracts.common import Command, ErrorCode, ErrorReply
 from contracts.keys import new_private_room_id
-from contracts.subjects import ROOM, command_subject
+from contracts.room import Accepted, CreatePrivateRoom, GetRoom, JoinRoom, RoomClient, RoomState
+from contracts.subjects import ROOM
 from services.room.main import SERVICE as ROOM_SERVICE
 from services.runtime.alarms import alarm_stream
 from services.runtime.kind import DueAlarm, ObjectKind, Outcome
@@ -70,7 +70,7 @@ class ReminderState(BaseModel):
     fired: list[float]
 
 
-ReminderCommand = Annotated[Union[SetAlarm, DeleteAlarm, GetReminder], Field(discriminator="type")]
+ReminderCommand = Annotated[SetAlarm | DeleteAlarm | GetReminder, Field(discriminator="type")]
 
 
 @dataclass

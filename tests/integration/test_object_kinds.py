@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 import pytest
 from eventsourcing.domain import Aggregate, event
@@ -43,8 +43,8 @@ class Counted(Contract):
     value: int
 
 
-CounterCommand = Annotated[Union[Add, Crash], Field(discriminator="type")]
-CounterReply = Annotated[Union[Counted, ErrorReply], Field(discriminator="type")]
+CounterCommand = Annotated[Add | Crash, Field(discriminator="type")]
+CounterReply = Annotated[Counted | ErrorReply, Field(discriminator="type")]
 
 
 class TooBig(Exception):

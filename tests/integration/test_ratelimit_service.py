@@ -27,8 +27,8 @@ from contracts.subjects import command_subject, event_stream, event_subject
 from services.ratelimit.domainmodel import QuotaLimits
 from services.ratelimit.main import SERVICE as RATELIMIT_SERVICE
 from services.runtime.eventstore import ObjectEventStore
-from tests.support import ask as ask_object
 from tests.conftest import hosted
+from tests.support import ask as ask_object
 
 pytestmark = pytest.mark.nats
 
