@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 from contracts.client import ObjectClient
 from contracts.common import Command
 from services.localsystem import LocalSystem
+from services.runtime.kind import Clock
 
 Described = str | Callable[[], str] | None
 
@@ -82,3 +83,25 @@ async def ask(nc: NATS, client: type[ObjectClient], key: str, command: Command, 
     """Object `key`'s reply to `command`, through its kind's typed client, in one attempt: a
     test sees every refusal (`overloaded` included) that a service's client would retry."""
     return await client(nc, timeout=timeout).send_once(key, command, timeout)
+
+
+class ManualClocks:
+    """Clocks a test moves by hand: `wall` (epoch seconds, for UTC days) and `monotonic`
+    (for limiters); `clock` is the two as the runtime's Clock, for a service or a handler."""
+
+    def __init__(self, wall: float, monotonic: float = 1000.0) -> None:
+        self.wall = wall
+        self.monotonic = monotonic
+
+    @property
+    def clock(self) -> Clock:
+        clocks = self
+
+        class Manual:
+            def time(self) -> float:
+                return clocks.wall
+
+            def monotonic(self) -> float:
+                return clocks.monotonic
+
+        return Manual()

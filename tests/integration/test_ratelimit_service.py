@@ -28,6 +28,7 @@ from services.ratelimit.domainmodel import QuotaLimits
 from services.ratelimit.main import SERVICE as RATELIMIT_SERVICE
 from services.runtime.eventstore import ObjectEventStore
 from tests.conftest import hosted
+from tests.support import ManualClocks
 from tests.support import ask as ask_object
 
 pytestmark = pytest.mark.nats
@@ -35,28 +36,9 @@ pytestmark = pytest.mark.nats
 LIMITS = QuotaLimits(daily_requests=3, daily_tokens=100, monthly_requests=10, monthly_tokens=1000)
 
 
-class Clocks:
-    def __init__(self) -> None:
-        self.monotonic = 1000.0
-        self.wall = datetime(2026, 11, 27, 12, tzinfo=UTC).timestamp()
-
-
 @pytest.fixture
-def clocks() -> Clocks:
-    return Clocks()
-
-
-class FakeClock:
-    """The service's clock, read from `clocks` (which the test moves on)."""
-
-    def __init__(self, clocks: Clocks) -> None:
-        self.clocks = clocks
-
-    def time(self) -> float:
-        return self.clocks.wall
-
-    def monotonic(self) -> float:
-        return self.clocks.monotonic
+def clocks() -> ManualClocks:
+    return ManualClocks(wall=datetime(2026, 11, 27, 12, tzinfo=UTC).timestamp())
 
 
 def limit_settings(limits: QuotaLimits) -> dict:
@@ -68,10 +50,10 @@ def limit_settings(limits: QuotaLimits) -> dict:
     }
 
 
-def fake_clock_service(nats_server, clocks: Clocks, limits: QuotaLimits = LIMITS, **settings):
+def fake_clock_service(nats_server, clocks: ManualClocks, limits: QuotaLimits = LIMITS, **settings):
     """The ratelimit service on the test's clocks: interval 5 s, grace 20 s, `limits`."""
     return hosted(
-        nats_server, RATELIMIT_SERVICE, clock=FakeClock(clocks), rate_interval=5, rate_grace=20,
+        nats_server, RATELIMIT_SERVICE, clock=clocks.clock, rate_interval=5, rate_grace=20,
         **limit_settings(limits), **settings,
     )
 

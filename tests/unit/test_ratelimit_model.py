@@ -29,6 +29,7 @@ from services.ratelimit.domainmodel import (
 from services.ratelimit.handlers import RateLimitDeps, limiter, quota
 from services.ratelimit.main import RateLimitSettings
 from services.runtime.kind import BadCommand, ObjectKind
+from tests.support import ManualClocks
 
 
 def replay(events):
@@ -222,26 +223,9 @@ def test_utc_day():
 # --- the behaviour: which key takes which command ---------------------------------------------
 
 
-class Clocks:
-    def __init__(self) -> None:
-        self.monotonic = 1000.0
-        self.wall = epoch("2026-11-27T12:00:00")
-
-
 @pytest.fixture
-def clocks() -> Clocks:
-    return Clocks()
-
-
-class FakeClock:
-    def __init__(self, clocks: Clocks) -> None:
-        self.clocks = clocks
-
-    def time(self) -> float:
-        return self.clocks.wall
-
-    def monotonic(self) -> float:
-        return self.clocks.monotonic
+def clocks() -> ManualClocks:
+    return ManualClocks(wall=epoch("2026-11-27T12:00:00"))
 
 
 @pytest.fixture
@@ -249,10 +233,10 @@ def rates(clocks) -> RateLimitDeps:
     return RateLimitDeps(interval=5, grace=20, limits=LIMITS)
 
 
-def decide(kind: ObjectKind, deps: RateLimitDeps, clocks: Clocks, key, state, command):
+def decide(kind: ObjectKind, deps: RateLimitDeps, clocks: ManualClocks, key, state, command):
     """The kind's handler of `command` as its host runs it: parsed from the bytes on the bus."""
     parsed = kind.parse(command.model_dump_json().encode())
-    return kind.decide(parsed, state, kind.context(key, deps, FakeClock(clocks)))
+    return kind.decide(parsed, state, kind.context(key, deps, clocks.clock))
 
 
 def test_the_limiter_kind_limits_ips_in_memory(rates, clocks):
