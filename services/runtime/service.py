@@ -182,19 +182,21 @@ async def running_service(
     replica of the service may run against the same server."""
     own_connection = nc is None
     nc = nc or await connect(settings, f"durachat-{service.name}")
-    parts = await service.build(nc, settings, clock)
-    running = RunningService(nc, settings, clock, lease)
     try:
-        await running.start(parts.hostings)
-        log.info("%s replica %s is up", service.name, running.replica_id)
-        yield running
+        parts = await service.build(nc, settings, clock)
+        running = RunningService(nc, settings, clock, lease)
+        try:
+            await running.start(parts.hostings)
+            log.info("%s replica %s is up", service.name, running.replica_id)
+            yield running
+        finally:
+            log.info("%s service stopping: handing partitions over", service.name)
+            for stop in parts.stopping:
+                await stop()
+            await running.stop()
+            for close in parts.closing:
+                await close()
     finally:
-        log.info("%s service stopping: handing partitions over", service.name)
-        for stop in parts.stopping:
-            await stop()
-        await running.stop()
-        for close in parts.closing:
-            await close()
         if own_connection:
             # Flush and close rather than drain: a drain waited forever on the lease
             # watcher's and the alarm consumer's subscriptions, whose tasks are stopped.
