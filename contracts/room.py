@@ -142,7 +142,8 @@ class FailAiReply(Command):
 
 
 RoomCommand = Annotated[
-    CreatePrivateRoom | GetRoom | JoinRoom | PostMessage | LeaveRoom | StartAiReply | AppendAiReply | CompleteAiReply | FailAiReply,
+    CreatePrivateRoom | GetRoom | JoinRoom | PostMessage | LeaveRoom
+    | StartAiReply | AppendAiReply | CompleteAiReply | FailAiReply,
     Field(discriminator="type"),
 ]
 room_command = TypeAdapter(RoomCommand)

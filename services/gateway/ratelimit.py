@@ -15,6 +15,7 @@ import time
 
 from nats.aio.client import Client as NATS
 
+from contracts.common import ErrorCode
 from contracts.ratelimit import LimiterClient, RateDecision, TakeToken
 from services.ratelimit.domainmodel import Limiter
 
@@ -53,29 +54,31 @@ class IpRateLimiter:
         self.limiters = LimiterClient(nc, timeout=timeout)
         self.timeout = timeout
         self.fallback = LocalLimiter(interval, grace)
-        self.cooling: dict[str, float] = {}  # key -> monotonic time its cooldown ends
+        self.cooling: dict[str, float] = {}  # address -> monotonic time its cooldown ends
 
     async def take(self, address: str) -> RateDecision:
-        key = address
         now = time.monotonic()
-        until = self.cooling.get(key)
+        until = self.cooling.get(address)
         if until is not None:
             if now < until:
                 return RateDecision(allowed=False, cooldown=until - now)
-            del self.cooling[key]
-        decision = await self._ask(key)
+            del self.cooling[address]
+        decision = await self._ask(address)
         if not decision.allowed:
             if len(self.cooling) > 100_000:  # forget cooldowns that have ended
                 self.cooling = {k: v for k, v in self.cooling.items() if v > now}
-            self.cooling[key] = time.monotonic() + decision.cooldown
+            self.cooling[address] = time.monotonic() + decision.cooldown
         return decision
 
-    async def _ask(self, key: str) -> RateDecision:
-        reply = await self.limiters.send_once(key, TakeToken(), self.timeout)
+    async def _ask(self, address: str) -> RateDecision:
+        reply = await self.limiters.send_once(address, TakeToken(), self.timeout)
         if isinstance(reply, RateDecision):
             return reply
-        log.debug("ratelimit service did not decide for %s (%s); deciding locally", key, reply)
-        return self.fallback.take(key)
+        if reply.code == ErrorCode.UNAVAILABLE:  # no answer in time, or no owner
+            log.debug("ratelimit service did not decide for %s; deciding locally", address)
+        else:
+            log.warning("ratelimit service refused to decide for %s: %s", address, reply.message)
+        return self.fallback.take(address)
 
 
 def client_address(peer: str | None, forwarded_for: str | None, trusted: frozenset[str]) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from pydantic import BaseModel
+
 from contracts.common import ErrorCode, ErrorReply
 from contracts.context import ROOM_WINDOW, Ask, ContextClient
 from contracts.keys import is_private_room_id
@@ -72,7 +74,7 @@ def ai_message(event) -> ChatMessage:
     )
 
 
-def broadcast(event) -> MemberJoined | MemberQuit | MessagePosted | AiQueued | AiStarted | AiChunk | AiFailed | None:
+def broadcast(event) -> BaseModel | None:
     """What sockets in the room are told of a stored event."""
     version = event.originator_version
     match event:
