@@ -33,7 +33,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on `port` now. With SO_REUSEADDR, as uvicorn and
+    nats-server bind: connections of a server that just stopped, left in TIME_WAIT, do not
+    make the port look taken; another listener does."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
