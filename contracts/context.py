@@ -7,6 +7,8 @@ into the room.
 
 from __future__ import annotations
 
+import re
+import secrets
 from typing import Annotated, Literal
 
 from pydantic import Field, TypeAdapter
@@ -20,16 +22,42 @@ MAX_EXCHANGES = 10  # the user's own recent exchanges kept (and offered to the w
 MAX_SYSTEM_PROMPT = 4000
 ROOM_WINDOW = 30  # recent room messages a room sends along with a question
 
-UserId = Annotated[str, Field(min_length=1, max_length=128)]
+MAX_USER_ID = 128
+GUEST_PREFIX = "guest:"
+# A user id: a verified token's subject (an identity provider's, e.g. "auth0|5f1c...", or
+# minted), or a guest id the gateway issued. Printable, without spaces: it is shown in URLs.
+USER_ID = re.compile(rf"^[!-~]{{1,{MAX_USER_ID}}}$")
+GUEST_ID = re.compile(r"^guest:[A-Za-z0-9_-]{22}$")
+
+UserId = Annotated[str, Field(min_length=1, max_length=MAX_USER_ID)]
 ModelName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.\-]{0,63}$", examples=["gemini-2.5-flash"])]
 Language = Annotated[
     str, Field(pattern=r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8}){0,3}$", examples=["en", "pt-BR"])
 ]
 
 
+def new_guest_id() -> str:
+    """A new guest's user id: 128 random bits (`guest:` and 22 URL-safe characters)."""
+    return GUEST_PREFIX + secrets.token_urlsafe(16)
+
+
+def is_guest_id(user_id: str) -> bool:
+    return user_id.startswith(GUEST_PREFIX)
+
+
+def user_id_problem(user_id: str) -> str | None:
+    """Why `user_id` cannot be a user's id (a token's subject, or a guest id), or None."""
+    if is_guest_id(user_id):
+        return None if GUEST_ID.match(user_id) else "a guest id is guest: and 22 of A-Z a-z 0-9 _ -"
+    if not USER_ID.match(user_id):
+        return f"a user id is 1-{MAX_USER_ID} printable ASCII characters without spaces"
+    return None
+
+
 def guest_user(name: str) -> str:
-    """The user id of a client without a token: guests are told apart by name only."""
-    return f"guest:{name}"
+    """The user id rooms fall back on for a post without one (older gateways): `guest:<name>`.
+    Gateways now send every socket's own identity; no guest id the gateway issues looks so."""
+    return f"{GUEST_PREFIX}{name}"
 
 
 class ContextSettings(Contract):

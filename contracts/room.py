@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Literal
 
-from pydantic import Field, TypeAdapter
+from pydantic import AfterValidator, Field, TypeAdapter
 
 from contracts.client import ObjectClient
 from contracts.common import Command, Contract, ErrorReply
@@ -23,6 +24,7 @@ AI_PREFIXES = ("@ai", "/ai")
 AI_NAME = "AI"  # the author of AI replies
 SYSTEM_NAME = "system"  # the author of the room's own notices (an AI reply failed, ...)
 RESERVED_NAMES = frozenset({AI_NAME.casefold(), SYSTEM_NAME.casefold()})
+ANONYMOUS = "anonymous"  # the name of a client that sends none (or an empty one), as in the demo
 MAX_AI_REPLY_LENGTH = 32_000  # characters of one AI reply; the provider is cut off past it
 MAX_AI_QUEUE = 8  # AI questions a room holds (one streaming, the rest waiting)
 INCOMPLETE_MARK = " [incomplete]"
@@ -35,8 +37,80 @@ def ai_question(text: str) -> str | None:
         return rest.strip()
     return None
 
+
+# --- display names ----------------------------------------------------------------------------
+#
+# A display name is only a label (who someone is, is their identity: see services/gateway/
+# identity.py), but it must not pose as the room's own voices nor break the lines it is shown
+# on. Every check runs on the normalized name, and the name stored is the normalized one.
+
+# Invisible characters: trimmed from both ends, and ignored when comparing with a reserved name.
+_INVISIBLE = frozenset("\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b\u200c"
+                       "\u200d\u200e\u200f\u2060\u2061\u2062\u2063\u2064\u3164\ufeff\uffa0")
+# Characters that reorder or break the text around them: refused in a name, like controls.
+_BREAKING = frozenset("\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Look-alikes (UTS #39 confusables) of the letters of the reserved names that NFKC and casefold
+# leave alone: Cyrillic, Greek, Cherokee and Latin small capitals. "АІ" (Cyrillic) is "ai".
+_LOOK_ALIKES = str.maketrans({
+    **dict.fromkeys("аαɑᴀꭺ\u13aa", "a"),
+    **dict.fromkeys("іιıɪӏΙіℹ\u13a5ǀ|", "i"),
+    **dict.fromkeys("ѕꜱʂ\u13da\u13d5", "s"),
+    **dict.fromkeys("уүγʏỿ\u13a9", "y"),
+    **dict.fromkeys("тτᴛ\u13a2", "t"),
+    **dict.fromkeys("еєεᴇ\u13ac", "e"),
+    **dict.fromkeys("мᴍ\u13b7", "m"),
+})
+
+
+def normalize_name(raw: str) -> str:
+    """A display name as stored and shown: NFKC, trimmed of spaces and invisible characters
+    at both ends; an empty one is "anonymous", as in the demo."""
+    name = unicodedata.normalize("NFKC", raw)
+    trim = "".join(c for c in set(name) if c.isspace() or c in _INVISIBLE)
+    return name.strip(trim) or ANONYMOUS
+
+
+def is_blank(text: str) -> bool:
+    """True when `text` shows nothing: only spaces and invisible characters (or nothing)."""
+    return all(c.isspace() or c in _INVISIBLE for c in text)
+
+
+def name_skeleton(name: str) -> str:
+    """What `name` looks like, for comparing with the reserved names: NFKC, casefolded, without
+    accents, spaces, punctuation and invisible characters, look-alike letters mapped to Latin."""
+    folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", name).casefold())
+    mapped = folded.translate(_LOOK_ALIKES)
+    return "".join(c for c in mapped if c.isalnum() and not unicodedata.combining(c))
+
+
+def is_reserved_name(name: str) -> bool:
+    """True for "AI", "system" and their look-alikes (" AI ", "ＡＩ", "A.I.", "АІ", "ѕуѕтем")."""
+    return name_skeleton(name) in RESERVED_NAMES
+
+
+def name_problem(name: str) -> str | None:
+    """Why a normalized name cannot be a member's, as the error frame says it; None if it can."""
+    if len(name) > MAX_NAME_LENGTH:
+        return "Name too long."
+    if any(unicodedata.category(c) == "Cc" or c in _BREAKING for c in name):
+        return "Names may not contain control characters (newlines, tabs, NUL, ...)."
+    if is_reserved_name(name):
+        return f"The name {name!r} is reserved; choose another."
+    return None
+
+
+def _member_name(name: str) -> str:
+    if name != normalize_name(name):
+        raise ValueError("a member name is normalized first (NFKC, trimmed)")
+    if problem := name_problem(name):
+        raise ValueError(problem)
+    return name
+
+
 SessionId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
-MemberName = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]
+MemberName = Annotated[
+    str, Field(min_length=1, max_length=MAX_NAME_LENGTH), AfterValidator(_member_name)
+]
 MessageText = Annotated[str, Field(max_length=MAX_MESSAGE_LENGTH)]
 
 
@@ -93,7 +167,11 @@ class PostMessage(Command):
     session_id: SessionId
     text: MessageText
     user_id: str | None = Field(
-        None, max_length=160, description="Who is charged for an AI question (default: guest:<name>)."
+        None,
+        max_length=160,
+        description="The poster's identity (a verified user id or a server-issued guest id): "
+        "their AI context answers and their quota is charged. The gateway always sets it; "
+        "the default guest:<name> is kept only for older callers.",
     )
 
 

@@ -1,63 +1,59 @@
 """HTTP API of the per-user AI contexts: `GET/PUT /api/users/<id>/context`.
 
-A verified user's context (`<id>` a token's subject) is read and changed only with that
-user's token (`Authorization: Bearer <token>`). Guests (`guest:<name>`, the id of a socket
-without a token) have no credentials to show: like their names in the chat, their contexts
-are open to anyone.
+A context is read and changed only by its owner: the request must carry that identity's
+credential, a user's token or a guest's (the session cookie, or `Authorization: Bearer
+<token>`): 401 without one, 403 for another identity's. A context holds its owner's questions
+and the rooms they asked in (a private room's id among them), so nobody else sees it.
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Path, Request
+from fastapi import APIRouter, HTTPException, Path, Request
 from pydantic import ValidationError
 
 from contracts.common import ErrorCode, ErrorReply, describe_validation_error
-from contracts.context import ContextSettings, ContextView, GetContext, PutSettings
+from contracts.context import (
+    MAX_USER_ID,
+    ContextSettings,
+    ContextView,
+    GetContext,
+    PutSettings,
+    user_id_problem,
+)
 from services.gateway.deps import Gateway
-from services.gateway.identity import USER_ID, InvalidToken, verify
+from services.gateway.identity import Identity
+from services.gateway.session import Authorization, SessionCookie, caller
 
 router = APIRouter(tags=["context"])
 
-GUEST_PREFIX = "guest:"
 MAX_BODY = 16_384
 
 UserIdPath = Annotated[
     str,
     Path(
         min_length=1,
-        max_length=160,
-        description="A token's user id, or `guest:<name>` for a client without a token.",
-        examples=["alice", "guest:bob"],
+        max_length=MAX_USER_ID,
+        description="A user token's subject, or a guest id (`GET /api/session` says yours).",
+        examples=["alice", "guest:3nDq0cS1lGm2vPZ0Yq8x9w"],
     ),
 ]
 
 
-def authorize(user_id: str, authorization: str | None, secret: str) -> None:
-    if user_id.startswith(GUEST_PREFIX):
-        if len(user_id) == len(GUEST_PREFIX):
-            raise HTTPException(status_code=422, detail="user_id: a guest id is guest:<name>.")
-        return
-    if not USER_ID.match(user_id):
-        raise HTTPException(
-            status_code=422, detail="user_id: 1-64 of A-Z a-z 0-9 _ . @ -, or guest:<name>."
-        )
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise HTTPException(
-            status_code=401,
-            detail="This user's context needs their token: Authorization: Bearer <token>.",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    try:
-        subject = verify(token.strip(), secret)
-    except InvalidToken as exc:
-        raise HTTPException(
-            status_code=401, detail=f"Invalid token: {exc}.", headers={"WWW-Authenticate": "Bearer"}
-        ) from None
-    if subject != user_id:
-        raise HTTPException(status_code=403, detail="The token is another user's.")
+def authorize(user_id: str, identity: Identity) -> None:
+    """Refuse (403) a request whose identity is not the context's owner."""
+    if identity.user_id != user_id:
+        raise HTTPException(status_code=403, detail="This context is another identity's.")
+
+
+async def owner(
+    user_id: str, gateway: Gateway, authorization: str | None, cookie: str | None
+) -> None:
+    """422 for a malformed id, 401 without a valid credential, 403 for another identity."""
+    if problem := user_id_problem(user_id):
+        raise HTTPException(status_code=422, detail=f"user_id: {problem}.")
+    authorize(user_id, await caller(gateway, authorization, cookie))
 
 
 def answer(reply) -> ContextView:
@@ -71,10 +67,13 @@ def answer(reply) -> ContextView:
 
 @router.get("/api/users/{user_id}/context", response_model=ContextView)
 async def get_context(
-    user_id: UserIdPath, gateway: Gateway, authorization: Annotated[str | None, Header()] = None
+    user_id: UserIdPath,
+    gateway: Gateway,
+    authorization: Authorization = None,
+    cookie: SessionCookie = None,
 ) -> ContextView:
-    """The user's AI settings (unset fields take the service's defaults) and recent exchanges."""
-    authorize(user_id, authorization, gateway.settings.token_secret.get_secret_value())
+    """Your AI settings (unset fields take the service's defaults) and recent exchanges."""
+    await owner(user_id, gateway, authorization, cookie)
     return answer(await gateway.contexts.send(user_id, GetContext()))
 
 
@@ -92,11 +91,12 @@ async def put_context(
     user_id: UserIdPath,
     request: Request,
     gateway: Gateway,
-    authorization: Annotated[str | None, Header()] = None,
+    authorization: Authorization = None,
+    cookie: SessionCookie = None,
 ) -> ContextView:
-    """Replace the user's AI settings: model, temperature, system prompt, language.
+    """Replace your AI settings: model, temperature, system prompt, language.
     A field left out goes back to the default."""
-    authorize(user_id, authorization, gateway.settings.token_secret.get_secret_value())
+    await owner(user_id, gateway, authorization, cookie)
     # The body is read and validated here rather than by FastAPI's form/JSON machinery, so
     # that any body (a form, bytes that are not UTF-8, NaN) gets a 4xx naming the problem.
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Annotated
 
 from fastapi import Depends
@@ -12,6 +13,7 @@ from starlette.requests import HTTPConnection
 
 from contracts.context import ContextClient
 from contracts.room import RoomClient
+from services.gateway.identity import Identities
 from services.gateway.ratelimit import IpRateLimiter
 from services.gateway.rooms import RoomFanouts
 from services.gateway.settings import GatewaySettings
@@ -26,6 +28,11 @@ class GatewayState:
     fanouts: RoomFanouts
     limiter: IpRateLimiter
     sockets_per_ip: Counter[str]
+
+    @cached_property
+    def identities(self) -> Identities:
+        """Issues guest identities and verifies tokens (services/gateway/identity.py)."""
+        return Identities.from_settings(self.settings)
 
 
 async def _gateway_state(connection: HTTPConnection) -> GatewayState:

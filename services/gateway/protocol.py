@@ -2,7 +2,8 @@
 
 Client frames are `{"name": ...}` first, then `{"message": ...}`. Anything else gets a
 clear `{"error": ...}` frame and changes nothing; only an over-long name also closes the
-socket (code 1009), as the demo does.
+socket (code 1009), as the demo does. Names are normalized (NFKC, trimmed) before any check
+(contracts.room.normalize_name): the name a room stores is the one every check saw.
 """
 
 from __future__ import annotations
@@ -11,15 +12,18 @@ import json
 from dataclasses import dataclass
 
 from contracts.room import (
+    ANONYMOUS,
     MAX_MESSAGE_LENGTH,
     MAX_NAME_LENGTH,
     AiReplyView,
     ChatMessage,
     RoomUpdate,
+    is_blank,
+    name_problem,
+    normalize_name,
 )
 
 CLOSE_TOO_BIG = 1009
-ANONYMOUS = "anonymous"
 
 
 class FrameError(Exception):
@@ -72,17 +76,21 @@ def _text_only(value: str, field: str) -> None:
 
 
 def parse_name_frame(text: str | None, data: bytes | None, max_bytes: int) -> NameFrame:
-    """The first frame: `{"name": ...}`; a missing or empty name is 'anonymous'."""
+    """The first frame: `{"name": ...}`, normalized; a missing or empty (or blank) name is
+    'anonymous'. Control characters and the reserved names (and look-alikes) are refused."""
     frame = _decode(text, data, max_bytes)
     _only(frame, "name", 'the first frame is {"name": "..."}.')
-    name = frame.get("name")
-    if name is None or name == "":
+    raw = frame.get("name")
+    if raw is None or raw == "":
         return NameFrame(ANONYMOUS)
-    if not isinstance(name, str):
+    if not isinstance(raw, str):
         raise FrameError("name must be a string.")
-    _text_only(name, "name")
-    if len(name) > MAX_NAME_LENGTH:
+    _text_only(raw, "name")
+    name = normalize_name(raw)
+    if len(raw) > MAX_NAME_LENGTH or len(name) > MAX_NAME_LENGTH:
         raise FrameError("Name too long.", close_code=CLOSE_TOO_BIG)
+    if problem := name_problem(name):
+        raise FrameError(problem)
     return NameFrame(name)
 
 
@@ -100,6 +108,8 @@ def parse_message_frame(text: str | None, data: bytes | None, max_bytes: int) ->
         raise FrameError("Message too long.")
     if not message:
         raise FrameError("Message is empty.")
+    if is_blank(message):
+        raise FrameError("Message is empty: it holds only spaces.")
     return MessageFrame(message)
 
 

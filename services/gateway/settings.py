@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 
-from services.gateway.identity import PLACEHOLDER_SECRET
+from services.gateway.identity import PLACEHOLDER_SECRET, Identities
 from services.runtime.settings import RuntimeSettings
 from services.settings import RateRule, ReadStore
 
@@ -15,7 +15,27 @@ class GatewaySettings(RuntimeSettings, RateRule, ReadStore):
     host: str = "127.0.0.1"
     token_secret: SecretStr = Field(
         SecretStr(PLACEHOLDER_SECRET),
-        description="HMAC secret of user tokens; must be set outside development",
+        description="HS256 secret of guest identities and (unless a public key or JWKS is set) "
+        "of user tokens; must be set outside development",
+    )
+    jwt_issuer: str | None = Field(None, description="user tokens must carry this `iss`")
+    jwt_audience: str | None = Field(None, description="user tokens must carry this `aud`")
+    jwt_leeway: float = Field(30.0, ge=0, le=600, description="seconds of clock skew allowed")
+    jwt_public_key: str | None = Field(
+        None,
+        description="verify user tokens with this PEM public key (its text, or a file path): "
+        "RS*/PS* for RSA, ES* for EC, EdDSA for Ed25519; HS256 user tokens are then refused",
+    )
+    jwt_jwks_url: str | None = Field(
+        None, description="verify user tokens with the keys of this JWKS (by `kid`)"
+    )
+    guest_ttl: float = Field(
+        30 * 86_400, gt=0, description="seconds a guest identity (its cookie) lasts; renewed "
+        "whenever the web client opens"
+    )
+    cookie_secure: bool = Field(
+        False, description="mark the session cookie Secure even on plain-HTTP requests "
+        "(it is on HTTPS requests anyway)"
     )
     port: int = Field(8000, ge=0, le=65535)
     max_frame_bytes: int = Field(
@@ -55,10 +75,11 @@ class GatewaySettings(RuntimeSettings, RateRule, ReadStore):
     @model_validator(mode="after")
     def _no_placeholder_secret_in_production(self) -> GatewaySettings:
         secret = self.token_secret.get_secret_value()
-        if self.env != "development" and (secret == PLACEHOLDER_SECRET or len(secret) < 16):
+        if self.env != "development" and (secret == PLACEHOLDER_SECRET or len(secret.encode()) < 32):
             raise ValueError(
-                "DURACHAT_TOKEN_SECRET must be set to at least 16 characters outside "
+                "DURACHAT_TOKEN_SECRET must be set to at least 32 bytes (HS256, RFC 7518) outside "
                 f"development (DURACHAT_ENV={self.env}): the placeholder would let anyone "
                 "mint tokens"
             )
+        Identities.from_settings(self)  # a bad public key or two key sources: refused at start
         return self

@@ -12,13 +12,18 @@ from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect
 
 from contracts.common import ErrorReply, describe_validation_error
-from contracts.context import guest_user
 from contracts.keys import is_private_room_id
 from contracts.ratelimit import RATE_LIMITED
 from contracts.room import MAX_NAME_LENGTH, GetRoom, JoinRoom, LeaveRoom, PostMessage, RoomState
 from services.gateway import protocol
 from services.gateway.deps import Gateway
-from services.gateway.identity import InvalidToken, verify
+from services.gateway.identity import (
+    SESSION_COOKIE,
+    Identity,
+    InvalidToken,
+    KeysUnavailable,
+    bearer,
+)
 from services.gateway.protocol import FrameError
 from services.gateway.ratelimit import client_address
 from services.gateway.rooms import RoomFanout
@@ -56,13 +61,14 @@ class ChatSession:
         room: str,
         writer: SocketWriter,
         address: str,
-        user_id: str | None,
+        identity: Identity,
         writer_limit: int = 1000,
     ) -> None:
         self.ws = ws
         self.room = room
         self.address = address
-        self.user_id = user_id  # from a verified token; None for anonymous clients
+        self.identity = identity
+        self.user_id = identity.user_id  # who posts: their AI context answers them
         self.max_blocked = writer_limit  # broadcasts held for a socket that has not named itself
         self.writer = writer
         self.id = secrets.token_urlsafe(12)
@@ -88,6 +94,39 @@ class ChatSession:
         self.writer.send(OutFrame(text))
 
 
+class Refused(Exception):
+    """A socket refused before the upgrade: the HTTP status and the reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+async def socket_identity(ws: WebSocket, gateway: Gateway) -> Identity:
+    """Who the socket is, never derived from the name it will give: `?token=` (browsers
+    cannot set headers on a WebSocket), else `Authorization: Bearer`, else the session
+    cookie, else a guest for this socket only (the demo's client shows no credential).
+    A token shown and refused refuses the socket; a stale cookie only makes it a guest."""
+    identities = gateway.identities
+    shown = ws.query_params.get("token")
+    if shown is None and "authorization" in ws.headers:
+        shown = bearer(ws.headers["authorization"]) or ""
+    try:
+        if shown is not None:
+            try:
+                return await identities.verify_async(shown)
+            except InvalidToken as exc:
+                raise Refused(401, f"Invalid token: {exc}.") from None
+        if cookie := ws.cookies.get(SESSION_COOKIE):
+            try:
+                return await identities.verify_async(cookie)
+            except InvalidToken:
+                pass  # expired, or another secret's: the page gets a new one on its next load
+    except KeysUnavailable as exc:
+        raise Refused(503, f"{exc}.") from None
+    return identities.socket_guest()
+
+
 @router.websocket("/api/room/{name}/websocket")
 async def chat_socket(ws: WebSocket, name: str, gateway: Gateway) -> None:
     if problem := room_name_problem(name):
@@ -99,15 +138,11 @@ async def chat_socket(ws: WebSocket, name: str, gateway: Gateway) -> None:
         ws.headers.get("x-forwarded-for"),
         frozenset(settings.trusted_proxies),
     )
-    user_id = None
-    if token := ws.query_params.get("token"):
-        try:
-            user_id = verify(token, settings.token_secret.get_secret_value())
-        except InvalidToken as exc:
-            await ws.send_denial_response(
-                PlainTextResponse(f"Invalid token: {exc}.", status_code=401)
-            )
-            return
+    try:
+        identity = await socket_identity(ws, gateway)
+    except Refused as refused:
+        await ws.send_denial_response(PlainTextResponse(str(refused), status_code=refused.status))
+        return
     if gateway.sockets_per_ip[address] >= settings.max_sockets_per_ip:
         await ws.send_denial_response(
             PlainTextResponse("Too many connections from your IP.", status_code=429)
@@ -116,7 +151,7 @@ async def chat_socket(ws: WebSocket, name: str, gateway: Gateway) -> None:
     gateway.sockets_per_ip[address] += 1
     try:
         await ws.accept()
-        await chat(ws, name, address, user_id, gateway)
+        await chat(ws, name, address, identity, gateway)
     finally:
         gateway.sockets_per_ip[address] -= 1
         if gateway.sockets_per_ip[address] <= 0:
@@ -124,11 +159,11 @@ async def chat_socket(ws: WebSocket, name: str, gateway: Gateway) -> None:
 
 
 async def chat(
-    ws: WebSocket, name: str, address: str, user_id: str | None, gateway: Gateway
+    ws: WebSocket, name: str, address: str, identity: Identity, gateway: Gateway
 ) -> None:
     settings = gateway.settings
     writer = open_writer(ws, settings.send_buffer_limit, settings.send_queue_limit)
-    session = ChatSession(ws, name, writer, address, user_id, settings.send_queue_limit)
+    session = ChatSession(ws, name, writer, address, identity, settings.send_queue_limit)
     fanout = await gateway.fanouts.attach(name, id(session), session.deliver)
     try:
         state = await gateway.rooms.send(name, GetRoom())
@@ -198,9 +233,10 @@ async def converse(session: ChatSession, gateway: Gateway, fanout: RoomFanout) -
                 session.blocked.clear()
                 # The client sees its own {"joined"} before {"ready"}, as in the demo.
                 await fanout.delivered(reply.version, timeout=gateway.settings.request_timeout)
-                # {"ready": true}, plus the verified user id (an extension old clients ignore).
+                # {"ready": true}, plus the user id of a credential the client showed (an
+                # extension old clients ignore); a socket-only guest gets the demo's frame.
                 session.writer.send(
-                    READY if session.user_id is None
+                    READY if session.identity.token is None
                     else OutFrame(protocol.encode({"ready": True, "user": session.user_id}))
                 )
             else:
@@ -210,7 +246,7 @@ async def converse(session: ChatSession, gateway: Gateway, fanout: RoomFanout) -
                     PostMessage(
                         session_id=session.id,
                         text=frame.text,
-                        user_id=session.user_id or guest_user(session.name),
+                        user_id=session.user_id,
                     ),
                 )
                 if isinstance(reply, ErrorReply):

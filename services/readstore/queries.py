@@ -37,10 +37,14 @@ class Cursor:
 
 
 def public_rooms(conn: sqlite3.Connection, limit: int) -> list[sqlite3.Row]:
-    """Public rooms, most recently active first. Private rooms are never listed."""
+    """Public rooms in use, most recently active first: a room is listed once it holds a
+    message or a named member has joined it (opening a socket is not enough). Private rooms
+    are never listed."""
     return conn.execute(
         "SELECT name, created_at, last_activity, message_count FROM rooms"
-        " WHERE private = 0 AND expired = 0 ORDER BY last_activity DESC, name LIMIT ?",
+        " WHERE private = 0 AND expired = 0 AND (message_count > 0"
+        " OR EXISTS (SELECT 1 FROM members_seen WHERE members_seen.room = rooms.name))"
+        " ORDER BY last_activity DESC, name LIMIT ?",
         (limit,),
     ).fetchall()
 

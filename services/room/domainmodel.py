@@ -21,9 +21,9 @@ from contracts.room import (
     MAX_AI_REPLY_LENGTH,
     MAX_MESSAGE_LENGTH,
     MAX_NAME_LENGTH,
-    RESERVED_NAMES,
     SYSTEM_NAME,
     ai_question,
+    is_reserved_name,
 )
 from services.room import events
 from services.room.aireply import AiDeadlines, AiReply, AiStatus
@@ -137,7 +137,7 @@ class Room(Aggregate):
         self.check_open()
         if len(name) > MAX_NAME_LENGTH:
             raise NameTooLong("Name too long.")
-        if name.casefold() in RESERVED_NAMES:
+        if is_reserved_name(name):  # look-alikes too: " AI ", "ＡＩ", "АІ"
             raise NameReserved(f"The name {name!r} is reserved; choose another.")
         if self.members.get(session_id) == name:
             return False

@@ -89,3 +89,82 @@ def test_lone_surrogates_are_not_text(frame, field):
     parse = parse_message_frame if field == "message" else parse_name_frame
     with pytest.raises(FrameError, match=f"{field} must be valid Unicode text."):
         parse(frame, None, LIMIT)
+
+
+# --- display names: normalized before every check ----------------------------------------------
+
+RESERVED = "The name {!r} is reserved; choose another."
+CONTROL = "Names may not contain control characters (newlines, tabs, NUL, ...)."
+
+
+@pytest.mark.parametrize(
+    "given, kept",
+    [
+        ("  alice  ", "alice"),  # trimmed
+        ("ａｌｉｃｅ", "alice"),  # full-width: NFKC
+        ("\u200balice\ufeff", "alice"),  # invisible characters at the ends
+        ("   ", ANONYMOUS),  # blank is empty, and empty is "anonymous", as in the demo
+        ("\u3000", ANONYMOUS),
+        ("Al", "Al"),  # a name, not "AI": lower-case L is a different letter
+        ("Émilie", "Émilie"),
+        ("👩‍💻 dev", "👩‍💻 dev"),  # the zero-width joiner inside an emoji stays
+    ],
+)
+def test_names_are_normalized_and_trimmed(given, kept):
+    assert name(json.dumps({"name": given})).name == kept
+
+
+@pytest.mark.parametrize(
+    "given, shown",
+    [
+        ("AI", "AI"), ("ai", "ai"), ("System", "System"),
+        (" AI ", "AI"), ("ＡＩ", "AI"), ("ＳＹＳＴＥＭ", "SYSTEM"),  # trimmed, NFKC
+        ("A I", "A I"), ("A.I.", "A.I."), ("a\u200bi", "a\u200bi"), ("AÏ", "AÏ"),
+        ("АІ", "АІ"),  # Cyrillic А and І
+        ("ΑΙ", "ΑΙ"),  # Greek Alpha and Iota
+        ("ᴀɪ", "ᴀɪ"),  # Latin small capitals
+        ("ѕуѕтем", "ѕуѕтем"),  # Cyrillic
+        ("𝐀𝐈", "AI"),  # mathematical bold: NFKC
+    ],
+)
+def test_the_ai_and_the_system_and_their_look_alikes_are_reserved(given, shown):
+    with pytest.raises(FrameError) as refused:
+        name(json.dumps({"name": given}))
+    assert str(refused.value) == RESERVED.format(shown)
+    assert refused.value.close_code is None
+
+
+@pytest.mark.parametrize("given", ["a\nb", "a\x00", "tab\there", "bell\x07", "a\u0085b", "a\u2028b", "\u202eevil"])
+def test_control_characters_in_a_name_are_refused(given):
+    with pytest.raises(FrameError) as refused:
+        name(json.dumps({"name": given}))
+    assert str(refused.value) == CONTROL
+
+
+def test_a_name_too_long_once_normalized_closes_too():
+    # U+FDFA is one character that NFKC spells out in 18: two of them are 36.
+    with pytest.raises(FrameError) as refused:
+        name(json.dumps({"name": "\ufdfa\ufdfa"}))
+    assert refused.value.close_code == CLOSE_TOO_BIG
+
+
+@pytest.mark.parametrize("text", [" ", "   ", "\t\n", "\u3000", "\u200b", " \u200b "])
+def test_a_message_of_only_spaces_is_refused(text):
+    with pytest.raises(FrameError) as refused:
+        message(json.dumps({"message": text}))
+    assert str(refused.value) == "Message is empty: it holds only spaces."
+
+
+def test_messages_are_not_normalized():
+    assert message(json.dumps({"message": " ｆｕｌｌ width "})).text == " ｆｕｌｌ width "
+
+
+def test_the_room_contract_takes_only_normalized_valid_names():
+    from pydantic import ValidationError
+
+    from contracts.room import JoinRoom
+
+    assert JoinRoom(session_id="s", name="alice").name == "alice"
+    for bad in (" alice", "ＡＩ", "АІ", "a\nb", ""):
+        with pytest.raises(ValidationError):
+            JoinRoom(session_id="s", name=bad)

@@ -37,6 +37,8 @@
 
   const state = {
     name: "",
+    user: "", // the identity POST /api/session gave (a guest id, or a signed-in user)
+    sessionError: "",
     room: "",
     ws: null,
     ready: false,
@@ -308,6 +310,39 @@
     el.roster.replaceChildren();
   }
 
+  // ---------------------------------------------------------------- session
+
+  // Who this browser is: POST /api/session keeps (or first issues) its guest identity in an
+  // HttpOnly cookie, which the WebSocket sends too, so a reload keeps it. A token in the
+  // page's ?token= signs in with it once: it then lives in the cookie, not the address bar.
+  function openSession(token) {
+    const headers = token ? { Authorization: "Bearer " + token } : {};
+    return fetch("/api/session", { method: "POST", headers, credentials: "same-origin" })
+      .then(async (resp) => {
+        if (!resp.ok) throw new Error((await resp.text()) || "HTTP " + resp.status);
+        const session = await resp.json();
+        state.user = session.user_id;
+        return session;
+      })
+      .catch((err) => {
+        state.sessionError = "* Error: no session (" + (err && err.message ? err.message : err) + ")";
+        return null;
+      });
+  }
+
+  function tokenFromUrl() {
+    const params = new URLSearchParams(location.search);
+    const token = params.get("token");
+    if (token) {
+      params.delete("token");
+      const query = params.toString();
+      history.replaceState(null, "", location.pathname + (query ? "?" + query : "") + location.hash);
+    }
+    return token;
+  }
+
+  let sessionReady = openSession(tokenFromUrl());
+
   // ---------------------------------------------------------------- websocket
 
   function wsUrl(room) {
@@ -419,7 +454,11 @@
     el.roomTitle.title = room;
     document.title = (PRIVATE_ID.test(room) ? "private room" : room) + " · durachat";
     showStep(el.stepChat);
-    connect();
+    sessionReady.then(() => {
+      if (state.sessionError) systemLine(state.sessionError);
+      state.sessionError = "";
+      connect();
+    });
   }
 
   function decodeHashSafe() {
@@ -495,7 +534,13 @@
   });
 
   // Hook for future features and for driving the renderer from the console.
-  window.durachat = { state, handleFrame, upsertMessage, systemLine, systemNotice, handleAiEvent, finishAiMessage };
+  // signIn(token): become the token's user (a JWT); the next connection uses it.
+  function signIn(token) {
+    sessionReady = openSession(token);
+    return sessionReady;
+  }
+
+  window.durachat = { state, signIn, handleFrame, upsertMessage, systemLine, systemNotice, handleAiEvent, finishAiMessage };
 
   showStep(el.stepName);
   el.nameInput.focus();
