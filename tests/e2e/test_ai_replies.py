@@ -10,13 +10,15 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import websockets
 
 from contracts.room import INCOMPLETE_MARK
+from services.gateway.identity import SESSION_COOKIE
 from services.localsystem import LocalSystem
 from tests.conftest import PARTITIONS, gemini_env, running
 from tests.e2e.chat_clients import ChatClient, joined
 from tests.fakes.gemini import Block, Cut, Fail, Held, Reply
-from tests.support import eventually, http
+from tests.support import eventually, gateway, http
 
 pytestmark = pytest.mark.e2e
 
@@ -189,19 +191,25 @@ async def test_a_failed_reply_keeps_its_text_and_the_room_is_told(
 
 async def test_context_settings_shape_the_request_and_exchanges_join_the_window(ai_system, gemini):
     room = new_room()
-    user = "guest:dora"
+    # Dora's browser: a guest identity in its session cookie, for the API and the socket.
+    browser = gateway(ai_system)
+    user = browser.post("/api/session").json()["user_id"]
     path = f"/api/users/{urllib.parse.quote(user)}/context"
     settings = {
         "model": "gemini-test-model", "temperature": 0.25,
         "system_prompt": "Answer like a pirate.", "language": "fr",
     }
-    saved = http(ai_system, "PUT", path, json=settings)
+    saved = browser.put(path, json=settings)
     assert saved.status_code == 200 and saved.json()["settings"] == settings
-    assert http(ai_system, "PUT", path, json={"temperature": 9}).status_code == 422
-    assert http(ai_system, "PUT", path, json={"colour": "red"}).status_code == 422
-    assert http(ai_system, "GET", "/api/users/alice/context").status_code == 401
+    assert browser.put(path, json={"temperature": 9}).status_code == 422
+    assert browser.put(path, json={"colour": "red"}).status_code == 422
+    assert http(ai_system, "GET", path).status_code == 401
 
-    (dora,) = await joined(ai_system, room, "dora")
+    cookie = f"{SESSION_COOKIE}={browser.cookies[SESSION_COOKIE]}"
+    dora = ChatClient(await websockets.connect(
+        f"{ai_system.ws_url}/api/room/{room}/websocket", additional_headers={"Cookie": cookie}
+    ))
+    await dora.join("dora")
     gemini.script(Reply(["Arr, ", "bonjour."]), Reply(["Encore."]))
     asked = len(gemini.requests)
     await dora.send({"message": "@ai say hello"})
@@ -217,13 +225,14 @@ async def test_context_settings_shape_the_request_and_exchanges_join_the_window(
     assert second.turns[:2] == [("user", "say hello"), ("model", "Arr, bonjour.")]
     # ... and not a second time among the room's recent messages.
     assert "bonjour" not in second.turns[-1][1] and "say hello" not in second.turns[-1][1]
-    response = http(ai_system, "GET", path)
+    response = browser.get(path)
     assert response.status_code == 200
     view = response.json()
     assert [(e["question"], e["answer"]) for e in view["exchanges"]] == [
         ("say hello", "Arr, bonjour."), ("again", "Encore."),
     ]
     await dora.close()
+    browser.close()
 
 
 async def test_ai_replies_reach_the_read_store_as_messages(ai_system, gemini):

@@ -29,7 +29,14 @@ from hypothesis import strategies as st
 from websockets.sync.client import connect as sync_connect
 
 from contracts.keys import is_private_room_id
-from contracts.room import HISTORY_LENGTH, MAX_MESSAGE_LENGTH, MAX_NAME_LENGTH
+from contracts.room import (
+    HISTORY_LENGTH,
+    MAX_MESSAGE_LENGTH,
+    MAX_NAME_LENGTH,
+    is_blank,
+    name_problem,
+    normalize_name,
+)
 from services.gateway.settings import GatewaySettings
 from tests.e2e.chat_clients import ChatClient
 from tests.support import eventually, eventually_blocking, gateway
@@ -270,12 +277,17 @@ def expected(named: bool, frame: str | bytes) -> Expected:
             return Expected("join", "anonymous")
         if not isinstance(text, str):
             return error
-        if len(text) > MAX_NAME_LENGTH:
+        if not utf8(text):
+            return error
+        # The name rules themselves (NFKC, trimming, reserved look-alikes, control characters)
+        # are contracts.room's, told case by case in tests/unit/test_protocol.py.
+        name = normalize_name(text)
+        if len(text) > MAX_NAME_LENGTH or len(name) > MAX_NAME_LENGTH:
             return Expected("error+close")
-        return Expected("join", text) if utf8(text) else error
+        return error if name_problem(name) else Expected("join", name)
     if not isinstance(text, str) or not text or len(text) > MAX_MESSAGE_LENGTH or not utf8(text):
         return error
-    return Expected("echo", text)
+    return error if is_blank(text) else Expected("echo", text)
 
 
 def show(frame) -> str:

@@ -24,7 +24,7 @@ from services.gateway.identity import GUEST_ISSUER, PLACEHOLDER_SECRET, SESSION_
 from services.readstore.projection import ROOM_STREAM
 from tests.e2e.chat_clients import ChatClient
 from tests.e2e.read_models import rows
-from tests.support import eventually, gateway
+from tests.support import eventually, gateway, http
 
 pytestmark = pytest.mark.e2e
 
@@ -287,10 +287,10 @@ async def test_a_socket_refused_before_naming_itself_leaves_no_trace(system):
     await member.close()
     await eventually(lambda: any(r[0] == used for r in rows(system.read_db, "rooms")))
 
-    listed = {r["name"] for r in httpx.get(f"{system.base_url}/api/rooms?limit=200").json()["rooms"]}
+    listed = {r["name"] for r in http(system, "GET", "/api/rooms?limit=200").json()["rooms"]}
     assert used in listed and silent not in listed and refused not in listed
     for room in (silent, refused):
-        assert httpx.get(f"{system.base_url}/api/rooms/{room}").status_code == 404
+        assert http(system, "GET", f"/api/rooms/{room}").status_code == 404
     assert not [r for r in rows(system.read_db, "rooms") if r[0] in (silent, refused)]
     # Nor any event in the room streams.
     nc = await nats.connect(system.nats.url)
