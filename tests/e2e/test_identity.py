@@ -216,6 +216,9 @@ async def test_a_token_binds_its_user_to_the_socket_and_can_sign_a_browser_in(sy
     assert (await stale.join("dave"))[-1] == {"ready": True}
     await stale.close()
     assert browser.session()["guest"] is True
+    # Signing out forgets the cookie: the browser has no identity until it asks again.
+    assert browser.http.delete("/api/session").status_code == 204
+    assert browser.http.get("/api/session").status_code == 401
     browser.close()
 
 

@@ -258,6 +258,17 @@ def test_an_unreachable_jwks_is_unavailable_not_invalid(rsa_key):
         identities.verify(token)
 
 
+def test_the_mint_command_signs_with_a_private_key_for_a_pem_or_jwks_setup(rsa_key, tmp_path):
+    key_file = tmp_path / "idp-private.pem"
+    key_file.write_bytes(rsa_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ))
+    token = mint("alice", SECRET, private_key=str(key_file), kid="k1", issuer="https://id.example")
+    assert jwt.get_unverified_header(token) == {"alg": "RS256", "kid": "k1", "typ": "JWT"}
+    identities = Identities(SECRET, public_key=pem(rsa_key.public_key()), issuer="https://id.example")
+    assert identities.verify(token).user_id == "alice"
+
+
 # --- settings and small parts ------------------------------------------------------------------
 
 
