@@ -43,6 +43,7 @@ REQUIRED_CLAIMS = ["exp", "sub"]
 
 RSA_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")
 EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+PUBLIC_KEY_ALGORITHMS = [*RSA_ALGORITHMS, *EC_ALGORITHMS.values(), "EdDSA"]
 
 
 class InvalidToken(ValueError):
@@ -176,6 +177,7 @@ class Identities:
     def _verify_user(self, token: str, header: dict[str, Any]) -> Identity:
         key, algorithms = self.user_key, self.user_algorithms
         if self.jwks is not None:
+            allowed(header, PUBLIC_KEY_ALGORITHMS)  # before fetching keys for it
             key, algorithms = self._jwks_key(token)
         allowed(header, algorithms)
         claims = self._decode(token, key, algorithms, issuer=self.issuer, audience=self.audience)

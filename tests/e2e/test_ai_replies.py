@@ -255,9 +255,14 @@ async def test_ai_replies_reach_the_read_store_as_messages(ai_system, gemini):
     got = rows()
     assert ("AI", "stored reply", "ai") in got and final["message"] == "stored reply"
     assert [r[2] for r in got] == ["user", "ai", "user", "system"]
+    # Both replies are charged to erin's identity (a guest of this socket: it showed none).
+    (user,) = {r[0] for r in read_rows(
+        ai_system.read_db, "SELECT user_id FROM ai_replies WHERE room = ?", (room,)
+    )}
+    assert user.startswith("guest:") and user != "guest:erin"
     usage = read_rows(
         ai_system.read_db, "SELECT requests, tokens FROM ai_usage_daily WHERE user_id = ?",
-        ("guest:erin",),
+        (user,),
     )
     assert usage and usage[0][0] == 2 and usage[0][1] > 0
     await erin.close()

@@ -18,13 +18,16 @@ import nats
 import nats.js.errors
 import pytest
 import websockets
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from contracts.subjects import ROOM, event_subject
 from services.gateway.identity import GUEST_ISSUER, PLACEHOLDER_SECRET, SESSION_COOKIE, mint
+from services.localsystem import LocalSystem
 from services.readstore.projection import ROOM_STREAM
+from tests.conftest import PARTITIONS, running
 from tests.e2e.chat_clients import ChatClient
 from tests.e2e.read_models import rows
-from tests.support import eventually, gateway, http
+from tests.support import JwksServer, eventually, gateway, http
 
 pytestmark = pytest.mark.e2e
 
@@ -326,3 +329,40 @@ def test_the_mint_command_prints_a_jwt_the_gateway_takes():
     assert result.returncode == 0, result.stderr
     claims = jwt.decode(result.stdout.strip(), SECRET, algorithms=["HS256"])
     assert claims["sub"] == "dev-user" and claims["exp"] - claims["iat"] == 60
+
+
+async def test_a_gateway_that_trusts_an_identity_providers_jwks(tmp_path):
+    # The team's identity provider: an RSA key, its JWKS served over HTTP, tokens with a kid.
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    issuer, audience = "https://id.example", "durachat"
+
+    def token(sub: str, **headers) -> str:
+        now = int(time.time())
+        claims = {"sub": sub, "iss": issuer, "aud": audience, "iat": now, "exp": now + 300}
+        return jwt.encode(claims, key, "RS256", headers={"kid": "k1", **headers})
+
+    with JwksServer({"keys": [{**public, "kid": "k1", "alg": "RS256", "use": "sig"}]}) as idp:
+        env = {"DURACHAT_JWT_JWKS_URL": idp.url, "DURACHAT_JWT_ISSUER": issuer,
+               "DURACHAT_JWT_AUDIENCE": audience}
+        with running(LocalSystem(tmp_path, partitions=PARTITIONS, extra_env=env)) as system:
+            room = new_room()
+            url = f"{system.ws_url}/api/room/{room}/websocket"
+            member = ChatClient(await websockets.connect(f"{url}?token={token('auth0|42')}"))
+            assert (await member.join("ann"))[-1] == {"ready": True, "user": "auth0|42"}
+            await member.close()
+            # The gateway's own HS256 user tokens no longer count; guests still do.
+            with pytest.raises(websockets.InvalidStatus) as refused:
+                await websockets.connect(f"{url}?token={mint('auth0|42', SECRET, issuer=issuer, audience=audience)}")
+            assert refused.value.response.status_code == 401
+            assert b"algorithm 'HS256' not allowed" in refused.value.response.body
+            browser = Browser(system)
+            assert browser.session()["guest"] is True
+            assert (await (guest := await browser.socket(room)).join("bo"))[-1]["ready"] is True
+            await guest.close()
+            # The user's context, with their provider's token as the bearer.
+            bearer = {"Authorization": f"Bearer {token('auth0|42')}"}
+            assert http(system, "GET", "/api/users/auth0%7C42/context", headers=bearer).status_code == 200
+            assert http(system, "GET", f"/api/users/{browser.session()['user_id']}/context",
+                        headers=bearer).status_code == 403
+            browser.close()

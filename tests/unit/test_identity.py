@@ -7,10 +7,8 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 import pytest
@@ -28,6 +26,7 @@ from services.gateway.identity import (
     mint,
 )
 from services.gateway.settings import GatewaySettings
+from tests.support import JwksServer
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 
@@ -82,17 +81,17 @@ def test_a_minted_token_names_its_user_and_a_guest_token_its_guest():
 
 @pytest.mark.parametrize(
     "payload, reason",
-    [
-        (claims(ttl=-120), "expired"),
-        (claims(nbf=int(time.time()) + 120), "not valid yet (nbf)"),
-        ({"sub": "alice"}, "the exp claim is missing"),
-        ({"exp": int(time.time()) + 60}, "the sub claim is missing"),
-        (claims(sub="has space"), "bad subject: a user id is 1-128 printable ASCII"),
-        (claims(sub=42), "does not verify"),
+    [  # built when the test runs: collection may be minutes before
+        (lambda: claims(ttl=-120), "expired"),
+        (lambda: claims(nbf=int(time.time()) + 120), "not valid yet (nbf)"),
+        (lambda: {"sub": "alice"}, "the exp claim is missing"),
+        (lambda: {"exp": int(time.time()) + 60}, "the sub claim is missing"),
+        (lambda: claims(sub="has space"), "bad subject: a user id is 1-128 printable ASCII"),
+        (lambda: claims(sub=42), "does not verify"),
     ],
 )
 def test_claims_that_do_not_hold_are_refused(payload, reason):
-    token = jwt.encode(payload, SECRET, "HS256")
+    token = jwt.encode(payload(), SECRET, "HS256")
     assert refused(Identities(SECRET), token).startswith(reason)
 
 
@@ -175,40 +174,6 @@ def test_key_confusion_an_hs256_token_signed_with_the_public_pem_is_refused(rsa_
     assert refused(identities, forged) == "algorithm 'HS256' not allowed (only RS256, RS384, RS512, PS256, PS384, PS512)"
 
 
-class JwksServer:
-    """A real HTTP server on 127.0.0.1 serving one JWKS document, counting its fetches."""
-
-    def __init__(self, jwks: dict) -> None:
-        self.jwks = jwks
-        self.fetches = 0
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # the http.server API names it so
-                server.fetches += 1
-                body = json.dumps(server.jwks).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/.well-known/jwks.json"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> JwksServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def jwk(public_key, kid: str, **extra) -> dict:
     return {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(public_key)), "kid": kid, "use": "sig", **extra}
 
@@ -245,8 +210,11 @@ def test_a_symmetric_key_in_a_jwks_is_never_used():
     secret_jwk = {"kty": "oct", "kid": "k", "k": b64(SECRET.encode()), "alg": "HS256"}
     with JwksServer({"keys": [secret_jwk]}) as server:
         identities = Identities(SECRET, jwks_url=server.url)
-        token = jwt.encode(claims(), SECRET, "HS256", headers={"kid": "k"})
-        assert refused(identities, token).startswith("the identity provider's key is symmetric")
+        hs256 = jwt.encode(claims(), SECRET, "HS256", headers={"kid": "k"})
+        assert refused(identities, hs256).startswith("algorithm 'HS256' not allowed (only RS256")
+        # A token claiming an asymmetric algorithm still never gets the secret key.
+        claimed = hand_signed({"alg": "RS256", "kid": "k"}, claims(), SECRET.encode())
+        assert refused(identities, claimed).startswith("the identity provider's key is symmetric")
 
 
 def test_an_unreachable_jwks_is_unavailable_not_invalid(rsa_key):
