@@ -196,9 +196,12 @@ class Identities:
             raise InvalidToken(f"no key of the identity provider verifies it ({exc})") from None
         if signing.key_type == "oct":
             raise InvalidToken("the identity provider's key is symmetric; only public keys are used")
-        algorithms = public_key_algorithms(signing.key)
-        declared = signing._jwk_data.get("alg")
-        return signing.key, [declared] if declared in algorithms else algorithms
+        try:
+            algorithms = public_key_algorithms(signing.key)
+        except ValueError as exc:
+            raise InvalidToken(f"the identity provider's key is not usable: {exc}") from None
+        # The key's own `alg` (PyJWT's default for its type when the JWK names none).
+        return signing.key, [signing.algorithm_name] if signing.algorithm_name in algorithms else algorithms
 
     def _decode(
         self, token: str, key: Any, algorithms: list[str], *, issuer: str | None, audience: str | None
