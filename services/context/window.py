@@ -1,7 +1,9 @@
 """What the model is sent: the system instruction and the conversation window.
 
 The window is the user's own recent exchanges with the AI (as user/model turns), then one
-user turn holding the room's recent messages and the question. It is trimmed to a token
+user turn holding the room's recent messages and the question. An exchange from a private
+room goes only into windows of that same room: what was said there must not reach the
+members of another room through the AI's answer. It is trimmed to a token
 budget, counted with the provider's own counter, oldest material first.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from contracts.context import Ask, ContextSettings, Exchange
+from contracts.keys import is_private_room_id
 from contracts.room import ChatMessage, ai_question
 from services.context.provider import Generation, Provider, Turn
 
@@ -53,12 +56,18 @@ class Window:
     messages: int  # how many room messages made it in
 
 
+def shareable(exchanges: list[Exchange], room: str) -> list[Exchange]:
+    """The exchanges a window for `room` may hold: those of public rooms and of `room` itself."""
+    return [e for e in exchanges if e.room == room or not is_private_room_id(e.room)]
+
+
 async def fit_window(
     provider: Provider, generation: Generation, ask: Ask, exchanges: list[Exchange], budget: int
 ) -> Window:
     """The largest recent window within `budget` tokens (the question itself always goes)."""
     # The room's messages, without what the window holds already: this question, and the
     # user's own exchanges (their questions and the AI's answers to them).
+    exchanges = shareable(exchanges, ask.room)
     asked = {ask.question} | {e.question for e in exchanges}
     answered = {e.reply_id for e in exchanges}
     messages = [
@@ -66,7 +75,6 @@ async def fit_window(
         if not (m.name == ask.asker and ai_question(m.message) in asked)
         and not (m.kind == "ai" and m.id in answered)
     ]
-    exchanges = list(exchanges)
     for attempt in range(MAX_COUNTS):
         turns = build_turns(ask, exchanges, messages)
         tokens = await provider.count_tokens(generation.model, generation.system_prompt, turns)
