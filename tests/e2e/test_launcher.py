@@ -348,21 +348,33 @@ def test_a_restart_right_after_stop_serves_on_the_same_port(tmp_path):
         second.stop()
 
 
-def test_a_service_that_keeps_crashing_is_given_up_on_and_the_rest_serve(tmp_path):
+async def test_a_crashing_service_is_given_up_on_and_a_dead_nats_server_comes_back(tmp_path):
     # The ratelimit service refuses this setting at start, every time.
     launcher = Launcher(tmp_path / "data", DURACHAT_QUOTA_DAILY_REQUESTS="-1",
                         DURACHAT_RESTART_LIMIT="2").ready()
     try:
-        eventually_blocking(lambda: "giving up" in launcher.text(), 30,
-                            what=lambda: launcher.text())
-        assert launcher.run()["given_up"] == ["ratelimit"]
+        await eventually(lambda: "giving up" in launcher.text(), 30, what=launcher.text)
         text = launcher.text()
         assert "ratelimit exited (exit code 1); restarting it in 0.5s (restart 1)" in text
         assert "ratelimit exited (exit code 1) 2 times within 60s; giving up on it" in text
         report = text.split("giving up on it", 1)[1]
         assert "quota_daily_requests" in report  # its own last lines ...
         assert "services.gateway" not in report and "room-0" not in report  # ... only
-        assert launcher.process.poll() is None
+        assert launcher.run()["given_up"] == ["ratelimit"]
         assert httpx.get(launcher.base_url + "/healthz").status_code == 200
+
+        # nats-server killed: restarted on the same port and store; the services reconnect.
+        (nats_pid,) = [p for p, what in launcher.children().items() if what == "nats-server"]
+        room = f"back-{uuid.uuid4().hex[:6]}"
+        client = await ChatClient.connect(launcher.ws_url, room)
+        await client.join("alice")
+        assert (await client.say("before"))["message"] == "before"
+        os.kill(nats_pid, signal.SIGKILL)
+        await eventually(lambda: "nats-server is running again" in launcher.text(), 30,
+                         what=launcher.text)
+        assert "nats-server exited (killed by SIGKILL); restarting it" in launcher.text()
+        assert (await client.say("after", timeout=30))["message"] == "after"
+        await client.close()
+        assert launcher.process.poll() is None
     finally:
         launcher.stop()
