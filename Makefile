@@ -30,6 +30,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.chat_bench
 	$(PY) -m bench.runtime_bench
+	$(PY) -m bench.failover_bench
 	$(PY) -m bench.projector_bench
 	$(PY) -m bench.limits_bench
 	$(PY) -m bench.ai_bench

@@ -300,6 +300,8 @@ async def test_the_replay_cli_finds_the_running_nats_and_exits_by_one_rule(launc
     assert result.returncode == 3, result.stderr
     reason = result.stderr.split(f"cannot reach NATS at {nowhere}:", 1)[1].strip()
     assert reason, result.stderr
+    result = replay("events", room, data_dir=launched.data_dir, DURACHAT_NATS_URL=nowhere)
+    assert result.returncode == 3 and nowhere in result.stderr, result.stderr  # so does the env
 
 
 @pytest.mark.parametrize("how", [signal.SIGHUP, signal.SIGKILL, signal.SIGTERM],
