@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, ValidationError
 
 from services.gateway.settings import GatewaySettings
 from services.localsystem import (
@@ -257,7 +257,13 @@ def setup_logging(log_dir: Path | None = None) -> None:
 def main() -> None:
     setup_logging()
     try:
-        sys.exit(launch(LauncherSettings()))
+        settings = LauncherSettings()
+    except ValidationError as exc:  # one line per bad setting, no traceback
+        sys.exit("durachat: " + "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'settings'}: {error['msg']}"
+            for error in exc.errors()))
+    try:
+        sys.exit(launch(settings))
     except Refused as exc:
         sys.exit(f"durachat: {exc}")
 
@@ -312,6 +318,7 @@ def run_system(settings: LauncherSettings, data_dir: Path, lock: IO[str]) -> int
         rotate_logs=False,
     )
     started = time.monotonic()
+    started_at = now_text()
     state = {"ready": False}
 
     def describe() -> None:
@@ -319,7 +326,7 @@ def run_system(settings: LauncherSettings, data_dir: Path, lock: IO[str]) -> int
         write_run_file(data_dir, {
             "pid": os.getpid(),
             "data_dir": str(data_dir),
-            "started_at": now_text(),
+            "started_at": started_at,
             "ready": state["ready"],
             "gateway_url": system.base_url,
             "nats_url": system.nats.url,

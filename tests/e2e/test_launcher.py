@@ -102,13 +102,16 @@ class Launcher:
     def children(self) -> dict[int, str]:
         return children(self.process.pid)
 
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(self.base_url + "/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     def ready(self, timeout: float = 40.0) -> Launcher:
         def up() -> bool:
             assert self.process.poll() is None, f"the launcher exited:\n{self.text()}"
-            try:
-                return httpx.get(self.base_url + "/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
+            return self.healthy()
 
         eventually_blocking(up, timeout, what=lambda: f"the launcher to be up:\n{self.text()}")
         return self
@@ -363,7 +366,7 @@ async def test_a_crashing_service_is_given_up_on_and_a_dead_nats_server_comes_ba
         assert "quota_daily_requests" in report  # its own last lines ...
         assert "services.gateway" not in report and "room-0" not in report  # ... only
         assert launcher.run()["given_up"] == ["ratelimit"]
-        assert httpx.get(launcher.base_url + "/healthz").status_code == 200
+        assert launcher.healthy()
 
         # nats-server killed: restarted on the same port and store; the services reconnect.
         (nats_pid,) = [p for p, what in launcher.children().items() if what == "nats-server"]
