@@ -161,7 +161,9 @@ async def failover(launcher: Launcher, senders_n: int, rooms_n: int, kills: int,
     for k in range(kills):
         run = launcher.run()
         owners = await partition_owners(nc, ROOM)
-        victim = room_pids(run)[k % 3]
+        # The owner of one bench room after another: each kill hits another replica's share.
+        owner = owners.get(partitions[rooms[k % len(rooms)]], "")
+        victim = next((p for p in room_pids(run) if f"-{p}-" in owner), room_pids(run)[k % 3])
         affected = {r for r, p in partitions.items() if f"-{victim}-" in owners.get(p, "")}
         affected_counts.append(len(affected))
         os.kill(victim, signal.SIGKILL)
