@@ -30,12 +30,15 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.chat_bench
 	$(PY) -m bench.runtime_bench
+	$(PY) -m bench.failover_bench
 	$(PY) -m bench.projector_bench
 	$(PY) -m bench.limits_bench
 	$(PY) -m bench.ai_bench
 
+# Fails, saying what to set, without DURACHAT_TOKEN_SECRET (as `docker compose up` does).
 compose-config:
 	docker-compose -f docker-compose.yml config --quiet
+	docker-compose -f docker-compose.yml -f infra/nats/cluster/docker-compose.cluster.yml config --quiet
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -7,43 +7,141 @@ free ports. Every process is stopped by the PID this object started.
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.runtime.natsserver import NatsServerProcess, child_env, free_port, stop_process
+from services.runtime.natsserver import (
+    NatsServerProcess,
+    child_env,
+    die_with_parent,
+    free_port,
+    stop_process,
+)
+
+LOG_BOUND = 5 * 1024 * 1024  # bytes a log file may grow to before its older half is dropped
+RUN_MARK = "=== "  # starts the line a process's log gets each time it is started
+
+
+def now_text() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def exit_text(code: int | None) -> str:
+    """A process's exit as a person reads it: "exit code 1", "killed by SIGKILL"."""
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def start_log(path: Path, line: str) -> None:
+    """Append the line that starts one run of a process to its log (a separator, with time)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(f"\n{RUN_MARK}{now_text()} {line}\n")
+
+
+def last_lines(path: Path, n: int = 40) -> list[str]:
+    """The last `n` lines a process wrote since it was last started (its own log only)."""
+    try:
+        with open(path, "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - 64 * 1024))
+            text = log.read().decode(errors="replace")
+    except OSError:
+        return []
+    lines = text.splitlines()
+    for index in range(len(lines) - 1, -1, -1):
+        if lines[index].startswith(RUN_MARK):
+            lines = lines[index + 1:]
+            break
+    return lines[-n:]
+
+
+def bound_log(path: Path, limit: int = LOG_BOUND) -> bool:
+    """Keep `path` under `limit` bytes: past it, its last half is kept (copied to the start,
+    the rest cut off; the writer appends, so it writes on after that). True if it was cut."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return False
+    if size <= limit:
+        return False
+    with open(path, "r+b") as log:
+        log.seek(size - limit // 2)
+        tail = log.read()
+        log.seek(0)
+        log.write(f"{RUN_MARK}{now_text()} (older lines dropped: the log is kept under "
+                  f"{limit // 1024} KiB)\n".encode())
+        log.write(tail)
+        log.truncate()
+    return True
+
+
+def rotate_logs(log_dir: Path) -> None:
+    """Start a run with fresh logs: each *.log of the run before becomes *.log.1 (replacing
+    the one before that), so a log holds one run and at most two runs are kept."""
+    for path in log_dir.glob("*.log"):
+        shutil.move(path, path.with_name(path.name + ".1"))
 
 
 class ServiceProcess:
     """One service (`python -m <module>`) as a child process with its own log file."""
 
-    def __init__(self, module: str, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, module: str, env: dict[str, str], log_path: Path, name: str | None = None,
+        pass_fds: Sequence[int] = (),
+    ) -> None:
         self.module = module
+        self.name = name or log_path.stem
         self.env = env
         self.log_path = log_path
+        self.pass_fds = tuple(pass_fds)
         self.process: subprocess.Popen | None = None
+        self.starts = 0
+        self.started_at = 0.0
 
     def start(self) -> ServiceProcess:
+        """Start it (again, after it exited), with a separator line in its log."""
+        self.starts += 1
+        what = "started" if self.starts == 1 else f"restarted (restart {self.starts - 1})"
+        start_log(self.log_path, f"{self.name} ({self.module}) {what}")
         log = open(self.log_path, "ab")
         # A session of its own: a terminal's Ctrl-C reaches only the launcher, which stops
-        # the services in order.
+        # the services in order. If the launcher dies (even by kill -9), so does the service.
         self.process = subprocess.Popen(
             [sys.executable, "-m", self.module],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent(signal.SIGKILL),
+            pass_fds=self.pass_fds,
         )
         log.close()
+        self.started_at = time.monotonic()
         return self
 
     @property
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.poll()
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -52,8 +150,14 @@ class ServiceProcess:
         """SIGTERM (a clean drain), then SIGKILL if it does not exit in time."""
         return stop_process(self.process, timeout)
 
+    def terminate(self) -> None:
+        if self.alive():
+            assert self.process is not None
+            self.process.terminate()
+
     def kill(self) -> None:
         if self.alive():
+            assert self.process is not None
             self.process.kill()
             self.process.wait()
 
@@ -61,25 +165,33 @@ class ServiceProcess:
 @dataclass
 class LocalSystem:
     """nats-server + room service replicas + ratelimit + context + projector + gateway, wired
-    together on 127.0.0.1."""
+    together on 127.0.0.1. Logs are in <data dir>/logs, one file per process and run."""
 
     data_dir: Path
     partitions: int = 16
     room_replicas: int = 1
     nats_port: int = 0
+    nats_http_port: int = 0
     host: str = "127.0.0.1"
     port: int = 0
     extra_env: dict[str, str] = field(default_factory=dict)
+    pass_fds: Sequence[int] = ()  # inherited by every process (the launcher's data dir lock)
+    rotate_logs: bool = True  # start() moves the last run's logs to *.log.1 (the launcher did)
     nats: NatsServerProcess | None = field(default=None, init=False)
     rooms: list[ServiceProcess] = field(default_factory=list, init=False)
     gateway: ServiceProcess | None = field(default=None, init=False)
     projector: ServiceProcess | None = field(default=None, init=False)
     ratelimit: ServiceProcess | None = field(default=None, init=False)
     context: ServiceProcess | None = field(default=None, init=False)
+    rooms_started: int = field(default=0, init=False)
 
     @property
     def read_db(self) -> Path:
         return self.data_dir / "read.db"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
 
     @property
     def base_url(self) -> str:
@@ -97,53 +209,67 @@ class LocalSystem:
             host=self.host,
             port=self.port,
             read_db=self.read_db,
+            data_dir=self.data_dir,  # says whose process it is (`port_holder`)
         )
         env.update(self.extra_env)
         return env
 
-    def start(self, timeout: float = 30.0) -> LocalSystem:
+    def start(self, timeout: float = 30.0, wait: bool = True) -> LocalSystem:
+        """Start every process; with `wait`, until the gateway is healthy (RuntimeError if a
+        service exits meanwhile)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(exist_ok=True)
+        if self.rotate_logs:
+            rotate_logs(self.log_dir)
         self.port = self.port or free_port(self.host)
+        nats_log = self.log_dir / "nats-server.log"
+        start_log(nats_log, "nats-server started")
         self.nats = NatsServerProcess(
-            self.data_dir / "nats", partitions=self.partitions, port=self.nats_port
+            self.data_dir / "nats", partitions=self.partitions, port=self.nats_port,
+            http_port=self.nats_http_port, log_file=nats_log, pass_fds=self.pass_fds,
         ).start()
         for _ in range(self.room_replicas):
             self.start_room()
         self.ratelimit = self.start_ratelimit()
         self.context = self.start_context()
         self.projector = self.start_projector()
-        self.gateway = ServiceProcess(
-            "services.gateway", self.env(), self.data_dir / "gateway.log"
-        ).start()
-        self.wait_healthy(timeout)
+        self.gateway = self.service("services.gateway", "gateway").start()
+        if wait:
+            self.wait_healthy(timeout)
         return self
 
+    def service(self, module: str, name: str) -> ServiceProcess:
+        return ServiceProcess(module, self.env(), self.log_dir / f"{name}.log", name,
+                              pass_fds=self.pass_fds)
+
     def start_room(self) -> ServiceProcess:
-        index = len(self.rooms)
-        room = ServiceProcess("services.room", self.env(), self.data_dir / f"room-{index}.log")
+        room = self.service("services.room", f"room-{self.rooms_started}")
+        self.rooms_started += 1
         self.rooms.append(room.start())
         return room
 
     def start_ratelimit(self) -> ServiceProcess:
         """One ratelimit process: per-IP limiters (memory only) and per-user AI quotas."""
-        self.ratelimit = ServiceProcess(
-            "services.ratelimit", self.env(), self.data_dir / "ratelimit.log"
-        ).start()
+        self.ratelimit = self.service("services.ratelimit", "ratelimit").start()
         return self.ratelimit
 
     def start_context(self) -> ServiceProcess:
         """One context process: per-user AI contexts; it calls the AI provider (Gemini with
         GEMINI_API_KEY, else the offline provider)."""
-        self.context = ServiceProcess(
-            "services.context", self.env(), self.data_dir / "context.log"
-        ).start()
+        self.context = self.service("services.context", "context").start()
         return self.context
 
     def start_projector(self) -> ServiceProcess:
-        self.projector = ServiceProcess(
-            "services.projector", self.env(), self.data_dir / "projector.log"
-        ).start()
+        self.projector = self.service("services.projector", "projector").start()
         return self.projector
+
+    def healthy(self) -> bool:
+        """Whether the gateway answers /healthz now."""
+        try:
+            with urllib.request.urlopen(self.base_url + "/healthz", timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
 
     def wait_healthy(self, timeout: float) -> None:
         """Wait until the gateway answers /healthz (or a service died)."""
@@ -151,13 +277,11 @@ class LocalSystem:
         while time.monotonic() < deadline:
             for service in self.services():
                 if not service.alive():
-                    raise RuntimeError(f"{service.module} exited; see {service.log_path}")
-            try:
-                with urllib.request.urlopen(self.base_url + "/healthz", timeout=1) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.05)
+                    raise RuntimeError(f"{service.name} exited ({exit_text(service.returncode)});"
+                                       f" see {service.log_path}")
+            if self.healthy():
+                return
+            time.sleep(0.05)
         raise TimeoutError(f"gateway not healthy on {self.base_url} after {timeout}s")
 
     def services(self) -> list[ServiceProcess]:
@@ -167,18 +291,31 @@ class LocalSystem:
             if s is not None
         ]
 
+    def pids(self) -> dict[str, int]:
+        """{process name: pid} of every process started (nats-server included)."""
+        pids = {s.name: s.pid for s in self.services() if s.process is not None}
+        if self.nats is not None and self.nats.process is not None:
+            pids["nats-server"] = self.nats.pid
+        return pids
+
     def alive(self) -> bool:
         return all(s.alive() for s in self.services())
 
-    def stop(self) -> None:
-        """Services first (they drain), then nats-server."""
-        for service in self.services():
-            service.stop()
+    def stop(self, timeout: float = 10.0) -> None:
+        """Services first, all at once (each drains on SIGTERM; SIGKILL after `timeout`),
+        then nats-server."""
+        services = self.services()
+        for service in services:
+            service.terminate()
+        deadline = time.monotonic() + timeout
+        for service in services:
+            service.stop(max(0.1, deadline - time.monotonic()))
         if self.nats is not None:
             self.nats.stop()
 
     def logs(self) -> str:
+        """The end of each process's log of this run."""
         parts = []
-        for path in sorted(self.data_dir.glob("*.log")):
+        for path in sorted(self.log_dir.glob("*.log")):
             parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-4000:]}")
         return "\n".join(parts)

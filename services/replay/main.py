@@ -1,14 +1,23 @@
 """`durachat-replay`: rebuild read models from the event streams, and look at a room's history.
 
 A thin command line over the jobs in `services.replay` (`rebuild`, `check`, `history`,
-`transfer`): options in, rich tables and progress bars (or JSON) out. An unusable read
-store or an unreachable NATS is one line and exit code 2.
+`transfer`): options in, rich tables and progress bars (or JSON) out.
+
+Exit codes, one rule for every command: 0 done; 1 what was asked for does not exist or the
+check failed (an unknown room, a differing store, a refused import); 2 a usage error (a bad
+option or argument); 3 what it needs cannot be reached or used (NATS, the read store).
+Every failure is one line on stderr.
+
+Where NATS and the read store are: --nats / --db, else DURACHAT_NATS_URL / DURACHAT_READ_DB,
+else what the running `make run` recorded in <data dir>/run.json (DURACHAT_DATA_DIR,
+default ./data), else nats://127.0.0.1:4222 and data/read.db.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing, contextmanager
@@ -60,6 +69,11 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 T = TypeVar("T")
 
 
+EXIT_NOT_FOUND = 1  # also: a check failed, a refusal
+EXIT_USAGE = 2  # click's own code for a usage error
+EXIT_UNREACHABLE = 3  # NATS or the read store cannot be reached or used
+
+
 class ReplaySettings(RuntimeSettings, ReadStore):
     """Where the streams and the read store are, as the services read it."""
 
@@ -68,6 +82,17 @@ class ReplaySettings(RuntimeSettings, ReadStore):
 class Options:
     nats: str
     db: Path
+    nats_from: str = ""  # where the NATS URL came from, when not from a flag or the env
+
+
+def recorded_system() -> tuple[dict[str, Any], Path] | None:
+    """What the running `make run` recorded in <data dir>/run.json, and that file."""
+    path = Path(os.environ.get("DURACHAT_DATA_DIR") or "data") / "run.json"
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return (value, path) if isinstance(value, dict) else None
 
 
 @app.callback()
@@ -80,9 +105,20 @@ def options(
         "--db", metavar="PATH",
         help="The read store (SQLite) the projector writes [default: DURACHAT_READ_DB].")] = None,
 ) -> None:
-    # The defaults are the settings every service reads (one place for each).
+    # The defaults are the settings every service reads (one place for each), then what the
+    # running system recorded.
     settings = ReplaySettings()
-    ctx.obj = Options(nats_url or settings.nats_url, db or settings.read_db)
+    opts = Options(nats_url or settings.nats_url, db or settings.read_db)
+    recorded = recorded_system()
+    if recorded is not None:
+        run, path = recorded
+        if nats_url is None and "nats_url" not in settings.model_fields_set \
+                and isinstance(run.get("nats_url"), str):
+            opts.nats, opts.nats_from = run["nats_url"], f" (from {path})"
+        if db is None and "read_db" not in settings.model_fields_set \
+                and isinstance(run.get("read_db"), str):
+            opts.db = Path(run["read_db"])
+    ctx.obj = opts
 
 
 def run(work: Callable[[], Awaitable[T]]) -> T:
@@ -90,11 +126,11 @@ def run(work: Callable[[], Awaitable[T]]) -> T:
     try:
         return asyncio.run(work())
     except ReadStoreError as exc:
-        fail(str(exc), 2)
+        fail(str(exc), EXIT_UNREACHABLE)
     except ReplayError as exc:
         fail(str(exc), exc.exit_code)
     except (nats.errors.Error, nats.js.errors.Error, DirectGetError) as exc:
-        fail(f"NATS: {exc or type(exc).__name__}", 2)
+        fail(f"NATS: {str(exc) or type(exc).__name__}", EXIT_UNREACHABLE)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
@@ -142,7 +178,7 @@ def rebuild_command(
     opts: Options = ctx.obj
 
     async def work() -> rebuild.Replayed:
-        async with connected(opts.nats) as nc:
+        async with connected(opts.nats, opts.nats_from) as nc:
             with progress_bar("replaying EVT_ROOM") as (set_total, advance_to):
                 return await rebuild.rebuild_store(
                     nc, opts.db, out_path, swap=not no_swap, progress=advance_to,
@@ -164,10 +200,12 @@ def rebuild_room_command(
 
     async def work() -> rebuild.RoomRebuilt:
         open_read_store(opts.db, create=False).close()  # an unusable store: exit 2 first
-        async with connected(opts.nats) as nc:
+        async with connected(opts.nats, opts.nats_from) as nc:
             return await rebuild.rebuild_room(nc, opts.db, name)
 
     result = run(work)
+    if not result.commits and not any(result.deleted.values()):
+        fail(f"room {name} has no events and no rows in {opts.db}", EXIT_NOT_FOUND)
     deleted = ", ".join(f"{n} {table}" for table, n in result.deleted.items())
     out.print(f"room {escape(name)}: deleted {deleted}; re-projected {result.commits} commits"
               f" up to sequence {result.position} ({result.dead_letters} dead letters)")
@@ -187,7 +225,7 @@ def check_command(
 
     async def work() -> check.CheckResult:
         open_read_store(opts.db, readonly=True).close()
-        async with connected(opts.nats) as nc:
+        async with connected(opts.nats, opts.nats_from) as nc:
             with progress_bar("replaying EVT_ROOM") as (set_total, advance_to):
                 return await check.check_store(nc, opts.db, limit, progress=advance_to,
                                                started=set_total)
@@ -267,7 +305,7 @@ def state_command(
         raise typer.BadParameter(str(exc), param_hint="--at") from exc
 
     async def work() -> history.RoomState:
-        async with connected(opts.nats) as nc:
+        async with connected(opts.nats, opts.nats_from) as nc:
             return await history.room_state_as_of(nc, name, seq, at_ns)
 
     result = run(work)
@@ -337,19 +375,25 @@ def events_command(
         if rows or header:
             out.print(table)
 
-    async def work() -> None:
-        async with connected(opts.nats) as nc:
-            first = True
+    async def work() -> bool:
+        """Whether the room has events (with --follow: had them, or got them)."""
+        async with connected(opts.nats, opts.nats_from) as nc:
+            first, any_events = True, False
             async with aclosing(history.room_commits(nc, name, follow)) as batches:
                 async for commits in batches:
-                    show([row for msg in commits for row in history.event_rows(msg)],
-                         header=first)
-                    if first and not commits and not follow:
-                        err.print(f"room {escape(name)} has no events")
+                    any_events = any_events or bool(commits)
+                    if commits or not first:
+                        show([row for msg in commits for row in history.event_rows(msg)],
+                             header=first)
+                    if first and not commits:
+                        err.print(f"room {escape(name)} has no events"
+                                  + (" yet; waiting for them (Ctrl-C ends)" if follow else ""))
                     first = False
+            return any_events
 
     try:
-        run(work)
+        if not run(work):
+            raise typer.Exit(EXIT_NOT_FOUND)
     except typer.Exit as exit_:
         if follow and exit_.exit_code == 130:  # Ctrl-C is how --follow ends
             raise typer.Exit(0) from None
@@ -367,7 +411,7 @@ def export_command(
     opts: Options = ctx.obj
 
     async def work() -> int:
-        async with connected(opts.nats) as nc:
+        async with connected(opts.nats, opts.nats_from) as nc:
             with progress_bar(f"exporting {name}") as (set_total, advance_to):
                 lines = await transfer.export_room(nc, name)
                 set_total(len(lines))
@@ -404,7 +448,7 @@ def import_command(
         fail(f"cannot read {file}: {exc.strerror}", 1)
 
     async def work() -> transfer.Imported:
-        async with connected(opts.nats) as nc:
+        async with connected(opts.nats, opts.nats_from) as nc:
             with progress_bar(f"importing into {room}") as (set_total, advance_to):
                 set_total(sum(1 for line in lines if line.strip()))
                 return await transfer.import_room(nc, lines, room, progress=advance_to)

