@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from typing import Annotated, Literal
+from uuid import NAMESPACE_URL, uuid5
 
 from pydantic import AfterValidator, Field, TypeAdapter
 
@@ -28,6 +29,15 @@ ANONYMOUS = "anonymous"  # the name of a client that sends none (or an empty one
 MAX_AI_REPLY_LENGTH = 32_000  # characters of one AI reply; the provider is cut off past it
 MAX_AI_QUEUE = 8  # AI questions a room holds (one streaming, the rest waiting)
 INCOMPLETE_MARK = " [incomplete]"
+
+
+ROOM_NAMESPACE = uuid5(NAMESPACE_URL, "durachat:room")
+
+
+def reply_id_of(message_id: str) -> str:
+    """The id of the AI reply to message `message_id`: the same on every retry (and the id of
+    the AI's message that answers it, so a client can pair the two)."""
+    return str(uuid5(ROOM_NAMESPACE, f"ai-reply:{message_id}"))
 
 
 def ai_question(text: str) -> str | None:

@@ -105,15 +105,16 @@ def join_public_room(page: Page, room: str) -> None:
 
 
 def expect_ready(page: Page) -> None:
-    expect(page.locator("#status")).to_have_text("ready")
+    expect(page.locator("#status")).to_have_attribute("data-state", "ready")
     expect(page.locator("#message-input")).to_be_enabled()
 
 
 def send(page: Page, text: str) -> None:
     page.fill("#message-input", text)
     page.click("#send")
-    # The client clears the input once the frame is on the socket.
+    # The input is cleared at once; the message stays pending until the server echoes it.
     expect(page.locator("#message-input")).to_have_value("")
+    expect(page.locator("#messages li.pending")).to_have_count(0)
 
 
 def expect_messages(page: Page, messages: list[tuple[str, str]]) -> None:
