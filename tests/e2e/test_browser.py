@@ -283,18 +283,19 @@ def test_a_stale_private_link_stops_and_says_what_to_do(open_tab) -> None:
 
 @WIDTHS
 def test_the_newest_message_is_in_sight_after_joining(open_tab, room: str, width: int) -> None:
-    # Problem 4: at 390 px the roster grew under the log after the history was shown.
-    alice, bob = open_tab(), open_tab()
-    enter_room(alice, "alice-with-a-rather-long-name", room)
-    enter_room(bob, "bob-also-has-a-long-name-here", room)
+    # Problem 4: at 390 px the roster grew (by carol's own "joined", which comes after the
+    # history) under the log, which was not scrolled again: ~20 px of the last message hidden.
+    alice = open_tab()
+    enter_room(alice, "alice", room)
     for i in range(25):
         alice.fill("#message-input", f"message number {i}")
         alice.keyboard.press("Enter")
-    expect(bob.locator("#messages li.message")).to_have_count(25)
+    expect(alice.locator("#messages li.message")).to_have_count(25)
+    expect(alice.locator("#messages li.pending")).to_have_count(0)
 
     carol = open_tab(width=width, height=700)
-    enter_room(carol, "carol-the-third-with-a-long-name", room)
-    expect(carol.locator("#roster li")).to_have_count(3)
+    enter_room(carol, "carol", room)
+    expect(carol.locator("#roster li")).to_have_count(2)
     expect(carol.locator("#messages li.message")).to_have_count(25)
 
     def cut_off() -> float:
@@ -308,7 +309,6 @@ def test_the_newest_message_is_in_sight_after_joining(open_tab, room: str, width
         )
 
     # The roster and the status settle after "ready"; the log must follow them.
-    carol.wait_for_function("() => document.querySelectorAll('#roster li').length === 3")
     eventually_blocking(lambda: cut_off() <= 1, timeout=5, what=lambda: f"{cut_off()} px cut off")
 
 

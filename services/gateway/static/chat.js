@@ -88,7 +88,7 @@
     reconnectTimer: null,
     reconnectAt: 0, // Date.now() of the next attempt while waiting, else 0
     probeTimer: null,
-    probeFailed: false,
+    sawDown: false, // a /healthz probe failed since the last "ready"
     nameTimer: null, // resends a refused name frame
     nameRefusal: null, // timer: a name refused (unless a close follows: the room refused)
     pendingError: "", // the last error frame before a close: the close's reason
@@ -101,7 +101,6 @@
     outboxes: new Map(),
     nextLocalId: 1,
     cooldownUntil: 0, // Date.now() before which no message is sent (after a refusal)
-    serial: false, // after a refusal, one message at a time until the outbox drains
     pumpTimer: null,
     tickTimer: null,
     outboxTick: null,
@@ -782,6 +781,7 @@
     if (state.inflight[0] === "name") state.inflight.shift();
     state.phase = "ready";
     state.backoff = BACKOFF_MIN_MS;
+    state.sawDown = false;
     setStatus("ready", "Connected");
     hideBanner();
     if (window.durachatUploads) window.durachatUploads.restore(state.room);
@@ -816,7 +816,6 @@
         head.reason = data.error;
         const delay = refusalDelay(data);
         state.cooldownUntil = Math.max(state.cooldownUntil, Date.now() + delay * 1000);
-        state.serial = true;
       } else {
         head.status = "failed";
         head.reason = data.error;
@@ -919,7 +918,6 @@
     el.status.dataset.retryMs = String(delay);
     clearTimeout(state.reconnectTimer);
     state.reconnectTimer = setTimeout(connect, delay);
-    state.probeFailed = false;
     clearTimeout(state.probeTimer);
     state.probeTimer = setTimeout(probe, Math.min(PROBE_MS, delay / 2));
     tickWaiting();
@@ -934,8 +932,9 @@
     setStatus("waiting", "Disconnected. Reconnecting in " + left + " s…");
   }
 
-  // While waiting: once the gateway answers again after it did not, reconnect at once
-  // rather than at the end of the backoff.
+  // While waiting: once the gateway answers again after it did not (in this outage),
+  // reconnect at once rather than at the end of the backoff. A gateway that answers all
+  // along but refuses the socket (too many from this IP, ...) is tried by the backoff only.
   async function probe() {
     state.probeTimer = null;
     if (state.phase !== "waiting") return;
@@ -947,11 +946,11 @@
       up = false;
     }
     if (state.phase !== "waiting") return;
-    if (up && state.probeFailed) {
+    if (up && state.sawDown) {
       reconnectNow(false);
       return;
     }
-    if (!up) state.probeFailed = true;
+    if (!up) state.sawDown = true;
     state.probeTimer = setTimeout(probe, PROBE_MS);
   }
 
@@ -1051,8 +1050,9 @@
     }
   }
 
-  // Sends what may be sent now, in order: after a refusal one at a time, so nothing
-  // overtakes a message waiting its turn.
+  // Sends the next message, in order and one at a time: the next goes when the last is
+  // echoed or refused, so a message sent again after a refusal is never overtaken by one
+  // typed after it (a burst costs a round trip per message, a few ms).
   function pump() {
     clearTimeout(state.pumpTimer);
     state.pumpTimer = null;
@@ -1063,18 +1063,14 @@
       renderOutbox();
       return;
     }
-    if (!state.outbox.some((e) => e.status === "refused")) state.serial = false;
-    for (const entry of state.outbox) {
-      if (entry.status === "failed" || entry.status === "unsure") continue;
-      if (entry.status === "sending") {
-        if (state.serial) break;
-        continue;
+    if (!state.outbox.some((e) => e.status === "sending")) {
+      const entry = state.outbox.find((e) => e.status === "queued" || e.status === "refused");
+      if (entry) {
+        const frame = { message: entry.text };
+        if (entry.attachments && entry.attachments.length) frame.attachments = entry.attachments;
+        entry.status = "sending";
+        sendFrame(frame, entry);
       }
-      const frame = { message: entry.text };
-      if (entry.attachments && entry.attachments.length) frame.attachments = entry.attachments;
-      entry.status = "sending";
-      sendFrame(frame, entry);
-      if (state.serial) break;
     }
     renderOutbox();
   }
