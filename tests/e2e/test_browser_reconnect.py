@@ -34,7 +34,7 @@ def test_a_lost_gateway_shows_a_countdown_keeps_typing_and_reconnects_soon_after
     system.gateway.stop()
     for page in (phone, desk):
         expect(page.locator("#status")).to_have_attribute("data-state", "waiting")
-        expect(page.locator("#status")).to_contain_text("Reconnecting in")
+        expect(page.locator("#status")).to_contain_text("Offline · reconnecting in")
         expect(page.locator("#retry-now")).to_be_visible()
         expect(page.locator("#message-input")).to_be_enabled()
 

@@ -484,6 +484,7 @@
   // ---------------------------------------------------------------- roster
 
   function rosterAdd(name) {
+    if (el.roster.dataset.stale) rosterClear(); // the first "joined" of a new connection
     const li = document.createElement("li");
     li.textContent = name;
     li.dataset.name = name;
@@ -503,6 +504,7 @@
   }
 
   function rosterClear() {
+    delete el.roster.dataset.stale;
     el.roster.replaceChildren();
     rosterCounted();
   }
@@ -879,7 +881,8 @@
     clearTimeout(state.nameTimer);
     clearInterval(state.tickTimer);
     unsureInflight();
-    rosterClear(); // the server re-sends "joined" for everyone on reconnect
+    // Kept, greyed, until the next connection: the server sends "joined" for everyone again.
+    el.roster.dataset.stale = "true";
     const said = state.pendingError || reason || "";
     state.pendingError = "";
     if (state.nameRefusal) {
@@ -929,7 +932,7 @@
   function tickWaiting() {
     if (state.phase !== "waiting") return;
     const left = Math.max(0, Math.ceil((state.reconnectAt - Date.now()) / 1000));
-    setStatus("waiting", "Disconnected. Reconnecting in " + left + " s…");
+    setStatus("waiting", "Offline · reconnecting in " + left + " s");
   }
 
   // While waiting: once the gateway answers again after it did not (in this outage),
