@@ -92,6 +92,8 @@
     nameTimer: null, // resends a refused name frame
     nameRefusal: null, // timer: a name refused (unless a close follows: the room refused)
     pendingError: "", // the last error frame before a close: the close's reason
+    lastJoined: "",
+    serverName: "", // my name as the server normalized it (its "joined" before "ready")
     // Frames sent on the current socket that the server has not answered yet, in order:
     // "name" or an outbox entry. The server answers each in order: the name with "ready"
     // or an error, a message with its echo (its broadcast to us) or an error.
@@ -315,7 +317,7 @@
     li.querySelector(".text").textContent = String(data.message);
     if (window.durachatUploads) window.durachatUploads.render(li, data.attachments);
     setTime(li, data.timestamp);
-    li.classList.toggle("mine", data.name === state.name);
+    li.classList.toggle("mine", data.name === state.name || data.name === state.serverName);
   }
 
   // Render a chat message. Frames carrying an "id" are upserted: a later frame
@@ -522,6 +524,11 @@
     el.retryNow.hidden = kind !== "waiting" && kind !== "joining-wait";
   }
 
+  function setComposer(on) {
+    el.messageInput.disabled = !on;
+    el.send.disabled = !on;
+  }
+
   function showBanner(text, actions) {
     el.bannerText.textContent = text;
     el.bannerActions.replaceChildren(...actions);
@@ -677,6 +684,7 @@
     clearTimers();
     dropSocket();
     state.phase = "connecting";
+    state.lastJoined = "";
     setStatus("connecting", "Connecting…");
     renderOutbox();
 
@@ -762,6 +770,7 @@
     if (typeof data.error === "string") {
       onErrorFrame(data);
     } else if (typeof data.joined === "string") {
+      state.lastJoined = data.joined;
       rosterAdd(data.joined);
       if (state.phase === "ready") systemLine(data.joined + " joined", "presence");
     } else if (typeof data.quit === "string") {
@@ -781,6 +790,13 @@
 
   function onReady() {
     if (state.inflight[0] === "name") state.inflight.shift();
+    // My own "joined" comes just before "ready": the name as the server normalized it.
+    state.serverName = state.lastJoined || state.name;
+    if (state.serverName !== state.name) {
+      state.name = state.serverName; // the name the room shows is the one to remember
+      rememberName(state.name);
+      showWho();
+    }
     state.phase = "ready";
     state.backoff = BACKOFF_MIN_MS;
     state.sawDown = false;
@@ -902,6 +918,10 @@
       const text = noRoom
         ? "This room does not exist: the link may be old, or the private room expired before anyone used it. Create a new room or pick another."
         : "The server closed this chat: " + (said || "refused") + ". Pick another room, or try again.";
+      if (noRoom) {
+        el.inviteBox.hidden = true; // nothing to invite to, nothing to say
+        setComposer(false);
+      }
       const actions = [button("Choose a room", () => leaveRoom(), "")];
       if (!noRoom) actions.push(button("Try again", () => reconnectNow(true)));
       showBanner(text, actions);
@@ -1081,7 +1101,8 @@
   // A message frame with my name: the echo of the oldest entry with its text in flight.
   function matchEcho(data) {
     const entry = state.outbox.find(
-      (e) => (e.status === "sending" || e.status === "unsure") && e.name === data.name && e.text === data.message,
+      (e) => (e.status === "sending" || e.status === "unsure") && e.text === data.message &&
+        (e.name === data.name || data.name === state.serverName),
     );
     if (!entry) return null;
     const at = state.inflight.indexOf(entry);
@@ -1232,6 +1253,7 @@
     el.inviteLink.value = location.origin + location.pathname + "#" + room;
     el.copyStatus.textContent = "";
     hideBanner();
+    setComposer(true);
     showStep(el.stepChat);
     composeChanged();
     el.messageInput.focus();
@@ -1275,6 +1297,14 @@
     el.nameInput.select();
   }
 
+  function rememberName(name) {
+    try {
+      localStorage.setItem(NAME_KEY, name);
+    } catch (_) {
+      /* storage off: the name lasts for this page */
+    }
+  }
+
   function nameProblem(name) {
     if (!name) return "Please enter a name.";
     if (chars(name) > MAX_NAME) return "Names are at most " + MAX_NAME + " characters (this one has " + chars(name) + ").";
@@ -1295,11 +1325,7 @@
     el.nameError.textContent = "";
     const changed = name !== state.name;
     state.name = name;
-    try {
-      localStorage.setItem(NAME_KEY, name);
-    } catch (_) {
-      /* storage off: the name lasts for this page */
-    }
+    rememberName(name);
     showWho();
     const hashRoom = roomFromHash();
     if (state.room && (changed || state.phase === "stopped") && (!hashRoom || hashRoom === state.room)) {
