@@ -18,7 +18,8 @@
   const CLOSE_POLICY = 1008; // the server refuses for good (no such room, ...)
   const CLOSE_TOO_BIG = 1009; // the server closes with this when the name is too long
   const CLOSE_TRY_AGAIN = 1013;
-  const NAME_REFUSAL_GRACE_MS = 800; // a room's refusal is followed by a close at once
+  const NAME_REFUSAL_GRACE_MS = 800;
+  const UNANSWERED_MS = 20000; // a frame unanswered this long: the socket is replaced // a room's refusal is followed by a close at once
   const INCOMPLETE = " [incomplete]"; // ends the final text of a failed AI reply
   const RATE_LIMITED = "Your IP is being rate-limited, please try again later.";
   // The chat demo's limiter: one frame per 5 s per IP, after a burst worth 20 s.
@@ -730,8 +731,17 @@
 
   function sendFrame(frame, what) {
     chargeEstimate();
-    state.ws.send(JSON.stringify(frame));
+    const ws = state.ws;
+    ws.send(JSON.stringify(frame));
     state.inflight.push(what);
+    // A frame the server never answers must not hold the queue: after a while the socket is
+    // replaced, and the next connection's history tells whether the message was taken.
+    setTimeout(() => {
+      if (state.ws !== ws || !state.inflight.includes(what)) return;
+      if (what !== "name" && what.status !== "sending") return;
+      dropSocket();
+      scheduleReconnect();
+    }, UNANSWERED_MS);
   }
 
   function sendName() {
