@@ -9,18 +9,18 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from contracts.context import ContextClient
 from contracts.room import RoomClient
-from services.gateway import api, contexts, readmodels, websocket
+from services.gateway import api, contexts, errors, readmodels, websocket
 from services.gateway.deps import GatewayState
 from services.gateway.ratelimit import IpRateLimiter
 from services.gateway.rooms import RoomFanouts
 from services.gateway.settings import GatewaySettings
 from services.gateway.sockets import RawSendCapture
-from services.runtime.service import connect
+from services.runtime.service import announce, connect
 
 STATIC = Path(__file__).parent / "static"
 
@@ -42,9 +42,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             ),
             sockets_per_ip=Counter(),
         )
+        micro = await announce(nc, "gateway")  # answers $SRV.PING like every service
         try:
             yield
         finally:
+            await micro.stop()
             await nc.drain()
 
     app = FastAPI(
@@ -53,10 +55,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(RawSendCapture)
+    errors.install(app)
     app.include_router(api.router)
     app.include_router(websocket.router)
-    app.include_router(readmodels.router)
-    app.include_router(contexts.router)
+    app.include_router(readmodels.router, responses=errors.described(404, 422, 503))
+    app.include_router(contexts.router, responses=errors.described(401, 403, 413, 415, 422, 503))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -64,8 +67,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         return FileResponse(STATIC / "index.html")
 
     @app.api_route("/api/{rest:path}", methods=["GET", "POST", "PUT", "DELETE"], include_in_schema=False)
-    async def unknown_api(rest: str) -> PlainTextResponse:
-        return PlainTextResponse("Not found", status_code=404)
+    async def unknown_api(rest: str) -> JSONResponse:
+        return errors.error_response(404, f"No such API: /api/{rest}.")
 
     return app
 
