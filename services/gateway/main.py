@@ -16,6 +16,7 @@ from contracts.context import ContextClient
 from contracts.room import RoomClient
 from services.gateway import api, contexts, errors, readmodels, websocket
 from services.gateway.deps import GatewayState
+from services.gateway.liveness import GatewayPresence
 from services.gateway.ratelimit import IpRateLimiter
 from services.gateway.rooms import RoomFanouts
 from services.gateway.settings import GatewaySettings
@@ -31,22 +32,25 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         nc = await connect(settings, "durachat-gateway")
+        presence = GatewayPresence(nc, settings.gateway_ttl, replicas=settings.stream_replicas)
+        await presence.start()
         app.state.gateway = GatewayState(
             settings=settings,
             nc=nc,
             rooms=RoomClient(nc, timeout=settings.request_timeout),
             contexts=ContextClient(nc, timeout=settings.request_timeout),
-            fanouts=RoomFanouts(nc),
+            fanouts=RoomFanouts(nc, presence),
             limiter=IpRateLimiter(
                 nc, settings.rate_interval, settings.rate_grace, settings.ratelimit_timeout
             ),
             sockets_per_ip=Counter(),
         )
-        micro = await announce(nc, "gateway")  # answers $SRV.PING like every service
+        micro = await announce(nc, "gateway", gateway=presence.gateway_id)  # answers $SRV.PING
         try:
             yield
         finally:
             await micro.stop()
+            await presence.stop()
             await nc.drain()
 
     app = FastAPI(

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from contracts.room import room_update
 from contracts.subjects import ROOM, out_subject
+from services.gateway.liveness import GatewayPresence
 from services.gateway.protocol import update_frames
 from services.gateway.sockets import OutFrame
 
@@ -61,9 +62,15 @@ class RoomFanout:
 class RoomFanouts:
     """Subscribes to a room's broadcasts while at least one local socket is in it."""
 
-    def __init__(self, nc: NATS) -> None:
+    def __init__(self, nc: NATS, presence: GatewayPresence | None = None) -> None:
         self.nc = nc
+        self.presence = presence
         self.rooms: dict[str, RoomFanout] = {}
+
+    @property
+    def gateway_id(self) -> str | None:
+        """This gateway's id, which a join names (None: no liveness, e.g. in a test)."""
+        return self.presence.gateway_id if self.presence is not None else None
 
     async def attach(
         self, room: str, listener_id: int, deliver: Callable[[int, OutFrame], None]
@@ -71,6 +78,9 @@ class RoomFanouts:
         fanout = self.rooms.get(room)
         if fanout is None:
             fanout = self.rooms[room] = RoomFanout(room)
+            if self.presence is not None:
+                # Before any of our sockets joins it: if we die, the room hears of it.
+                await self.presence.note_room(room)
             fanout.subscription = await self.nc.subscribe(out_subject(ROOM, room), cb=fanout.on_message)
             # The subscription must be live on the server before the caller reads the room's
             # state, or a broadcast in between would be missed.

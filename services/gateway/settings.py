@@ -46,6 +46,10 @@ class GatewaySettings(RuntimeSettings, RateRule, ReadStore):
         default_factory=list,
         description="peers whose X-Forwarded-For is believed (JSON list of IPs); none by default",
     )
+    gateway_ttl: int = Field(
+        5, ge=1, le=300,
+        description="seconds after its last heartbeat that a dead gateway's members are dropped",
+    )
     ready_kinds: list[str] = Field(
         default_factory=lambda: [ROOM, CONTEXT, LIMITER, QUOTA],
         description="object kinds whose every partition must have a live owner for /readyz",
