@@ -203,6 +203,11 @@ class PartitionLeases:
             await self._delete_bucket()
         except nats.js.errors.NotFoundError:
             pass
+        except (nats.errors.TimeoutError, TimeoutError):
+            # A damaged stream can make the server too busy to describe it: leases are
+            # ephemeral, so it is replaced rather than waited for.
+            log.warning("%s: lease bucket %s does not answer; making it again", self.replica_id, self.bucket)
+            await self._delete_bucket()
         try:
             self.kv = await self.js.create_key_value(
                 KeyValueConfig(
