@@ -13,12 +13,11 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from contracts.context import ContextClient
-from contracts.room import RoomClient
 from services.gateway import api, contexts, errors, readmodels, websocket
 from services.gateway.deps import GatewayState
 from services.gateway.liveness import GatewayPresence
 from services.gateway.ratelimit import IpRateLimiter
-from services.gateway.rooms import RoomFanouts
+from services.gateway.rooms import GatewayRoomClient, RoomFanouts
 from services.gateway.settings import GatewaySettings
 from services.gateway.sockets import RawSendCapture
 from services.runtime.service import announce, connect
@@ -37,7 +36,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.gateway = GatewayState(
             settings=settings,
             nc=nc,
-            rooms=RoomClient(nc, timeout=settings.request_timeout),
+            rooms=GatewayRoomClient(nc, settings.request_timeout, presence),
             contexts=ContextClient(nc, timeout=settings.request_timeout),
             fanouts=RoomFanouts(nc, presence),
             limiter=IpRateLimiter(

@@ -11,7 +11,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
-from contracts.room import room_update
+from contracts.common import Command, ErrorReply
+from contracts.room import JoinRoom, LeaveRoom, RoomClient, RoomReply, room_update
 from contracts.subjects import ROOM, out_subject
 from services.gateway.liveness import GatewayPresence
 from services.gateway.protocol import update_frames
@@ -57,6 +58,32 @@ class RoomFanout:
             return True
         except TimeoutError:
             return False
+
+
+class GatewayRoomClient(RoomClient):
+    """The gateway's room client: it also keeps the members its sockets joined, so that a
+    gateway whose heartbeat lapsed (paused, cut off) can join them again (liveness.py)."""
+
+    def __init__(self, nc: NATS, timeout: float, presence: GatewayPresence) -> None:
+        super().__init__(nc, timeout)
+        self.presence = presence
+        presence.on_lapse(self.rejoin)
+
+    async def send(self, key: str, command: Command, timeout: float | None = None) -> RoomReply:
+        if isinstance(command, LeaveRoom):  # forgotten first: never rejoin a closed socket
+            self.presence.joined.pop((key, command.session_id), None)
+        reply = await super().send(key, command, timeout)
+        if isinstance(command, JoinRoom) and not isinstance(reply, ErrorReply):
+            self.presence.joined[(key, command.session_id)] = command.name
+        return reply
+
+    async def rejoin(self) -> None:
+        for (room, session_id), name in list(self.presence.joined.items()):
+            await self.presence.note_room(room)
+            join = JoinRoom(session_id=session_id, name=name, gateway=self.presence.gateway_id)
+            reply = await super().send(room, join)
+            if isinstance(reply, ErrorReply):
+                log.warning("could not rejoin %s to room %r: %s", name, room, reply.message)
 
 
 class RoomFanouts:

@@ -146,8 +146,12 @@ class Room(Aggregate):
             raise NameTooLong("Name too long.")
         if name.casefold() in RESERVED_NAMES:
             raise NameReserved(f"The name {name!r} is reserved; choose another.")
-        if self.members.get(session_id) == name:
+        if self.members.get(session_id) == name and (
+            gateway_id is None or self.member_gateways.get(session_id) == gateway_id
+        ):
             return False
+        # New, renamed, or held by another gateway now (its old one lapsed and rejoined it
+        # under a new id): recorded, so the right gateway's liveness decides.
         self._member_joined(session_id=session_id, member_name=name, gateway_id=gateway_id)
         return True
 

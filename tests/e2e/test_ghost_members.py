@@ -3,6 +3,7 @@ leave (a quit broadcast) within a bound, seen by the sockets of the other gatewa
 
 from __future__ import annotations
 
+import signal
 import time
 
 import httpx
@@ -68,3 +69,34 @@ def _answers(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+async def test_a_gateway_paused_past_its_ttl_gets_its_members_back(tmp_path):
+    env = {"DURACHAT_GATEWAY_TTL": str(GATEWAY_TTL), "DURACHAT_GATEWAY_SWEEP_EVERY": "30"}
+    with running(LocalSystem(tmp_path, partitions=16, extra_env=env)) as system:
+        port = free_port()
+        paused = ServiceProcess(
+            "services.gateway", {**system.env(), "DURACHAT_PORT": str(port)},
+            tmp_path / "gateway-2.log",
+        ).start()
+        try:
+            await eventually(lambda: _answers(port), 20, "the second gateway")
+            watcher = await ChatClient.connect(system.ws_url, "paused-room")
+            await watcher.join("watcher")
+            member = await ChatClient.connect(f"ws://127.0.0.1:{port}", "paused-room")
+            await member.join("sleeper")
+            await watcher.recv_until(lambda f: f.get("joined") == "sleeper")
+
+            # The gateway freezes past its heartbeat's TTL: the room drops its member...
+            paused.process.send_signal(signal.SIGSTOP)
+            await watcher.recv_until(lambda f: f.get("quit") == "sleeper", timeout=BOUND)
+            # ...and once it runs again, it joins the member again under a new id.
+            paused.process.send_signal(signal.SIGCONT)
+            await watcher.recv_until(lambda f: f.get("joined") == "sleeper", timeout=BOUND)
+            # The socket never noticed: it still chats, and its member is held by a live
+            # gateway (a later sweep does not drop it).
+            assert (await member.say("still here"))["message"] == "still here"
+            await watcher.recv_until(lambda f: f.get("message") == "still here")
+        finally:
+            paused.process.send_signal(signal.SIGCONT)
+            paused.kill()

@@ -61,3 +61,12 @@ def test_a_v3_snapshot_without_member_gateways_loads():
     (snapshot,) = codec.decode(old)
     loaded = snapshot.mutate(None)
     assert loaded.members == {"s1": "alice"} and loaded.member_gateways == {}
+
+
+def test_a_member_rejoined_by_its_gateway_under_a_new_id_is_held_by_the_new_one():
+    room = Room.open_public("lobby")
+    room.join("s1", "alice", "gw-old")
+    assert room.join("s1", "alice", "gw-old") is False  # a retried join: nothing recorded
+    assert room.join("s1", "alice", "gw-new") is True  # its gateway lapsed and came back
+    assert room.drop_gateway("gw-old") == []  # the sweep of the old id takes nobody
+    assert room.drop_gateway("gw-new") == ["alice"]
