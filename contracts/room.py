@@ -9,6 +9,7 @@ from pydantic import AfterValidator, Field, TypeAdapter
 
 from contracts.client import ObjectClient
 from contracts.common import Command, Contract, ErrorReply
+from contracts.gateways import GatewayId
 from contracts.subjects import ROOM
 
 MAX_NAME_LENGTH = 32
@@ -160,6 +161,9 @@ class JoinRoom(Command):
     type: Literal["join"] = "join"
     session_id: SessionId
     name: MemberName
+    gateway: GatewayId | None = Field(
+        None, description="The gateway holding the socket: its members leave if it dies."
+    )
 
 
 class PostMessage(Command):
@@ -219,8 +223,15 @@ class FailAiReply(Command):
     output_tokens: int = Field(0, ge=0)
 
 
+class DropGateway(Command):
+    """Gateway `gateway` is gone: every member that joined through it leaves (quit)."""
+
+    type: Literal["drop_gateway"] = "drop_gateway"
+    gateway: GatewayId
+
+
 RoomCommand = Annotated[
-    CreatePrivateRoom | GetRoom | JoinRoom | PostMessage | LeaveRoom
+    CreatePrivateRoom | GetRoom | JoinRoom | PostMessage | LeaveRoom | DropGateway
     | StartAiReply | AppendAiReply | CompleteAiReply | FailAiReply,
     Field(discriminator="type"),
 ]

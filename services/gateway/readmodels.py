@@ -79,7 +79,7 @@ def list_rooms(
     return RoomList(rooms=[RoomSummary(**dict(r)) for r in queries.public_rooms(store, limit)])
 
 
-@router.get("/{name}", response_model=RoomDetail, responses={404: {"description": "No such room"}})
+@router.get("/{name}", response_model=RoomDetail)
 def get_room(store: ReadStore, name: RoomName) -> RoomDetail:
     """One room as the read store has it, with everyone who has been in it."""
     row = queries.room(store, name)
@@ -97,11 +97,13 @@ def list_messages(
     order: Annotated[Order, Query(description="newest first, or oldest first")] = "newest",
     cursor: Annotated[str | None, Query(max_length=100, description="next_cursor of the previous page")] = None,
 ) -> MessagePage:
-    """A page of a room's messages, by (timestamp, id)."""
+    """A page of a room's messages, by (timestamp, id); 404 for a room the store never saw."""
     try:
         after = Cursor.decode(cursor) if cursor is not None else None
     except ValueError as exc:
-        raise HTTPException(status_code=422, detail=str(exc)) from exc
+        raise HTTPException(status_code=422, detail=f"cursor: {exc}") from exc
+    if queries.room(store, name) is None:
+        raise HTTPException(status_code=404, detail="No such room.")
     rows, following = queries.messages(store, name, limit, order, after)
     return MessagePage(
         messages=[MessageRow(**dict(r)) for r in rows],

@@ -6,6 +6,9 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 
+from contracts.context import CONTEXT
+from contracts.ratelimit import LIMITER, QUOTA
+from contracts.subjects import ROOM
 from services.gateway.identity import PLACEHOLDER_SECRET, Identities
 from services.runtime.settings import RuntimeSettings
 from services.settings import RateRule, ReadStore
@@ -62,6 +65,14 @@ class GatewaySettings(RuntimeSettings, RateRule, ReadStore):
     trusted_proxies: list[str] = Field(
         default_factory=list,
         description="peers whose X-Forwarded-For is believed (JSON list of IPs); none by default",
+    )
+    gateway_ttl: int = Field(
+        5, ge=1, le=300,
+        description="seconds after its last heartbeat that a dead gateway's members are dropped",
+    )
+    ready_kinds: list[str] = Field(
+        default_factory=lambda: [ROOM, CONTEXT, LIMITER, QUOTA],
+        description="object kinds whose every partition must have a live owner for /readyz",
     )
     max_sockets_per_ip: int = Field(100, ge=1, description="open sockets one IP may hold on this gateway")
     send_buffer_limit: int = Field(

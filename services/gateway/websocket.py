@@ -223,7 +223,8 @@ async def converse(session: ChatSession, gateway: Gateway, fanout: RoomFanout) -
             if session.name is None:
                 frame = protocol.parse_name_frame(text, data, limit)
                 reply = await rooms.send(
-                    session.room, JoinRoom(session_id=session.id, name=frame.name)
+                    session.room,
+                    JoinRoom(session_id=session.id, name=frame.name, gateway=gateway.fanouts.gateway_id),
                 )
                 if isinstance(reply, ErrorReply):
                     raise FrameError(reply.message)

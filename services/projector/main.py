@@ -24,7 +24,7 @@ from pydantic import Field
 
 from services.readstore.projection import ROOM_STREAM, position, project_commit, record_position
 from services.readstore.store import open_read_store, transaction
-from services.runtime.service import connect
+from services.runtime.service import announce, connect
 from services.runtime.settings import RuntimeSettings
 from services.settings import ReadStore
 
@@ -136,12 +136,14 @@ class Projector:
 
 async def serve(settings: ProjectorSettings) -> None:
     nc = await connect(settings, "durachat-projector")
+    micro = await announce(nc, "projector")  # answers $SRV.PING like every service
     projector = Projector(nc, settings.read_db, batch=settings.batch)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     await projector.run(stopping)
+    await micro.stop()
     # Nothing to flush: positions live in the read store, and an ack lost here only means a
     # redelivery that the position check skips. (A drain waited on the pending pull.)
     await nc.close()

@@ -35,6 +35,7 @@ class Created(Aggregate.Created):
 class MemberJoined(Aggregate.Event):
     session_id: str
     member_name: str
+    gateway_id: str | None = None  # the gateway holding the socket (None: joined before ids)
 
 
 class MemberLeft(Aggregate.Event):

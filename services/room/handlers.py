@@ -24,6 +24,7 @@ from contracts.room import (
     ChatMessage,
     CompleteAiReply,
     CreatePrivateRoom,
+    DropGateway,
     FailAiReply,
     GetRoom,
     JoinRoom,
@@ -184,7 +185,16 @@ def get_room(command: GetRoom, state: Room | None, ctx: Ctx) -> Outcome:
 @room.handles(JoinRoom)
 def join(command: JoinRoom, state: Room | None, ctx: Ctx) -> Outcome:
     state = existing(state, ctx)
-    state.join(command.session_id, command.name)
+    state.join(command.session_id, command.name, command.gateway)
+    return accepted(state)
+
+
+@room.handles(DropGateway)
+def drop_gateway(command: DropGateway, state: Room | None, ctx: Ctx) -> Outcome:
+    """A gateway is gone: its members leave. A room never used, or gone, has none."""
+    if state is None or state.expired:
+        return Outcome(state, Accepted(version=state.version if state else 0))
+    state.drop_gateway(command.gateway)
     return accepted(state)
 
 
