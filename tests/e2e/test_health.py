@@ -90,8 +90,10 @@ def test_every_http_error_has_the_one_shape(system):
     # Errors the handlers raise: the same shape.
     status, body = error("GET", "/api/users/alice/context")
     assert status == 401 and body["code"] == "unauthorized"
-    status, body = error("PUT", "/api/users/guest:bob/context", content="x",
-                         headers={"content-type": "text/plain"})
+    guest = http(system, "POST", "/api/session").json()
+    status, body = error("PUT", f"/api/users/{guest['user_id']}/context", content="x",
+                         headers={"content-type": "text/plain",
+                                  "authorization": f"Bearer {guest['token']}"})
     assert status == 415 and body["code"] == "unsupported_media_type"
     # The OpenAPI says so.
     schema = http(system, "GET", "/openapi.json").json()
