@@ -264,15 +264,16 @@ class LocalSystem:
         return self.projector
 
     def healthy(self) -> bool:
-        """Whether the gateway answers /healthz now."""
+        """Whether the gateway says it is ready (/readyz: NATS connected, every partition owned,
+        the read store readable)."""
         try:
-            with urllib.request.urlopen(self.base_url + "/healthz", timeout=1) as response:
+            with urllib.request.urlopen(self.base_url + "/readyz", timeout=1) as response:
                 return bool(response.status == 200)
         except OSError:
             return False
 
     def wait_healthy(self, timeout: float) -> None:
-        """Wait until the gateway answers /healthz (or a service died)."""
+        """Wait until the gateway is ready (or a service died)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for service in self.services():
@@ -282,7 +283,7 @@ class LocalSystem:
             if self.healthy():
                 return
             time.sleep(0.05)
-        raise TimeoutError(f"gateway not healthy on {self.base_url} after {timeout}s")
+        raise TimeoutError(f"gateway not ready on {self.base_url}/readyz after {timeout}s")
 
     def services(self) -> list[ServiceProcess]:
         return [
