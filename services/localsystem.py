@@ -76,6 +76,7 @@ class LocalSystem:
     projector: ServiceProcess | None = field(default=None, init=False)
     ratelimit: ServiceProcess | None = field(default=None, init=False)
     context: ServiceProcess | None = field(default=None, init=False)
+    upload: ServiceProcess | None = field(default=None, init=False)
 
     @property
     def read_db(self) -> Path:
@@ -112,6 +113,7 @@ class LocalSystem:
         self.ratelimit = self.start_ratelimit()
         self.context = self.start_context()
         self.projector = self.start_projector()
+        self.upload = self.start_upload()
         self.gateway = ServiceProcess(
             "services.gateway", self.env(), self.data_dir / "gateway.log"
         ).start()
@@ -139,6 +141,13 @@ class LocalSystem:
         ).start()
         return self.context
 
+    def start_upload(self) -> ServiceProcess:
+        """One upload process: per-upload objects; the bytes are in the uploads bucket."""
+        self.upload = ServiceProcess(
+            "services.upload", self.env(), self.data_dir / "upload.log"
+        ).start()
+        return self.upload
+
     def start_projector(self) -> ServiceProcess:
         self.projector = ServiceProcess(
             "services.projector", self.env(), self.data_dir / "projector.log"
@@ -163,7 +172,7 @@ class LocalSystem:
     def services(self) -> list[ServiceProcess]:
         return [
             s
-            for s in (self.gateway, self.projector, self.context, self.ratelimit, *self.rooms)
+            for s in (self.gateway, self.projector, self.context, self.ratelimit, self.upload, *self.rooms)
             if s is not None
         ]
 

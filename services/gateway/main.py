@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 
 from contracts.context import ContextClient
 from contracts.room import RoomClient
-from services.gateway import api, contexts, readmodels, websocket
+from services.gateway import api, contexts, readmodels, uploads, websocket
 from services.gateway.deps import GatewayState
 from services.gateway.ratelimit import IpRateLimiter
 from services.gateway.rooms import RoomFanouts
@@ -57,6 +57,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(websocket.router)
     app.include_router(readmodels.router)
     app.include_router(contexts.router)
+    app.include_router(uploads.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
