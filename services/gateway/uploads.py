@@ -28,6 +28,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from contracts.common import Command, ErrorCode, ErrorReply
+from contracts.ratelimit import ChargeUploadBytes, QuotaClient, UploadBytesUsage
 from contracts.upload import (
     GONE_STATUSES,
     PIECE_SIZE,
@@ -41,6 +42,7 @@ from contracts.upload import (
     is_upload_id,
 )
 from services.gateway.identity import InvalidToken, verify
+from services.gateway.ratelimit import client_address
 from services.settings import UploadRules
 from services.upload.checks import (
     CHECKSUM_ALGORITHMS,
@@ -79,7 +81,9 @@ class Uploads:
     rules: UploadRules
     bucket: UploadBucket
     client: UploadClient
+    quotas: QuotaClient
     token_secret: str
+    trusted_proxies: frozenset[str]
 
 
 async def uploads_of(request: Request) -> Uploads:
@@ -94,7 +98,9 @@ async def uploads_of(request: Request) -> Uploads:
             rules,
             bucket,
             UploadClient(gateway.nc, timeout=gateway.settings.request_timeout),
+            QuotaClient(gateway.nc, timeout=2.0),
             gateway.settings.token_secret.get_secret_value(),
+            frozenset(gateway.settings.trusted_proxies),
         )
     return found
 
@@ -112,6 +118,28 @@ def request_identity(request: Request, uploads: Uploads) -> str | None:
         return verify(token.strip(), uploads.token_secret)
     except InvalidToken as exc:
         raise TusError(403, f"Bad token: {exc}.") from None
+
+
+def quota_key(request: Request, uploads: Uploads, identity: str | None) -> str:
+    """Whose daily upload bytes a request counts in: the user, or the client's address."""
+    if identity is not None:
+        return identity
+    peer = request.client.host if request.client else None
+    return "ip:" + client_address(peer, request.headers.get("x-forwarded-for"), uploads.trusted_proxies)
+
+
+async def charge_quota(uploads: Uploads, key: str, length: int) -> None:
+    """Count the file's bytes in the uploader's day before any is stored, as AI requests
+    are counted: refused over quota, and refused when quotas cannot be checked."""
+    if length == 0:
+        return
+    reply = await uploads.quotas.send(key, ChargeUploadBytes(bytes=length))
+    if isinstance(reply, ErrorReply) or not isinstance(reply, UploadBytesUsage):
+        log.warning("upload quota of %s could not be checked: %s", key, reply)
+        raise TusError(503, "Uploads are paused: quotas cannot be checked right now. Try again later.",
+                       {"Retry-After": "5"})
+    if not reply.allowed:
+        raise TusError(413, reply.reason or "Daily upload quota reached.")
 
 
 def may_write(identity: str | None, view: UploadView) -> bool:
@@ -449,6 +477,7 @@ async def create_upload(request: Request) -> Response:
         if body and request.headers.get("content-type") != OFFSET_STREAM:
             raise TusError(415, f"A body sent with creation must be Content-Type: {OFFSET_STREAM}.")
         name = (metadata.get("filename") or metadata.get("name") or "")[:512]
+        await charge_quota(uploads, quota_key(request, uploads, owner), length)
         upload_id = secrets.token_hex(32)
         view = await ask(uploads, upload_id, CreateUpload(
             owner=owner, room=room, length=length, mime=mime, name=name, metadata=metadata,

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
 
@@ -24,6 +25,7 @@ from tests.support import eventually_blocking
 pytestmark = pytest.mark.e2e
 
 MAX_SIZE = 32 << 20
+TTL = 8  # seconds an unfinished upload lives after its last bytes (a day by default)
 TUS = {"Tus-Resumable": "1.0.0"}
 STREAM = {"Content-Type": "application/offset+octet-stream"}
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -31,7 +33,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
-    env = {"DURACHAT_UPLOAD_MAX_SIZE": str(MAX_SIZE)}
+    env = {"DURACHAT_UPLOAD_MAX_SIZE": str(MAX_SIZE), "DURACHAT_UPLOAD_TTL": str(TTL)}
     with running(LocalSystem(tmp_path_factory.mktemp("uploads"), extra_env=env)) as local:
         yield local
 
@@ -96,8 +98,8 @@ def test_a_file_in_several_patches_with_head_between(system: LocalSystem, client
     assert response.headers["upload-offset"] == "0"
     url = response.headers["location"]
     assert url.startswith("/api/uploads/") and len(url.rsplit("/", 1)[1]) == 64
-    expires = parsedate_to_datetime(response.headers["upload-expires"])
-    assert expires.timestamp() > 3600  # an RFC 9110 date, a day ahead by default
+    expires = parsedate_to_datetime(response.headers["upload-expires"])  # an RFC 9110 date
+    assert 0 < expires.timestamp() - time.time() <= TTL + 1
 
     cut = 1_500_001
     first = patch(client, url, 0, data[:cut])
@@ -337,3 +339,17 @@ def test_tuspy_uploads_unchanged(system: LocalSystem, tmp_path) -> None:
     uploader.upload()
     with httpx.Client(base_url=system.base_url) as c:
         assert c.get(uploader.url).content == data
+
+
+def test_an_abandoned_upload_expires_by_its_alarm(system: LocalSystem, client: httpx.Client) -> None:
+    url = new_upload(client, 1000)
+    response = patch(client, url, 0, png(100))
+    assert response.status_code == 204
+    expires = parsedate_to_datetime(response.headers["upload-expires"]).timestamp()
+    eventually_blocking(lambda: client.head(url, headers=TUS).status_code == 410, timeout=TTL + 15,
+                        what="the upload expired")
+    assert time.time() >= expires
+    gone = patch(client, url, 100, b"x" * 10)
+    assert gone.status_code == 410 and "expired" in gone.text
+    eventually_blocking(lambda: asyncio.run(stored_pieces(nats_url(system), url.rsplit("/", 1)[1])) == 0,
+                        what="the expired upload's pieces purged")
