@@ -40,6 +40,9 @@ MemberName = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]
 MessageText = Annotated[str, Field(max_length=MAX_MESSAGE_LENGTH)]
 
 
+MAX_ATTACHMENTS = 8  # uploads one message may carry
+AttachmentId = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]  # an upload id (contracts/upload.py)
+
 MessageKind = Literal["user", "ai", "system"]
 AiFailure = Literal[
     "timeout", "rate_limited", "blocked", "network", "cut", "server", "bad_request",
@@ -53,6 +56,9 @@ class ChatMessage(Contract):
     message: str = Field(examples=["hello"])
     timestamp: int = Field(description="ms since the epoch, strictly increasing per room")
     kind: MessageKind = "user"
+    attachments: list[AttachmentId] = Field(
+        default_factory=list, max_length=MAX_ATTACHMENTS, description="upload ids (/api/uploads/<id>)"
+    )
 
 
 class AiReplyView(Contract):
@@ -94,6 +100,10 @@ class PostMessage(Command):
     text: MessageText
     user_id: str | None = Field(
         None, max_length=160, description="Who is charged for an AI question (default: guest:<name>)."
+    )
+    attachments: list[AttachmentId] = Field(
+        default_factory=list, max_length=MAX_ATTACHMENTS,
+        description="Finished uploads of this room (the gateway checked them).",
     )
 
 

@@ -42,6 +42,7 @@ from contracts.upload import (
     is_upload_id,
 )
 from services.gateway.identity import InvalidToken, verify
+from services.gateway.protocol import FrameError
 from services.gateway.ratelimit import client_address
 from services.settings import UploadRules
 from services.upload.checks import (
@@ -631,3 +632,20 @@ async def read_range(uploads: Uploads, view: UploadView, start: int, end: int) -
             yield piece.data[max(0, start - piece.offset) : end - piece.offset]
             if piece.end >= end:
                 break
+
+
+# --- attachments ------------------------------------------------------------------------------
+
+
+async def attachable(gateway: Any, room: str, upload_ids: tuple[str, ...]) -> None:
+    """Refuse (FrameError) attachments that are not finished uploads of this room, so a
+    message never points at bytes its readers cannot get. `gateway` is the GatewayState."""
+    client = UploadClient(gateway.nc, timeout=gateway.settings.request_timeout)
+    for upload_id in upload_ids:
+        reply = await client.send(upload_id, GetUpload())
+        if isinstance(reply, ErrorReply):
+            raise FrameError(f"Attachment {upload_id[:12]}…: {reply.message}")
+        if reply.room != room:
+            raise FrameError(f"Attachment {upload_id[:12]}… was not uploaded to this room.")
+        if reply.status not in ("stored", "complete"):
+            raise FrameError(f"Attachment {reply.name or upload_id[:12]} is not finished uploading.")

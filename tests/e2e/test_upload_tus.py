@@ -328,19 +328,6 @@ def test_a_room_upload_is_readable_by_the_room(client: httpx.Client) -> None:
     assert client.get(url).content == data  # a member: anyone shown the id in the room
 
 
-def test_tuspy_uploads_unchanged(system: LocalSystem, tmp_path) -> None:
-    from tusclient import client as tus_client
-
-    data = png(2 * PIECE_SIZE + 777)
-    path = tmp_path / "pic.png"
-    path.write_bytes(data)
-    tus = tus_client.TusClient(system.base_url + "/api/uploads")
-    uploader = tus.uploader(str(path), chunk_size=700_000, metadata={"filename": "pic.png", "filetype": "image/png"})
-    uploader.upload()
-    with httpx.Client(base_url=system.base_url) as c:
-        assert c.get(uploader.url).content == data
-
-
 def test_an_abandoned_upload_expires_by_its_alarm(system: LocalSystem, client: httpx.Client) -> None:
     url = new_upload(client, 1000)
     response = patch(client, url, 0, png(100))
