@@ -109,8 +109,53 @@ class TerminateUpload(Command):
     type: Literal["terminate"] = "terminate"
 
 
+# --- the Gemini Files API copy (sent by the upload service's hand-off, and by askers) ------
+
+GeminiFileId = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")]
+GeminiState = Literal["PROCESSING", "ACTIVE", "FAILED"]
+
+
+class HandOffBegin(Command):
+    """A resumable upload session to Gemini was opened: recorded before any byte is sent,
+    so a hand-off that dies resumes this session (`query`) instead of opening another."""
+
+    type: Literal["handoff_begin"] = "handoff_begin"
+    file_id: GeminiFileId
+    upload_url: str = Field(min_length=1, max_length=2048)
+
+
+class HandOffProgress(Command):
+    type: Literal["handoff_progress"] = "handoff_progress"
+    received: int = Field(ge=0)
+
+
+class GeminiReport(Command):
+    """What Gemini says of the copy: after its last chunk, a files.get, or a poll."""
+
+    type: Literal["gemini_report"] = "gemini_report"
+    file_id: GeminiFileId
+    state: GeminiState
+    uri: str = Field("", max_length=2048)
+    expires_at: float | None = None
+    reason: str | None = Field(None, max_length=500)
+
+
+class HandOffFail(Command):
+    type: Literal["handoff_fail"] = "handoff_fail"
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class NeedGeminiCopy(Command):
+    """A question needs the file in Gemini: start a new copy unless a usable one exists or
+    is on its way (Gemini keeps files 48 h)."""
+
+    type: Literal["need_gemini"] = "need_gemini"
+    lost: bool = Field(False, description="Gemini answered that it has no such file (403)")
+
+
 UploadCommand = Annotated[
-    CreateUpload | GetUpload | RecordRange | RejectUpload | CompleteUpload | TerminateUpload,
+    CreateUpload | GetUpload | RecordRange | RejectUpload | CompleteUpload | TerminateUpload
+    | HandOffBegin | HandOffProgress | GeminiReport | HandOffFail | NeedGeminiCopy,
     Field(discriminator="type"),
 ]
 
@@ -137,6 +182,14 @@ class UploadView(Contract):
     ranges: list[tuple[int, int]] = Field(
         default_factory=list, description="(offset, first piece sequence) of each accepted range"
     )
+    gemini_state: Literal["uploading", "PROCESSING", "ACTIVE", "FAILED"] | None = None
+    gemini_generation: int = 0
+    gemini_file: str | None = Field(None, description="the Gemini file id (files/<id>)")
+    gemini_upload_url: str | None = None
+    gemini_received: int = 0
+    gemini_uri: str | None = None
+    gemini_expires_at: float | None = None
+    gemini_reason: str | None = None
 
 
 UploadReply = Annotated[UploadView | ErrorReply, Field(discriminator="type")]

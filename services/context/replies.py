@@ -146,7 +146,10 @@ class ReplyStreamer:
             await self._fail(ask, exc.reason, exc.message)
             return
         if ask.attachments:
-            window = with_files(window, await attached_files(self.nc, ask, self.config.request_timeout))
+            files = await attached_files(
+                self.nc, ask, self.config.request_timeout, gemini=provider.name == "gemini"
+            )
+            window = with_files(window, files)
         started = await self.rooms.send(
             ask.room, StartAiReply(reply_id=ask.reply_id, model=generation.model, label=provider.label)
         )

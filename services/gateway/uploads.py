@@ -55,7 +55,7 @@ from services.upload.checks import (
     parse_metadata,
     sniff,
 )
-from services.upload.store import PieceStoreError, StaleWriter, UploadBucket
+from services.upload.store import PieceStoreError, StaleWriter, UploadBucket, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -617,21 +617,8 @@ def byte_range(header: str | None, length: int) -> tuple[int, int]:
     return start, end
 
 
-async def read_range(uploads: Uploads, view: UploadView, start: int, end: int) -> AsyncIterator[bytes]:
-    """The bytes [start, end) from the piece chain, from the accepted range holding `start`."""
-    after = 0
-    for offset, first_seq in view.ranges:
-        if offset <= start:
-            after = first_seq - 1
-    async with aclosing(uploads.bucket.pieces(view.id, after_seq=after)) as pieces:
-        async for piece in pieces:
-            if piece.end <= start:
-                continue
-            if piece.offset >= end:
-                break
-            yield piece.data[max(0, start - piece.offset) : end - piece.offset]
-            if piece.end >= end:
-                break
+def read_range(uploads: Uploads, view: UploadView, start: int, end: int) -> AsyncIterator[bytes]:
+    return read_bytes(uploads.bucket, view.id, view.ranges, start, end)
 
 
 # --- attachments ------------------------------------------------------------------------------

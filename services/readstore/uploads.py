@@ -15,7 +15,9 @@ from services.readstore.projection import CommitUnreadable, StoredEvent, dead_le
 
 UPLOAD_STREAM = "EVT_UPLOAD"
 STATES = {"Rejected": "rejected", "Expired": "expired", "Deleted": "deleted"}
-KNOWN = {"Created", "RangeAccepted", "Completed", *STATES}
+GEMINI = {"HandOffStarted", "GeminiChecked", "HandOffFailed", "GeminiCopyLost"}
+IGNORED = {"HandOffProgress", "GeminiPollDue"}  # progress, not read models
+KNOWN = {"Created", "RangeAccepted", "Completed", *STATES, *GEMINI, *IGNORED}
 
 
 class UnknownUploadEvent(Exception):
@@ -42,6 +44,15 @@ def apply_upload_event(conn: sqlite3.Connection, upload_id: str, event: StoredEv
                 "UPDATE uploads SET received = ?, updated_at = ?,"
                 " state = CASE WHEN ? >= size THEN 'stored' ELSE state END WHERE id = ?",
                 (int(e["offset"]) + int(e["length"]), at, int(e["offset"]) + int(e["length"]), upload_id),
+            )
+        case name if name in IGNORED:
+            return
+        case name if name in GEMINI:
+            gemini_state = {"HandOffStarted": "uploading", "HandOffFailed": "FAILED",
+                            "GeminiCopyLost": None}.get(name, e.get("state"))
+            conn.execute(
+                "UPDATE uploads SET gemini_state = ?, updated_at = ? WHERE id = ?",
+                (gemini_state, at, upload_id),
             )
         case "Completed":
             conn.execute(

@@ -79,6 +79,20 @@ class Upload(Aggregate):
         self.sha256: str | None = None
         self.chunks = 0
         self.reason: str | None = None
+        self._no_gemini_copy(generation=0)
+
+    def _no_gemini_copy(self, generation: int) -> None:
+        # the Gemini Files API copy (generation n is file dc-<id>-<n>)
+        self.gemini_generation = generation
+        self.gemini_state: str | None = None  # uploading | PROCESSING | ACTIVE | FAILED
+        self.gemini_file: str | None = None
+        self.gemini_upload_url: str | None = None
+        self.gemini_received = 0
+        self.gemini_uri: str | None = None
+        self.gemini_expires_at: float | None = None
+        self.gemini_poll_at: float | None = None
+        self.gemini_polls = 0
+        self.gemini_reason: str | None = None
 
     @property
     def gone(self) -> bool:
@@ -146,6 +160,110 @@ class Upload(Aggregate):
         self.sha256 = sha256
         self.chunks = chunks
         self.expires_at = None
+
+    # --- the Gemini Files API copy --------------------------------------------------------
+
+    def _check_complete(self) -> None:
+        self._check_open()
+        if self.status != "complete":
+            raise OffsetMismatch("The upload is not complete: nothing to hand to Gemini yet.")
+
+    def hand_off_started(self, file_id: str, upload_url: str) -> None:
+        self._check_complete()
+        if self.gemini_file == file_id and self.gemini_upload_url == upload_url:
+            return
+        self._hand_off_started(file_id=file_id, upload_url=upload_url)
+
+    @event("HandOffStarted")
+    def _hand_off_started(self, file_id: str, upload_url: str) -> None:
+        self.gemini_state = "uploading"
+        self.gemini_file = file_id
+        self.gemini_upload_url = upload_url
+        self.gemini_received = 0
+
+    def hand_off_progress(self, received: int) -> None:
+        self._check_complete()
+        if self.gemini_state == "uploading" and received > self.gemini_received:
+            self._hand_off_progress(received=received)
+
+    @event("HandOffProgress")
+    def _hand_off_progress(self, received: int) -> None:
+        self.gemini_received = received
+
+    def gemini_reported(
+        self, file_id: str, state: str, uri: str, expires_at: float | None, reason: str | None,
+        now: float, poll_every: float, max_polls: int,
+    ) -> None:
+        """What Gemini says of the copy (after the last chunk, or a poll). PROCESSING sets
+        the next poll as the object's alarm; past `max_polls` it counts as FAILED."""
+        self._check_complete()
+        polls = self.gemini_polls
+        poll_at = None
+        if state == "PROCESSING":
+            if polls >= max_polls:
+                state, reason = "FAILED", f"Gemini was still processing the file after {polls} checks."
+            else:
+                poll_at = now + poll_every
+        if (state, uri, expires_at, poll_at) == (self.gemini_state, self.gemini_uri,
+                                                 self.gemini_expires_at, self.gemini_poll_at):
+            return
+        self._gemini_checked(file_id=file_id, state=state, uri=uri, expires_at=expires_at,
+                             reason=reason, poll_at=poll_at)
+
+    @event("GeminiChecked")
+    def _gemini_checked(
+        self, file_id: str, state: str, uri: str, expires_at: float | None, reason: str | None,
+        poll_at: float | None,
+    ) -> None:
+        self.gemini_file = file_id
+        self.gemini_state = state
+        self.gemini_uri = uri or None
+        self.gemini_expires_at = expires_at
+        self.gemini_reason = reason
+        self.gemini_poll_at = poll_at
+        if state == "ACTIVE":
+            self.gemini_upload_url = None
+
+    def poll_due(self, at: float, now: float) -> bool:
+        if self.gemini_state != "PROCESSING" or self.gemini_poll_at is None:
+            return False
+        if at < self.gemini_poll_at or now < self.gemini_poll_at:
+            return False
+        self._gemini_poll_due()
+        return True
+
+    @event("GeminiPollDue")
+    def _gemini_poll_due(self) -> None:
+        self.gemini_poll_at = None
+        self.gemini_polls += 1
+
+    def hand_off_failed(self, reason: str) -> None:
+        self._check_complete()
+        self._hand_off_failed(reason=reason)
+
+    @event("HandOffFailed")
+    def _hand_off_failed(self, reason: str) -> None:
+        self.gemini_state = "FAILED"
+        self.gemini_reason = reason
+        self.gemini_poll_at = None
+
+    def need_gemini_copy(self, now: float, lost: bool = False, margin: float = 60.0) -> bool:
+        """A question needs the Gemini copy: if there is none usable (never made, failed,
+        past its expiry, or `lost`: Gemini said it has none), start again with the next
+        generation. True if it did."""
+        self._check_complete()
+        state = self.gemini_state
+        if state in ("uploading", "PROCESSING"):
+            return False  # on its way
+        usable = self.gemini_expires_at is None or self.gemini_expires_at > now + margin
+        if state == "ACTIVE" and usable and not lost:
+            return False
+        self._gemini_copy_lost(generation=self.gemini_generation + 1)
+        return True
+
+    @event("GeminiCopyLost")
+    def _gemini_copy_lost(self, generation: int) -> None:
+        self._no_gemini_copy(generation)
 
     # --- endings ----------------------------------------------------------------------------
 

@@ -15,7 +15,12 @@ from contracts.upload import (
     UPLOAD,
     CompleteUpload,
     CreateUpload,
+    GeminiReport,
     GetUpload,
+    HandOffBegin,
+    HandOffFail,
+    HandOffProgress,
+    NeedGeminiCopy,
     RecordRange,
     RejectUpload,
     TerminateUpload,
@@ -32,6 +37,8 @@ from services.upload.domainmodel import (
     UploadExists,
     UploadGone,
 )
+from services.upload.gemini import GeminiFiles
+from services.upload.handoff import hand_off, poll
 from services.upload.store import PieceStoreError, UploadBucket
 
 log = logging.getLogger(__name__)
@@ -43,13 +50,21 @@ class UploadDeps:
     uploads: UploadClient  # the service's own client: a reaction's result goes back as a command
     max_size: int = 2 * 1024**3
     ttl: float = 86_400.0  # seconds an unfinished upload lives after its last accepted range
+    gemini: GeminiFiles | None = None  # None: no API key, no hand-off
+    poll_every: float = 1.0  # seconds between checks of a copy Gemini is processing
+    max_polls: int = 300
+    retries: int = 5  # attempts of one Files API call that may succeed when tried again
+    backoff: float = 0.5  # seconds before the first retry; doubling
 
 
 Ctx = ObjectContext[UploadDeps]
 
 
 def wake_at(state: Upload) -> float | None:
-    return state.expires_at if state.status == "receiving" else None
+    """The upload's alarm: its expiry while unfinished, the next poll of its Gemini copy."""
+    times = [state.expires_at if state.status == "receiving" else None, state.gemini_poll_at]
+    due = [t for t in times if t is not None]
+    return min(due) if due else None
 
 
 upload = ObjectKind[Upload, UploadDeps](
@@ -84,6 +99,14 @@ def view(state: Upload) -> UploadView:
         sha256=state.sha256,
         reason=state.reason,
         ranges=[(int(r[0]), int(r[2])) for r in state.ranges],
+        gemini_state=state.gemini_state,
+        gemini_generation=state.gemini_generation,
+        gemini_file=state.gemini_file,
+        gemini_upload_url=state.gemini_upload_url,
+        gemini_received=state.gemini_received,
+        gemini_uri=state.gemini_uri,
+        gemini_expires_at=state.gemini_expires_at,
+        gemini_reason=state.gemini_reason,
     )
 
 
@@ -159,6 +182,46 @@ def alarm_due(alarm: DueAlarm, state: Upload | None, ctx: Ctx) -> Outcome:
     if state is None:
         return Outcome(state, ErrorReply(code=ErrorCode.NOT_FOUND, message="No upload."))
     state.expire_if_due(alarm.at, ctx.now())
+    state.poll_due(alarm.at, ctx.now())  # its reaction asks Gemini
+    return Outcome(state, view(state))
+
+
+@upload.handles(HandOffBegin)
+def hand_off_begin(command: HandOffBegin, state: Upload | None, ctx: Ctx) -> Outcome:
+    state = existing(state, ctx)
+    state.hand_off_started(command.file_id, command.upload_url)
+    return Outcome(state, view(state))
+
+
+@upload.handles(HandOffProgress)
+def hand_off_progress(command: HandOffProgress, state: Upload | None, ctx: Ctx) -> Outcome:
+    state = existing(state, ctx)
+    state.hand_off_progress(command.received)
+    return Outcome(state, view(state))
+
+
+@upload.handles(GeminiReport)
+def gemini_report(command: GeminiReport, state: Upload | None, ctx: Ctx) -> Outcome:
+    state = existing(state, ctx)
+    state.gemini_reported(
+        command.file_id, command.state, command.uri, command.expires_at, command.reason,
+        now=ctx.now(), poll_every=ctx.deps.poll_every, max_polls=ctx.deps.max_polls,
+    )
+    return Outcome(state, view(state))
+
+
+@upload.handles(HandOffFail)
+def hand_off_fail(command: HandOffFail, state: Upload | None, ctx: Ctx) -> Outcome:
+    state = existing(state, ctx)
+    state.hand_off_failed(command.reason)
+    return Outcome(state, view(state))
+
+
+@upload.handles(NeedGeminiCopy)
+def need_gemini_copy(command: NeedGeminiCopy, state: Upload | None, ctx: Ctx) -> Outcome:
+    state = existing(state, ctx)
+    if ctx.deps.gemini is not None:
+        state.need_gemini_copy(ctx.now(), lost=command.lost)  # its reaction hands it off again
     return Outcome(state, view(state))
 
 
@@ -178,6 +241,14 @@ async def react(committed: Committed, state: Upload | None, ctx: Ctx) -> None:
     if state.status == "stored" and names & {"Created", "RangeAccepted"}:
         ctx.spawn(finish(ctx, state.upload_id, state.length, state.mime, state.name,
                          [list(r) for r in state.ranges]), f"finish upload {ctx.key}")
+    elif state.status == "complete" and ctx.deps.gemini is not None:
+        # Once finished, the file goes to Gemini; a new copy when one is needed again; a
+        # hand-off cut short by a crash resumes (a reload says its last commit again).
+        resumed = committed.command is None and state.gemini_state == "uploading"
+        if resumed or (names & {"Completed", "GeminiCopyLost"} and state.gemini_state is None):
+            ctx.spawn(hand_off(ctx, state.upload_id), f"hand off upload {ctx.key}")
+        elif "GeminiPollDue" in names:
+            ctx.spawn(poll(ctx, state.upload_id), f"poll gemini copy {ctx.key}")
     elif state.gone and names & ENDINGS:
         ctx.spawn(purge(ctx, state.upload_id, with_meta=bool(state.sha256)), f"purge upload {ctx.key}")
 

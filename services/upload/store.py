@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass
 
 import nats.errors
@@ -178,3 +179,23 @@ class UploadBucket:
         await self.js.purge_stream(self.stream, subject=self.subject(upload_id))
         if with_meta:
             await self.js.purge_stream(self.stream, subject=meta_subject(upload_id, self.bucket))
+
+
+async def read_bytes(
+    bucket: UploadBucket, upload_id: str, ranges: list[tuple[int, int]], start: int, end: int
+) -> AsyncGenerator[bytes, None]:
+    """The bytes [start, end) of a stored upload, from the accepted range holding `start`
+    (`ranges`: (offset, first piece sequence) of each, as the upload's view lists them)."""
+    after = 0
+    for offset, first_seq in ranges:
+        if offset <= start:
+            after = first_seq - 1
+    async with aclosing(bucket.pieces(upload_id, after_seq=after)) as pieces:
+        async for piece in pieces:
+            if piece.end <= start:
+                continue
+            if piece.offset >= end:
+                break
+            yield piece.data[max(0, start - piece.offset) : end - piece.offset]
+            if piece.end >= end:
+                break
