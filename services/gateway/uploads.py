@@ -13,15 +13,16 @@ found and recorded by the next HEAD or PATCH.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
@@ -65,6 +66,7 @@ TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,creation-with-upload,expiration,checksum,termination"
 OFFSET_STREAM = "application/offset+octet-stream"
 RECORD_EVERY = 8  # pieces per recorded range: ~8 MiB per command to the upload object
+READ_AHEAD = 2  # pieces of a body read while the one before is being stored
 SPOOL_IN_MEMORY = 8 * 1024 * 1024  # a checksummed body beyond this is spooled to disk
 
 
@@ -351,8 +353,33 @@ async def pieces_of(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[t
         yield bytes(buffer), False
 
 
-class CutBody(Exception):
-    """The client went away mid-body; what arrived before was stored."""
+T = TypeVar("T")
+_END = object()
+
+
+async def read_ahead(source: AsyncIterator[T], depth: int = READ_AHEAD) -> AsyncGenerator[T, None]:
+    """`source`'s items, with up to `depth` of them read ahead while the consumer works: the
+    body's next piece arrives while the last one is being stored (at most depth + 1 pieces
+    are held)."""
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=depth)
+
+    async def fill() -> None:
+        try:
+            async for item in source:
+                await queue.put(item)
+            await queue.put(_END)
+        except BaseException as exc:  # handed to the consumer, raised there
+            await queue.put(exc)
+
+    task = asyncio.create_task(fill())
+    try:
+        while (item := await queue.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def body_chunks(request: Request, cut: list[bool]) -> AsyncIterator[bytes]:
@@ -384,10 +411,11 @@ async def receive_body(request: Request, uploads: Uploads, view: UploadView) -> 
         if checksum is not None:
             spool, chunks = await spooled(chunks, checksum, remaining, cut)
         too_long = False
-        async for piece, past in pieces_of(chunks, remaining):
-            if piece:
-                await receiver.store(piece)
-            too_long = too_long or past
+        async with aclosing(read_ahead(pieces_of(chunks, remaining))) as pieces:
+            async for piece, past in pieces:
+                if piece:
+                    await receiver.store(piece)
+                too_long = too_long or past
         view = await receiver.record()
     finally:
         if spool is not None:
