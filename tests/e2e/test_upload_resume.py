@@ -189,3 +189,21 @@ def test_daily_upload_byte_quota(system: LocalSystem) -> None:
     new_upload(system, 40 << 20, carol)  # what is left today still goes
     dave = {"Authorization": "Bearer " + sign("dave", PLACEHOLDER_SECRET)}
     new_upload(system, 50 << 20, dave)  # another user's day is their own
+
+
+def test_a_stale_patch_is_refused_not_blocking(system: LocalSystem) -> None:
+    """A PATCH still open on a connection the client gave up on (a slow proxy, say) does
+    not lock the upload: HEAD answers at once, the resumed PATCH goes through, and the stale
+    one is refused (409) at its next piece, its bytes never interleaved with the new ones."""
+    data = png(5 * PIECE_SIZE)
+    url = new_upload(system, len(data))
+    stale = RawPatch(system, url, 0, len(data))
+    stale.send(data[: 2 * PIECE_SIZE])
+    eventually_blocking(lambda: len(stored(system, url)) >= 2)
+    offset = head_offset(system, url)  # no wait for the open PATCH
+    assert offset == 2 * PIECE_SIZE
+    finish(system, url, data)  # the resumed upload, while the stale PATCH is still open
+    stale.send(data[2 * PIECE_SIZE : 3 * PIECE_SIZE])  # the stale writer wakes up
+    assert stale.status() == 409
+    stale.close()
+    check_whole(system, url, data)
