@@ -340,3 +340,35 @@ def test_an_abandoned_upload_expires_by_its_alarm(system: LocalSystem, client: h
     assert gone.status_code == 410 and "expired" in gone.text
     eventually_blocking(lambda: asyncio.run(stored_pieces(nats_url(system), url.rsplit("/", 1)[1])) == 0,
                         what="the expired upload's pieces purged")
+
+
+def test_the_replay_cli_shows_an_uploads_state_events_and_export(system: LocalSystem, client: httpx.Client,
+                                                                   tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    data = png(3000)
+    url = new_upload(client, len(data))
+    assert patch(client, url, 0, data).status_code == 204
+    upload_id = url.rsplit("/", 1)[1]
+    eventually_blocking(lambda: '"' in client.get(url, headers={"Range": "bytes=0-0"}).headers.get("etag", ""))
+
+    def replay(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "services.replay", "--nats", nats_url(system), "upload",
+                               upload_id, *args], capture_output=True, text=True, timeout=60)
+
+    state = json.loads(replay().stdout)
+    assert state["status"] == "complete" and state["length"] == 3000
+    assert state["sha256"] == hashlib.sha256(data).hexdigest()
+    rows = [json.loads(line) for line in replay("--events").stdout.splitlines()]
+    events = [row["event"] for row in rows]
+    assert events[0] == "Created" and "RangeAccepted" in events and events[-1] == "Completed"
+    created = json.loads(replay("--seq", str(rows[0]["sequence"])).stdout)  # as of its creation
+    assert created["status"] == "receiving" and created["offset"] == 0
+    out = tmp_path / "upload.jsonl"
+    assert replay("--export", str(out)).returncode == 0
+    assert len(out.read_text().splitlines()) >= 2
+    missing = subprocess.run([sys.executable, "-m", "services.replay", "--nats", nats_url(system), "upload",
+                              "0" * 64], capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "no events" in missing.stderr
