@@ -8,8 +8,8 @@ subject `$O.<bucket>.C.<upload id>`:
   the piece before it (0 for the first) and header `Upload-Offset`: the pieces of one upload
   form one contiguous chain, and a second writer working from a stale view is refused at its
   next piece (`StaleWriter`), never interleaved;
-- `Nats-Msg-Id` `<upload id>:<offset>:<writer>`: a publish retried by the same writer is
-  stored once;
+- `Nats-Msg-Id` `<upload id>:<offset>:<writer>`: a publish retried by the same writer (its
+  ack was lost) is stored once: refused by the guard, it is recognised as the last piece;
 - once complete, the meta message (`$O.<bucket>.M.<base64url(name)>`, `Nats-Rollup: sub`)
   makes it an ordinary object: `nats object get uploads <upload id>` reads it.
 
@@ -102,13 +102,32 @@ class UploadBucket:
             "Nats-Msg-Id": f"{upload_id}:{offset}:{writer}",
             OFFSET_HEADER: str(offset),
         }
+        for attempt in range(3):
+            try:
+                ack = await self.js.publish(self.subject(upload_id), data, headers=headers, timeout=5)
+            except nats.errors.TimeoutError as exc:
+                # The ack may be lost with the piece stored: the same message id again is
+                # answered as a duplicate with the stored piece's sequence.
+                if attempt == 2:
+                    raise PieceStoreError(f"storing a piece of {upload_id} timed out") from exc
+                continue
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code == WRONG_LAST_SEQUENCE:
+                    # Our own earlier attempt may be the piece stored (its ack was lost).
+                    mine = await self._last_if_mine(upload_id, headers["Nats-Msg-Id"])
+                    if mine is not None:
+                        return mine
+                    raise StaleWriter(f"{upload_id}: a piece was stored after {expected_seq}") from exc
+                raise PieceStoreError(f"the bucket refused a piece of {upload_id}: {exc.description}") from exc
+            return ack.seq
+        raise AssertionError("unreachable")
+
+    async def _last_if_mine(self, upload_id: str, msg_id: str) -> int | None:
         try:
-            ack = await self.js.publish(self.subject(upload_id), data, headers=headers, timeout=5)
-        except nats.js.errors.BadRequestError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
-                raise StaleWriter(f"{upload_id}: a piece was stored after {expected_seq}") from exc
-            raise PieceStoreError(f"the bucket refused a piece of {upload_id}: {exc.description}") from exc
-        return ack.seq
+            msg = await self.js.get_last_msg(self.stream, self.subject(upload_id), direct=True)
+        except nats.js.errors.NotFoundError:
+            return None
+        return msg.seq if (msg.headers or {}).get("Nats-Msg-Id") == msg_id else None
 
     async def last_piece(self, upload_id: str) -> Piece | None:
         """The newest piece of the upload's chain, or None."""
