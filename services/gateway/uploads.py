@@ -25,7 +25,7 @@ from email.utils import formatdate
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from contracts.common import Command, ErrorCode, ErrorReply
@@ -45,6 +45,8 @@ from contracts.upload import (
 from services.gateway.identity import InvalidToken, verify
 from services.gateway.protocol import FrameError
 from services.gateway.ratelimit import client_address
+from services.readstore import queries
+from services.readstore.store import ReadStoreError, open_read_store
 from services.settings import UploadRules
 from services.upload.checks import (
     CHECKSUM_ALGORITHMS,
@@ -521,6 +523,30 @@ async def create_upload(request: Request) -> Response:
         return Response(status_code=201, headers={**tus_headers(view), **location})
     except TusError as exc:
         return refusal(exc)
+
+
+@router.get("/api/uploads", summary="the requesting user's uploads, newest first")
+async def list_uploads(request: Request, limit: int = 50) -> Response:
+    """Needs `Authorization: Bearer <token>`: a user finds their unfinished uploads (and
+    their offsets: `received`) without a fingerprint kept by one browser."""
+    uploads = await uploads_of(request)
+    try:
+        owner = request_identity(request, uploads)
+        if owner is None:
+            raise TusError(403, "Listing uploads needs Authorization: Bearer <token>.")
+        if not 1 <= limit <= 200:
+            raise TusError(400, "limit must be 1-200.")
+        try:
+            conn = open_read_store(request.app.state.gateway.settings.read_db, readonly=True)
+        except ReadStoreError as exc:
+            raise TusError(503, f"The read store is not available: {exc}") from None
+        try:
+            rows = [dict(r) for r in queries.uploads_of(conn, owner, limit)]
+        finally:
+            conn.close()
+    except TusError as exc:
+        return refusal(exc)
+    return JSONResponse({"uploads": rows})
 
 
 @router.head("/api/uploads/{upload_id}", summary="tus: the upload's offset")

@@ -66,7 +66,8 @@ def messages(
 ) -> tuple[list[sqlite3.Row], Cursor | None]:
     """A page of a room's messages and the cursor of the next page (None: no more)."""
     newest = order == "newest"
-    where, params = "room = ?", [name]
+    where = "room = ?"
+    params: list[str | int] = [name]
     if after is not None:
         # Keyset pagination: strictly past the cursor in the page's direction.
         where += " AND (timestamp, id) < (?, ?)" if newest else " AND (timestamp, id) > (?, ?)"
@@ -105,3 +106,12 @@ def upload(conn: sqlite3.Connection, upload_id: str) -> sqlite3.Row | None:
         " created_at, updated_at FROM uploads WHERE id = ?",
         (upload_id,),
     ).fetchone()
+
+
+def uploads_of(conn: sqlite3.Connection, owner: str, limit: int) -> list[sqlite3.Row]:
+    """A user's uploads, newest first (to resume one from another device, say)."""
+    return conn.execute(
+        "SELECT id, room, name, type, size, received, state, gemini_state, created_at, updated_at"
+        " FROM uploads WHERE owner = ? ORDER BY created_at DESC, id LIMIT ?",
+        (owner, limit),
+    ).fetchall()

@@ -372,3 +372,20 @@ def test_the_replay_cli_shows_an_uploads_state_events_and_export(system: LocalSy
     missing = subprocess.run([sys.executable, "-m", "services.replay", "--nats", nats_url(system), "upload",
                               "0" * 64], capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "no events" in missing.stderr
+
+
+def test_a_user_lists_their_uploads(client: httpx.Client) -> None:
+    erin = {"Authorization": "Bearer " + sign("erin", PLACEHOLDER_SECRET)}
+    url = new_upload(client, 1000, headers=erin)
+    assert patch(client, url, 0, png(400), **erin).status_code == 204
+
+    def listed() -> list[dict]:
+        response = client.get("/api/uploads", headers=erin)
+        assert response.status_code == 200
+        return response.json()["uploads"]
+
+    eventually_blocking(lambda: [(u["id"], u["received"]) for u in listed()] == [(url.rsplit("/", 1)[1], 400)],
+                        what=lambda: f"erin's uploads: {listed()}")
+    assert listed()[0]["state"] == "receiving" and listed()[0]["size"] == 1000
+    assert client.get("/api/uploads").status_code == 403  # anonymous: nothing to list
+    assert client.get("/api/uploads", headers={**erin}, params={"limit": 0}).status_code == 400
