@@ -70,12 +70,29 @@ class QuotaUsage(Contract):
     month_tokens: int
 
 
+class ChargeUploadBytes(Command):
+    """Count an upload's declared bytes against the user's daily upload quota, if it allows
+    them (checked before any byte is stored; nothing is given back for an abandoned upload)."""
+
+    type: Literal["upload_bytes"] = "upload_bytes"
+    bytes: int = Field(ge=0, le=1 << 50)
+
+
+class UploadBytesUsage(Contract):
+    type: Literal["upload_usage"] = "upload_usage"
+    allowed: bool
+    reason: str | None = Field(None, examples=["Daily upload quota reached."])
+    day: str
+    day_bytes: int = Field(description="bytes charged in the UTC day, this charge included if allowed")
+    daily_limit: int
+
+
 LimiterCommand = TakeToken  # one command: the union of one
 LimiterReply = Annotated[RateDecision | ErrorReply, Field(discriminator="type")]
 limiter_reply = TypeAdapter(LimiterReply)
 
-QuotaCommand = Annotated[ChargeQuota | GetQuota, Field(discriminator="type")]
-QuotaReply = Annotated[QuotaUsage | ErrorReply, Field(discriminator="type")]
+QuotaCommand = Annotated[ChargeQuota | GetQuota | ChargeUploadBytes, Field(discriminator="type")]
+QuotaReply = Annotated[QuotaUsage | UploadBytesUsage | ErrorReply, Field(discriminator="type")]
 quota_reply = TypeAdapter(QuotaReply)
 
 

@@ -115,6 +115,9 @@ MemberName = Annotated[
 MessageText = Annotated[str, Field(max_length=MAX_MESSAGE_LENGTH)]
 
 
+MAX_ATTACHMENTS = 8  # uploads one message may carry
+AttachmentId = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]  # an upload id (contracts/upload.py)
+
 MessageKind = Literal["user", "ai", "system"]
 AiFailure = Literal[
     "timeout", "rate_limited", "blocked", "network", "cut", "server", "bad_request",
@@ -128,6 +131,9 @@ class ChatMessage(Contract):
     message: str = Field(examples=["hello"])
     timestamp: int = Field(description="ms since the epoch, strictly increasing per room")
     kind: MessageKind = "user"
+    attachments: list[AttachmentId] = Field(
+        default_factory=list, max_length=MAX_ATTACHMENTS, description="upload ids (/api/uploads/<id>)"
+    )
 
 
 class AiReplyView(Contract):
@@ -176,6 +182,10 @@ class PostMessage(Command):
         description="The poster's identity (a verified user id or a server-issued guest id): "
         "their AI context answers and their quota is charged. The gateway always sets it; "
         "the default guest:<name> is kept only for older callers.",
+    )
+    attachments: list[AttachmentId] = Field(
+        default_factory=list, max_length=MAX_ATTACHMENTS,
+        description="Finished uploads of this room (the gateway checked them).",
     )
 
 

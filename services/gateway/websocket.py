@@ -28,6 +28,7 @@ from services.gateway.protocol import FrameError
 from services.gateway.ratelimit import client_address
 from services.gateway.rooms import RoomFanout
 from services.gateway.sockets import OutFrame, SocketWriter, open_writer
+from services.gateway.uploads import attachable
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["rooms"])
@@ -242,12 +243,15 @@ async def converse(session: ChatSession, gateway: Gateway, fanout: RoomFanout) -
                 )
             else:
                 frame = protocol.parse_message_frame(text, data, limit)
+                if frame.attachments:
+                    await attachable(gateway, session.room, frame.attachments)
                 reply = await rooms.send(
                     session.room,
                     PostMessage(
                         session_id=session.id,
                         text=frame.text,
                         user_id=session.user_id,
+                        attachments=list(frame.attachments),
                     ),
                 )
                 if isinstance(reply, ErrorReply):

@@ -9,12 +9,14 @@ from contracts.ratelimit import (
     LIMITER,
     QUOTA,
     ChargeQuota,
+    ChargeUploadBytes,
     GetQuota,
     LimiterCommand,
     QuotaCommand,
     QuotaUsage,
     RateDecision,
     TakeToken,
+    UploadBytesUsage,
 )
 from services.ratelimit.domainmodel import (
     Charge,
@@ -23,6 +25,7 @@ from services.ratelimit.domainmodel import (
     QuotaLimits,
     Usage,
     charge,
+    charge_upload_bytes,
     utc_day,
 )
 from services.runtime.kind import ObjectContext, ObjectKind, Outcome
@@ -82,3 +85,18 @@ def charge_quota(command: ChargeQuota, state: Quota | None, ctx: Ctx) -> Outcome
         command.tokens, ctx.deps.limits,
     )
     return Outcome(state, usage_reply(outcome))
+
+
+@quota.handles(ChargeUploadBytes)
+def charge_upload(command: ChargeUploadBytes, state: Quota | None, ctx: Ctx) -> Outcome:
+    limit = ctx.deps.limits.daily_upload_bytes
+    state, outcome = charge_upload_bytes(
+        state, ctx.key, str(command.command_id), utc_day(ctx.now()), command.bytes, limit
+    )
+    return Outcome(
+        state,
+        UploadBytesUsage(
+            allowed=outcome.allowed, reason=outcome.reason, day=outcome.day,
+            day_bytes=outcome.day_bytes, daily_limit=limit,
+        ),
+    )
