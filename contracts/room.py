@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from uuid import NAMESPACE_URL, uuid5
 
 from pydantic import Field, TypeAdapter
 
@@ -97,6 +98,32 @@ class PostMessage(Command):
     )
 
 
+MAX_POST_BATCH = 64  # texts one PostMessages carries (64 x 256 chars: far below max_payload)
+
+
+class PostMessages(Command):
+    """Several messages of one session, in order: the frames a socket sent while its previous
+    command was in flight. Each text is posted as PostMessage would post it (its own event,
+    broadcast and id: `post_message_id(command_id, index)`), all in one commit.
+
+    The texts are applied in order up to the first one the room refuses; that one and those
+    after it are not applied (the reply says how many were), so the sender can answer the
+    refused frame at its position and send the rest again as a new command.
+    """
+
+    type: Literal["post_many"] = "post_many"
+    session_id: SessionId
+    texts: list[MessageText] = Field(min_length=1, max_length=MAX_POST_BATCH)
+    user_id: str | None = Field(
+        None, max_length=160, description="Who is charged for AI questions (default: guest:<name>)."
+    )
+
+
+def post_message_id(command_id: str, index: int) -> str:
+    """The id of the `index`th message of a PostMessages: the same on every retry."""
+    return str(uuid5(NAMESPACE_URL, f"durachat:post:{command_id}:{index}"))
+
+
 class LeaveRoom(Command):
     type: Literal["leave"] = "leave"
     session_id: SessionId
@@ -142,7 +169,7 @@ class FailAiReply(Command):
 
 
 RoomCommand = Annotated[
-    CreatePrivateRoom | GetRoom | JoinRoom | PostMessage | LeaveRoom
+    CreatePrivateRoom | GetRoom | JoinRoom | PostMessage | PostMessages | LeaveRoom
     | StartAiReply | AppendAiReply | CompleteAiReply | FailAiReply,
     Field(discriminator="type"),
 ]
@@ -175,7 +202,19 @@ class Accepted(Contract):
     message: ChatMessage | None = None
 
 
-RoomReply = Annotated[RoomState | Accepted | ErrorReply, Field(discriminator="type")]
+class MessagesPosted(Contract):
+    """Reply to PostMessages: the first `posted` texts are durably appended as of `version`;
+    `refused`, when set, is why the next one was not (it and the rest were not applied)."""
+
+    type: Literal["posted"] = "posted"
+    version: int
+    posted: int = Field(ge=0)
+    refused: ErrorReply | None = None
+
+
+RoomReply = Annotated[
+    RoomState | Accepted | MessagesPosted | ErrorReply, Field(discriminator="type")
+]
 room_reply = TypeAdapter(RoomReply)
 
 
