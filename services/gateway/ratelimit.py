@@ -120,9 +120,14 @@ class SocketLimit:
         """None when a frame arriving now passes; else the seconds to tell the client to wait."""
         now = self.clock()
         if self.gate.admit(now):
-            self._charging = asyncio.create_task(self._charge(now))
+            # Started on the next turn of the loop, after the frame's own command is sent:
+            # the charge is off the frame's path, as in the demo.
+            asyncio.get_running_loop().call_soon(self._start, now)
             return None
         return self.gate.retry_after(now)
+
+    def _start(self, asked_at: float) -> None:
+        self._charging = asyncio.create_task(self._charge(asked_at))
 
     async def _charge(self, asked_at: float) -> None:
         try:
