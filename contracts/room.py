@@ -210,6 +210,10 @@ class MessagesPosted(Contract):
     version: int
     posted: int = Field(ge=0)
     refused: ErrorReply | None = None
+    shown: int = Field(
+        0, description="The version of the last broadcast the posted texts caused (0: none); "
+        "a sender that has seen it has seen them all."
+    )
 
 
 RoomReply = Annotated[

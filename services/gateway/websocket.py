@@ -24,7 +24,6 @@ from contracts.room import (
     JoinRoom,
     LeaveRoom,
     MessagesPosted,
-    PostMessage,
     PostMessages,
     RoomState,
 )
@@ -120,7 +119,7 @@ class ChatSession:
         self.refusals_queued = 0
         self.wake = asyncio.Event()
         self.done_reading = False
-        self.posted_version = 0  # the room version of this socket's last accepted post
+        self.posted_version = 0  # the broadcast (room version) that shows this socket's last post
 
     def deliver(self, version: int, frame: OutFrame) -> None:
         """Take one broadcast of the room (called by the room's fan-out)."""
@@ -386,11 +385,8 @@ async def post_batch(session: ChatSession, gateway: Gateway, fanout: RoomFanout)
         return
     user_id = session.user_id or guest_user(session.name or "")
     try:
-        command: PostMessage | PostMessages = (
-            PostMessage(session_id=session.id, text=texts[0], user_id=user_id)
-            if len(texts) == 1
-            else PostMessages(session_id=session.id, texts=texts, user_id=user_id)
-        )
+        # PostMessages even for one text: its reply says which broadcast shows the posts.
+        command = PostMessages(session_id=session.id, texts=texts, user_id=user_id)
     except ValidationError as exc:
         # Frames the protocol checks let through but the command contract refuses: still a
         # clear error for each, never a dropped socket.
@@ -407,8 +403,9 @@ async def post_batch(session: ChatSession, gateway: Gateway, fanout: RoomFanout)
         for _ in texts:
             session.send(error)
         return
-    session.posted_version = max(session.posted_version, reply.version)
-    if isinstance(reply, MessagesPosted) and reply.refused is not None:
+    assert isinstance(reply, MessagesPosted), reply
+    session.posted_version = max(session.posted_version, reply.shown)
+    if reply.refused is not None:
         # The room took the first `posted` texts; the next is refused (answered once those
         # are shown), the rest go again, first in line, as a new command.
         session.answered(reply.posted + 1)

@@ -220,7 +220,13 @@ def post_many(command: PostMessages, state: Room | None, ctx: Ctx) -> Outcome:
             refused = ErrorReply(code=room.error_code(exc) or ErrorCode.BAD_REQUEST, message=str(exc))
             break
         posted += 1
-    return Outcome(state, MessagesPosted(version=state.version, posted=posted, refused=refused))
+    # Not always the last event: an AI question ends with events nobody is shown.
+    shown = next(
+        (e.originator_version for e in reversed(state.pending_events) if broadcast(e) is not None), 0
+    )
+    return Outcome(
+        state, MessagesPosted(version=state.version, posted=posted, refused=refused, shown=shown)
+    )
 
 
 @room.handles(LeaveRoom)

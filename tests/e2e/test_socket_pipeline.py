@@ -85,6 +85,22 @@ async def test_refused_frames_are_answered_at_their_position(system):
     await alice.close()
 
 
+async def test_an_error_after_an_ai_question_is_not_held_back(system):
+    # An AI question ends with events nobody is shown (the dispatch, the alarm): the error
+    # of the next frame waits only for the question's own broadcasts, not for a timeout.
+    # With the context service away, nothing else is broadcast after the question.
+    room = new_room()
+    (alice,) = await joined(system, room, "alice")
+    system.context.stop()
+    try:
+        await burst(alice, [{"message": "@ai what is durachat?"}, "not json"])
+        got = await alice.recv_until(lambda f: "error" in f, timeout=3)
+        assert own_answers(got) == ["@ai what is durachat?", "error: Frame is not valid JSON."]
+        await alice.close()
+    finally:
+        system.start_context()
+
+
 @pytest.fixture(scope="module")
 def bounded(tmp_path_factory):
     with running(LocalSystem(

@@ -253,6 +253,7 @@ async def test_post_messages_commits_each_text_as_its_own_message_in_one_commit(
     batch = PostMessages(session_id="s1", texts=texts)
     reply = await ask(nc, RoomClient, room_name, batch)
     assert isinstance(reply, MessagesPosted) and (reply.posted, reply.refused) == (20, None)
+    assert reply.shown == reply.version  # the last text's broadcast
 
     # One commit of 20 MessagePosted events, each broadcast on its own, in order, with its
     # own id and a strictly increasing timestamp.
