@@ -410,11 +410,11 @@ def print_comparison(report: dict, args) -> None:
     if "durachat" in sat:
         p99 = at_rate(sat["durachat"], 1000.0).get("latency_ms", {}).get("p99")
         print(f"  durachat p99 at 1,000/s <= {TARGET_P99_AT_1000_MS:g} ms: "
-              f"{verdict(p99 is not None and p99 <= TARGET_P99_AT_1000_MS)}")
+              f"{verdict(None if p99 is None else p99 <= TARGET_P99_AT_1000_MS) or '-'}")
     if "durachat" in members:
         p50 = members["durachat"]["latency_ms"].get("p50")
         print(f"  durachat {args.listeners + 1}-member p50 <= {TARGET_MEMBERS_P50_MS:g} ms: "
-              f"{verdict(p50 is not None and p50 <= TARGET_MEMBERS_P50_MS)}")
+              f"{verdict(None if p50 is None else p50 <= TARGET_MEMBERS_P50_MS) or '-'}")
 
 
 # --- main -----------------------------------------------------------------------------------------

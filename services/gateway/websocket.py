@@ -290,9 +290,13 @@ async def converse(session: ChatSession, gateway: Gateway, fanout: RoomFanout) -
         # frame it received), within the request timeout.
         session.done_reading = True
         session.wake.set()
-        if not answering.done():
-            await asyncio.wait({answering}, timeout=settings.request_timeout)
-        answering.cancel()
+        try:
+            if not answering.done():
+                await asyncio.wait({answering}, timeout=settings.request_timeout)
+        finally:
+            if not answering.done():
+                answering.cancel()
+                await asyncio.wait({answering})
     if not answering.cancelled() and (exc := answering.exception()) is not None:
         raise exc
 
