@@ -392,6 +392,13 @@ class Sender:
             self.outstanding += 1
 
     def on_text(self, rx: int, data: bytes) -> None:
+        if data.startswith(ERROR_PREFIX):
+            # A refused frame is answered too (the gateway, as the demo, refuses a frame that
+            # arrives while the previous one's limiter charge is in flight): not outstanding.
+            self.outstanding -= 1
+            if self.running:
+                self.pump()
+            return
         if not data.startswith(self.prefix):
             return
         self.outstanding -= 1
