@@ -398,6 +398,8 @@ class Sender:
             self.outstanding -= 1
             if self.running:
                 self.pump()
+            elif self.outstanding <= 0 and self.drained is not None and not self.drained.done():
+                self.drained.set_result(None)
             return
         if not data.startswith(self.prefix):
             return
