@@ -32,6 +32,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -92,11 +93,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--members-duration", type=float, help="seconds measured (default 10, quick 3)")
     p.add_argument("--members-rate", type=float, default=20.0)
     p.add_argument("--listeners", type=int, default=120)
+    p.add_argument("--rounds", type=int, help="member-phase rounds, each system in turn (default 3, quick 1)")
     args = p.parse_args(argv)
     args.step = args.step if args.step is not None else (2.0 if args.quick else 6.0)
     args.drain = args.drain if args.drain is not None else (3.0 if args.quick else 10.0)
     args.rates = [float(r) for r in args.rates.split(",") if r.strip()]
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
     if args.members_duration is None:
         args.members_duration = 3.0 if args.quick else 10.0
     return args
@@ -150,6 +154,7 @@ class Workerd(Server):
 
     def __init__(self, demo: Path, wrangler: Path, tmp: Path) -> None:
         self.name = "workerd"
+        tmp.mkdir(parents=True, exist_ok=True)
         copy = tmp / "demo"
         shutil.copytree(demo, copy, ignore=shutil.ignore_patterns(".git", "node_modules", ".wrangler"))
         source = copy / "src" / "chat.mjs"
@@ -420,6 +425,25 @@ def print_comparison(report: dict, args) -> None:
 # --- main -----------------------------------------------------------------------------------------
 
 
+def source_tree(name: str, tmp: Path, args) -> Path:
+    """The tree a durachat system runs from: this one, or the base ref's (git archive)."""
+    if name != "base":
+        return REPO
+    src = tmp / "src"
+    src.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", args.base],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    return src
+
+
+def start(name: str, src: Path, tmp: Path, data: str, env: dict[str, str]) -> Server:
+    if name == "workerd":
+        demo, wrangler = workerd_setup()  # type: ignore[misc]
+        return Workerd(demo, wrangler, tmp / data)
+    return Durachat(name, src, tmp / data, env | {"DURACHAT_MAX_SOCKETS_PER_IP": "100000"})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     raise_fd_limit(4096)
@@ -441,43 +465,48 @@ def main(argv: list[str] | None = None) -> int:
                 plan.append("workerd")
         print(f"socket bench: {os.cpu_count()} CPUs, steps {', '.join(f'{r:,.0f}' for r in args.rates)} "
               f"msg/s x {args.step:g} s; systems: {', '.join(plan)}", flush=True)
+        sources: dict[str, Path] = {}
         for name in plan:
             tmp = run.tmp / name
             tmp.mkdir()
-            if name == "workerd":
-                demo, wrangler = workerd_setup()  # type: ignore[misc]
-                server: Server = Workerd(demo, wrangler, tmp)
-            else:
-                src = REPO
-                if name == "base":
-                    src = tmp / "src"
-                    src.mkdir()
-                    archive = subprocess.run(["git", "-C", str(REPO), "archive", args.base],
-                                             check=True, capture_output=True).stdout
-                    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
-                server = Durachat(name, src, tmp / "data", {
-                    "DURACHAT_RATE_LIMIT": "false", "DURACHAT_MAX_SOCKETS_PER_IP": "100000",
-                })
+            sources[name] = source_tree(name, tmp, args)
+            if args.no_saturation:
+                continue
+            server = start(name, sources[name], tmp, "data", {"DURACHAT_RATE_LIMIT": "false"})
             run.on_exit(server.stop)
             print(f"{name}: port {server.port}, processes {server.pids}", flush=True)
             wait_quiet(list(server.pids.values()))
-            room = f"sock-{name}-{os.getpid()}"
-            if not args.no_saturation:
-                report["saturation"][name] = run_saturation(server, args, room)
-                print_saturation(name, report["saturation"][name])
-            if not args.no_members:
-                if isinstance(server, Durachat):  # as chat_bench: the limiter on, out of reach
-                    server.stop()
-                    server = Durachat(name, src, tmp / "data-members", {
-                        "DURACHAT_RATE_INTERVAL": "0.000001", "DURACHAT_MAX_SOCKETS_PER_IP": "100000",
-                    })
-                    run.on_exit(server.stop)
-                wait_quiet(list(server.pids.values()))
-                report["members"][name] = run_members(server, args, f"{room}-m")
-                m = report["members"][name]["latency_ms"]
-                print(f"{name}: {args.listeners + 1} members: p50 {fmt(m.get('p50'))} ms, "
-                      f"p99 {fmt(m.get('p99'))} ms", flush=True)
+            report["saturation"][name] = run_saturation(server, args, f"sock-{name}-{os.getpid()}")
+            print_saturation(name, report["saturation"][name])
             server.stop()
+        if not args.no_members:
+            # Every system up at once (idle between its turns), measured in turns, round after
+            # round: a machine whose other load drifts disturbs each system alike.
+            # durachat as chat_bench runs it: the limiter on, out of reach.
+            servers = {}
+            for name in plan:
+                servers[name] = start(name, sources[name], run.tmp / name, "data-members",
+                                      {"DURACHAT_RATE_INTERVAL": "0.000001"})
+                run.on_exit(servers[name].stop)
+            rounds: dict[str, list[dict]] = {name: [] for name in plan}
+            for round_ in range(args.rounds):
+                for name, server in servers.items():
+                    wait_quiet(list(server.pids.values()))
+                    result = run_members(server, args, f"m{round_}-{name}-{os.getpid()}")
+                    rounds[name].append(result)
+                    m = result["latency_ms"]
+                    print(f"round {round_ + 1}: {name}: {args.listeners + 1} members: p50 "
+                          f"{fmt(m.get('p50'))} ms, p99 {fmt(m.get('p99'))} ms", flush=True)
+            for name, results in rounds.items():
+                report["members"][name] = {
+                    "rounds": results,
+                    "latency_ms": {q: statistics.median(r["latency_ms"][q] for r in results)
+                                   for q in ("p50", "p99")},
+                    "lost": sum(r["lost"] for r in results),
+                    "error_frames": sum(r["error_frames"] for r in results),
+                }
+            for server in servers.values():
+                server.stop()
         print_comparison(report, args)
     return run.status
 
