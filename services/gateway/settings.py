@@ -32,7 +32,7 @@ class GatewaySettings(RuntimeSettings, RateRule, ReadStore):
         description="Compress frames. Off: chat frames are ~100 bytes, and zlib's state costs "
         "about 45 KiB per socket and doubles the gateway's CPU per frame (bench/).",
     )
-    rate_limit: bool = Field(True, description="ask the per-IP limiter for every frame")
+    rate_limit: bool = Field(True, description="judge every frame by the demo's per-IP limit")
     max_unanswered_frames: int = Field(
         256, ge=1, description="Frames of one socket read but not yet answered; past it a frame "
         "is refused with an error frame (its own), never queued without bound.",
