@@ -24,9 +24,18 @@ RATE_LIMITED = "Your IP is being rate-limited, please try again later."
 
 
 class TakeToken(Command):
-    """One frame from this IP: push its next allowed time on, and say whether it may pass."""
+    """One frame from this IP: push its next allowed time on, and say whether it may pass.
+    (Asked before the frame passes; kept for gateways from before `ChargeFrame`.)"""
 
     type: Literal["take"] = "take"
+
+
+class ChargeFrame(Command):
+    """A frame from this IP was let through (the demo's POST to its RateLimiter): push its next
+    allowed time on, always, and answer the cooldown that leaves. The gateway's local gate
+    decides the frame before asking; this only tells it how long to refuse afterwards."""
+
+    type: Literal["charge_frame"] = "charge_frame"
 
 
 class RateDecision(Contract):
@@ -87,7 +96,7 @@ class UploadBytesUsage(Contract):
     daily_limit: int
 
 
-LimiterCommand = TakeToken  # one command: the union of one
+LimiterCommand = Annotated[TakeToken | ChargeFrame, Field(discriminator="type")]
 LimiterReply = Annotated[RateDecision | ErrorReply, Field(discriminator="type")]
 limiter_reply = TypeAdapter(LimiterReply)
 

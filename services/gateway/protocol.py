@@ -200,8 +200,12 @@ def ai_progress_frames(reply: AiReplyView) -> list[str]:
     return frames
 
 
-def error_frame(message: str) -> str:
-    return encode({"error": message})
+def error_frame(message: str, retry_after: float | None = None) -> str:
+    """`{"error": ...}`; a refusal that passes with time also says after how many seconds a
+    frame may pass again (`retry_after`, an extension old clients ignore)."""
+    if retry_after is None:
+        return encode({"error": message})
+    return encode({"error": message, "retry_after": retry_after})
 
 
 READY = encode({"ready": True})

@@ -50,6 +50,15 @@ class Limiter:
         self.grace = grace
         self.next_allowed = 0.0
 
+    def charge(self, now: float) -> float:
+        """The demo's `RateLimiter.fetch` with POST, exactly: push `next_allowed` to
+        max(now, next_allowed) + interval, always, and return the cooldown that leaves,
+        max(0, next_allowed - now - grace). The demo's client (the gateway's `DemoGate`)
+        has already let the frame through; it lets no other through until this cooldown
+        has passed. From rest: 0, 0, 0, 0, then 5 s on the fifth charge."""
+        self.next_allowed = max(now, self.next_allowed) + self.interval
+        return max(0.0, self.next_allowed - now - self.grace)
+
     def take(self, now: float) -> Take:
         pushed = max(now, self.next_allowed) + self.interval
         cooldown = max(0.0, pushed - now - self.grace)

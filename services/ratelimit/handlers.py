@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from contracts.ratelimit import (
     LIMITER,
     QUOTA,
+    ChargeFrame,
     ChargeQuota,
     ChargeUploadBytes,
     GetQuota,
@@ -54,6 +55,13 @@ def take(command: TakeToken, state: Limiter | None, ctx: Ctx) -> Outcome:
     state = state or Limiter(ctx.deps.interval, ctx.deps.grace)
     taken = state.take(ctx.clock.monotonic())
     return Outcome(state, RateDecision(allowed=taken.allowed, cooldown=taken.cooldown))
+
+
+@limiter.handles(ChargeFrame)
+def charge_frame(command: ChargeFrame, state: Limiter | None, ctx: Ctx) -> Outcome:
+    state = state or Limiter(ctx.deps.interval, ctx.deps.grace)
+    cooldown = state.charge(ctx.clock.monotonic())
+    return Outcome(state, RateDecision(allowed=cooldown == 0, cooldown=cooldown))
 
 
 def usage_reply(outcome: Charge) -> QuotaUsage:

@@ -32,10 +32,13 @@ from contracts.room import (
     MemberJoined,
     MemberQuit,
     MessagePosted,
+    MessagesPosted,
     PostMessage,
+    PostMessages,
     RoomCommand,
     RoomState,
     StartAiReply,
+    post_message_id,
 )
 from contracts.subjects import ROOM
 from services.room.aireply import AiDeadlines, AiStatus
@@ -209,6 +212,32 @@ def post(command: PostMessage, state: Room | None, ctx: Ctx) -> Outcome:
     # None: a retry of a post already applied. Once is enough; if the first attempt's
     # broadcast was lost in a crash, the next owner re-broadcasts it when it loads the room.
     return accepted(state, posted)
+
+
+@room.handles(PostMessages)
+def post_many(command: PostMessages, state: Room | None, ctx: Ctx) -> Outcome:
+    """Each text as `post` would post it, in order, up to the first the room refuses."""
+    state = existing(state, ctx)
+    posted = 0
+    refused = None
+    for index, text in enumerate(command.texts):
+        try:
+            state.post(
+                post_message_id(str(command.command_id), index), command.session_id, text,
+                now_ms=ctx.now_ms(), now=ctx.now(), deadlines=ctx.deps.deadlines,
+                user_id=command.user_id, attachments=command.attachments_of(index),
+            )
+        except RoomError as exc:  # raised before the text changed anything
+            refused = ErrorReply(code=room.error_code(exc) or ErrorCode.BAD_REQUEST, message=str(exc))
+            break
+        posted += 1
+    # Not always the last event: an AI question ends with events nobody is shown.
+    shown = next(
+        (e.originator_version for e in reversed(state.pending_events) if broadcast(e) is not None), 0
+    )
+    return Outcome(
+        state, MessagesPosted(version=state.version, posted=posted, refused=refused, shown=shown)
+    )
 
 
 @room.handles(LeaveRoom)
