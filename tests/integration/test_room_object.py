@@ -8,6 +8,7 @@ import json
 
 import nats
 import pytest
+from pydantic import ValidationError
 
 from contracts.common import ErrorCode, ErrorReply
 from contracts.keys import new_private_room_id
@@ -284,3 +285,19 @@ async def test_post_messages_stops_at_the_first_text_the_room_refuses(room_host,
     assert reply.refused is not None and reply.refused.code == ErrorCode.NOT_MEMBER
     state = await ask(nc, RoomClient, room_name, GetRoom())
     assert state.messages == []
+
+
+async def test_post_messages_carries_each_texts_attachments(room_host, nc, room_name):
+    await ask(nc, RoomClient, room_name, JoinRoom(session_id="s1", name="alice"))
+    picture, notes = "a" * 64, "b" * 64
+    batch = PostMessages(session_id="s1", texts=["look", "and", "read"],
+                         attachments=[[picture], [], [notes]])
+    reply = await ask(nc, RoomClient, room_name, batch)
+    assert isinstance(reply, MessagesPosted) and reply.posted == 3
+    state = await ask(nc, RoomClient, room_name, GetRoom())
+    assert [(m.message, m.attachments) for m in state.messages] == [
+        ("look", [picture]), ("and", []), ("read", [notes])
+    ]
+    # One list per text, or none: anything else is refused before it reaches a room.
+    with pytest.raises(ValidationError, match="one list per text"):
+        PostMessages(session_id="s1", texts=["a", "b"], attachments=[[picture]])
