@@ -61,13 +61,13 @@ class Launcher:
         return json.loads((self.data_dir / "run.json").read_text())
 
     def wait_healthy(self, timeout: float = 60) -> float:
-        """Seconds from start to the gateway answering /healthz."""
+        """Seconds from start to the gateway saying it is ready (/readyz)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the launcher exited:\n{self.logs()}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1):
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1):
                     return time.monotonic() - self.started
             except OSError:
                 time.sleep(0.02)

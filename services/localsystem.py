@@ -184,6 +184,7 @@ class LocalSystem:
     ratelimit: ServiceProcess | None = field(default=None, init=False)
     context: ServiceProcess | None = field(default=None, init=False)
     rooms_started: int = field(default=0, init=False)
+    upload: ServiceProcess | None = field(default=None, init=False)
 
     @property
     def read_db(self) -> Path:
@@ -233,6 +234,7 @@ class LocalSystem:
         self.ratelimit = self.start_ratelimit()
         self.context = self.start_context()
         self.projector = self.start_projector()
+        self.upload = self.start_upload()
         self.gateway = self.service("services.gateway", "gateway").start()
         if wait:
             self.wait_healthy(timeout)
@@ -259,20 +261,26 @@ class LocalSystem:
         self.context = self.service("services.context", "context").start()
         return self.context
 
+    def start_upload(self) -> ServiceProcess:
+        """One upload process: per-upload objects; the bytes are in the uploads bucket."""
+        self.upload = self.service("services.upload", "upload").start()
+        return self.upload
+
     def start_projector(self) -> ServiceProcess:
         self.projector = self.service("services.projector", "projector").start()
         return self.projector
 
     def healthy(self) -> bool:
-        """Whether the gateway answers /healthz now."""
+        """Whether the gateway says it is ready (/readyz: NATS connected, every partition owned,
+        the read store readable)."""
         try:
-            with urllib.request.urlopen(self.base_url + "/healthz", timeout=1) as response:
+            with urllib.request.urlopen(self.base_url + "/readyz", timeout=1) as response:
                 return bool(response.status == 200)
         except OSError:
             return False
 
     def wait_healthy(self, timeout: float) -> None:
-        """Wait until the gateway answers /healthz (or a service died)."""
+        """Wait until the gateway is ready (or a service died)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for service in self.services():
@@ -282,12 +290,12 @@ class LocalSystem:
             if self.healthy():
                 return
             time.sleep(0.05)
-        raise TimeoutError(f"gateway not healthy on {self.base_url} after {timeout}s")
+        raise TimeoutError(f"gateway not ready on {self.base_url}/readyz after {timeout}s")
 
     def services(self) -> list[ServiceProcess]:
         return [
             s
-            for s in (self.gateway, self.projector, self.context, self.ratelimit, *self.rooms)
+            for s in (self.gateway, self.projector, self.context, self.ratelimit, self.upload, *self.rooms)
             if s is not None
         ]
 

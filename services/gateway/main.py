@@ -9,18 +9,18 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from contracts.context import ContextClient
-from contracts.room import RoomClient
-from services.gateway import api, contexts, readmodels, session, websocket
+from services.gateway import api, contexts, errors, readmodels, session, uploads, websocket
 from services.gateway.deps import GatewayState
+from services.gateway.liveness import GatewayPresence
 from services.gateway.ratelimit import IpRateLimiter
-from services.gateway.rooms import RoomFanouts
+from services.gateway.rooms import GatewayRoomClient, RoomFanouts
 from services.gateway.settings import GatewaySettings
 from services.gateway.sockets import RawSendCapture
-from services.runtime.service import connect
+from services.runtime.service import announce, connect
 
 STATIC = Path(__file__).parent / "static"
 
@@ -31,20 +31,25 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         nc = await connect(settings, "durachat-gateway")
+        presence = GatewayPresence(nc, settings.gateway_ttl, replicas=settings.stream_replicas)
+        await presence.start()
         app.state.gateway = GatewayState(
             settings=settings,
             nc=nc,
-            rooms=RoomClient(nc, timeout=settings.request_timeout),
+            rooms=GatewayRoomClient(nc, settings.request_timeout, presence),
             contexts=ContextClient(nc, timeout=settings.request_timeout),
-            fanouts=RoomFanouts(nc),
+            fanouts=RoomFanouts(nc, presence),
             limiter=IpRateLimiter(
                 nc, settings.rate_interval, settings.rate_grace, settings.ratelimit_timeout
             ),
             sockets_per_ip=Counter(),
         )
+        micro = await announce(nc, "gateway", gateway=presence.gateway_id)  # answers $SRV.PING
         try:
             yield
         finally:
+            await micro.stop()
+            await presence.stop()
             await nc.drain()
 
     app = FastAPI(
@@ -53,11 +58,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(RawSendCapture)
+    errors.install(app)
     app.include_router(api.router)
     app.include_router(websocket.router)
-    app.include_router(readmodels.router)
-    app.include_router(contexts.router)
-    app.include_router(session.router)
+    app.include_router(readmodels.router, responses=errors.described(404, 422, 503))
+    app.include_router(contexts.router, responses=errors.described(401, 403, 413, 415, 422, 503))
+    app.include_router(session.router, responses=errors.described(401, 422, 503))
+    app.include_router(uploads.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -65,8 +72,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         return FileResponse(STATIC / "index.html")
 
     @app.api_route("/api/{rest:path}", methods=["GET", "POST", "PUT", "DELETE"], include_in_schema=False)
-    async def unknown_api(rest: str) -> PlainTextResponse:
-        return PlainTextResponse("Not found", status_code=404)
+    async def unknown_api(rest: str) -> JSONResponse:
+        return errors.error_response(404, f"No such API: /api/{rest}.")
 
     return app
 

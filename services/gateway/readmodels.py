@@ -42,12 +42,22 @@ class RoomDetail(RoomSummary):
     members_seen: list[MemberSeen]
 
 
+class AttachmentRow(BaseModel):
+    id: str = Field(description="the upload id: GET /api/uploads/<id> reads it")
+    name: str | None = None
+    type: str | None = None
+    size: int | None = None
+    state: str | None = Field(None, description="null until the upload's row is projected")
+    gemini_state: str | None = None
+
+
 class MessageRow(BaseModel):
     id: str
     author: str = Field(examples=["alice"])
     text: str = Field(examples=["hello"])
     timestamp: int = Field(description="ms since the epoch")
     kind: str = Field(examples=["user"], description="user, ai or system")
+    attachments: list[AttachmentRow] = Field(default_factory=list)
 
 
 class MessagePage(BaseModel):
@@ -79,7 +89,7 @@ def list_rooms(
     return RoomList(rooms=[RoomSummary(**dict(r)) for r in queries.public_rooms(store, limit)])
 
 
-@router.get("/{name}", response_model=RoomDetail, responses={404: {"description": "No such room"}})
+@router.get("/{name}", response_model=RoomDetail)
 def get_room(store: ReadStore, name: RoomName) -> RoomDetail:
     """One room as the read store has it, with everyone who has been in it."""
     row = queries.room(store, name)
@@ -97,13 +107,23 @@ def list_messages(
     order: Annotated[Order, Query(description="newest first, or oldest first")] = "newest",
     cursor: Annotated[str | None, Query(max_length=100, description="next_cursor of the previous page")] = None,
 ) -> MessagePage:
-    """A page of a room's messages, by (timestamp, id)."""
+    """A page of a room's messages, by (timestamp, id); 404 for a room the store never saw."""
     try:
         after = Cursor.decode(cursor) if cursor is not None else None
     except ValueError as exc:
-        raise HTTPException(status_code=422, detail=str(exc)) from exc
+        raise HTTPException(status_code=422, detail=f"cursor: {exc}") from exc
+    if queries.room(store, name) is None:
+        raise HTTPException(status_code=404, detail="No such room.")
     rows, following = queries.messages(store, name, limit, order, after)
+    stamps = [r["timestamp"] for r in rows]
+    attached = queries.attachments(store, name, min(stamps), max(stamps)) if rows else {}
     return MessagePage(
-        messages=[MessageRow(**dict(r)) for r in rows],
+        messages=[
+            MessageRow(**dict(r), attachments=[
+                AttachmentRow(id=a["upload_id"], **{k: a[k] for k in AttachmentRow.model_fields if k != "id"})
+                for a in attached.get(r["id"], [])
+            ])
+            for r in rows
+        ],
         next_cursor=following.encode() if following else None,
     )

@@ -11,8 +11,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
-from contracts.room import room_update
+from contracts.common import Command, ErrorReply
+from contracts.room import JoinRoom, LeaveRoom, RoomClient, RoomReply, room_update
 from contracts.subjects import ROOM, out_subject
+from services.gateway.liveness import GatewayPresence
 from services.gateway.protocol import update_frames
 from services.gateway.sockets import OutFrame
 
@@ -58,12 +60,44 @@ class RoomFanout:
             return False
 
 
+class GatewayRoomClient(RoomClient):
+    """The gateway's room client: it also keeps the members its sockets joined, so that a
+    gateway whose heartbeat lapsed (paused, cut off) can join them again (liveness.py)."""
+
+    def __init__(self, nc: NATS, timeout: float, presence: GatewayPresence) -> None:
+        super().__init__(nc, timeout)
+        self.presence = presence
+        presence.on_lapse(self.rejoin)
+
+    async def send(self, key: str, command: Command, timeout: float | None = None) -> RoomReply:
+        if isinstance(command, LeaveRoom):  # forgotten first: never rejoin a closed socket
+            self.presence.joined.pop((key, command.session_id), None)
+        reply = await super().send(key, command, timeout)
+        if isinstance(command, JoinRoom) and not isinstance(reply, ErrorReply):
+            self.presence.joined[(key, command.session_id)] = command.name
+        return reply
+
+    async def rejoin(self) -> None:
+        for (room, session_id), name in list(self.presence.joined.items()):
+            await self.presence.note_room(room)
+            join = JoinRoom(session_id=session_id, name=name, gateway=self.presence.gateway_id)
+            reply = await super().send(room, join)
+            if isinstance(reply, ErrorReply):
+                log.warning("could not rejoin %s to room %r: %s", name, room, reply.message)
+
+
 class RoomFanouts:
     """Subscribes to a room's broadcasts while at least one local socket is in it."""
 
-    def __init__(self, nc: NATS) -> None:
+    def __init__(self, nc: NATS, presence: GatewayPresence | None = None) -> None:
         self.nc = nc
+        self.presence = presence
         self.rooms: dict[str, RoomFanout] = {}
+
+    @property
+    def gateway_id(self) -> str | None:
+        """This gateway's id, which a join names (None: no liveness, e.g. in a test)."""
+        return self.presence.gateway_id if self.presence is not None else None
 
     async def attach(
         self, room: str, listener_id: int, deliver: Callable[[int, OutFrame], None]
@@ -71,6 +105,9 @@ class RoomFanouts:
         fanout = self.rooms.get(room)
         if fanout is None:
             fanout = self.rooms[room] = RoomFanout(room)
+            if self.presence is not None:
+                # Before any of our sockets joins it: if we die, the room hears of it.
+                await self.presence.note_room(room)
             fanout.subscription = await self.nc.subscribe(out_subject(ROOM, room), cb=fanout.on_message)
             # The subscription must be live on the server before the caller reads the room's
             # state, or a broadcast in between would be missed.

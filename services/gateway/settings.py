@@ -6,6 +6,9 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 
+from contracts.context import CONTEXT
+from contracts.ratelimit import LIMITER, QUOTA
+from contracts.subjects import ROOM
 from services.gateway.identity import PLACEHOLDER_SECRET, Identities
 from services.runtime.settings import RuntimeSettings
 from services.settings import RateRule, ReadStore
@@ -52,9 +55,10 @@ class GatewaySettings(RuntimeSettings, RateRule, ReadStore):
         description="Compress frames. Off: chat frames are ~100 bytes, and zlib's state costs "
         "about 45 KiB per socket and doubles the gateway's CPU per frame (bench/).",
     )
-    rate_limit: bool = Field(True, description="ask the per-IP limiter for every frame")
-    refusal_pause: float = Field(
-        1.0, ge=0, description="seconds a refused socket is not read (at most its cooldown)"
+    rate_limit: bool = Field(True, description="judge every frame by the demo's per-IP limit")
+    max_unanswered_frames: int = Field(
+        256, ge=1, description="Frames of one socket read but not yet answered; past it a frame "
+        "is refused with an error frame (its own), never queued without bound.",
     )
     ratelimit_timeout: float = Field(
         0.25, gt=0, description="seconds to wait for the ratelimit service before deciding locally"
@@ -62,6 +66,14 @@ class GatewaySettings(RuntimeSettings, RateRule, ReadStore):
     trusted_proxies: list[str] = Field(
         default_factory=list,
         description="peers whose X-Forwarded-For is believed (JSON list of IPs); none by default",
+    )
+    gateway_ttl: int = Field(
+        5, ge=1, le=300,
+        description="seconds after its last heartbeat that a dead gateway's members are dropped",
+    )
+    ready_kinds: list[str] = Field(
+        default_factory=lambda: [ROOM, CONTEXT, LIMITER, QUOTA],
+        description="object kinds whose every partition must have a live owner for /readyz",
     )
     max_sockets_per_ip: int = Field(100, ge=1, description="open sockets one IP may hold on this gateway")
     send_buffer_limit: int = Field(

@@ -52,8 +52,9 @@ def room_id(name: str) -> UUID:
 class Room(Aggregate):
     """One chat room: who is present, the recent messages, and the AI replies under way."""
 
-    # v1 snapshots have no AI queue; v2 ones hold each reply as a dict, v3 as an AiReply.
-    class_version = 3
+    # v1 snapshots have no AI queue; v2 ones hold each reply as a dict, v3 as an AiReply;
+    # v4 ones also say which gateway holds each member.
+    class_version = 4
 
     @staticmethod
     def upcast_v1_v2(state: dict) -> None:
@@ -70,6 +71,10 @@ class Room(Aggregate):
             )
             for reply_id, r in state["ai"].items()
         }
+
+    @staticmethod
+    def upcast_v3_v4(state: dict) -> None:
+        state["member_gateways"] = {}
 
     # The stored events (services.room.events); the aggregate subclasses each, so they are
     # stored as `services.room.domainmodel:Room.<Name>`, the topics already in the streams.
@@ -98,6 +103,7 @@ class Room(Aggregate):
         self.name = name
         self.private = private
         self.members: dict[str, str] = {}  # session id -> name, in joining order
+        self.member_gateways: dict[str, str] = {}  # session id -> the gateway holding it
         self.messages: list[dict] = []  # the last HISTORY_LENGTH, oldest first
         self.last_timestamp = 0
         self.recent_ids: dict[str, int] = {}  # message id -> timestamp, oldest first
@@ -128,16 +134,21 @@ class Room(Aggregate):
 
     # --- members and history ----------------------------------------------------------------
 
-    def join(self, session_id: str, name: str) -> bool:
-        """Add the session under `name`; False if it already was (a retried join)."""
+    def join(self, session_id: str, name: str, gateway_id: str | None = None) -> bool:
+        """Add the session under `name`, held by gateway `gateway_id`; False if it already
+        was (a retried join)."""
         self.check_open()
         if len(name) > MAX_NAME_LENGTH:
             raise NameTooLong("Name too long.")
         if is_reserved_name(name):  # look-alikes too: " AI ", "ＡＩ", "АІ"
             raise NameReserved(f"The name {name!r} is reserved; choose another.")
-        if self.members.get(session_id) == name:
+        if self.members.get(session_id) == name and (
+            gateway_id is None or self.member_gateways.get(session_id) == gateway_id
+        ):
             return False
-        self._member_joined(session_id=session_id, member_name=name)
+        # New, renamed, or held by another gateway now (its old one lapsed and rejoined it
+        # under a new id): recorded, so the right gateway's liveness decides.
+        self._member_joined(session_id=session_id, member_name=name, gateway_id=gateway_id)
         return True
 
     def post(
@@ -150,6 +161,7 @@ class Room(Aggregate):
         now: float,
         deadlines: AiDeadlines,
         user_id: str | None = None,
+        attachments: tuple[str, ...] = (),
     ) -> dict | None:
         """Post `text`; the timestamp is `now_ms`, bumped past the last one if needed.
 
@@ -169,6 +181,7 @@ class Room(Aggregate):
             member_name=self.members[session_id],
             text=text,
             posted_at=timestamp,
+            attachments=tuple(attachments),
         )
         message = self.messages[-1]
         question = ai_question(text)
@@ -184,6 +197,11 @@ class Room(Aggregate):
         name = self.members[session_id]
         self._member_left(session_id=session_id, member_name=name)
         return name
+
+    def drop_gateway(self, gateway_id: str) -> list[str]:
+        """Every member held by gateway `gateway_id` leaves (it is gone); their names."""
+        gone = [s for s, g in self.member_gateways.items() if g == gateway_id and s in self.members]
+        return [self.leave(session_id) for session_id in gone]
 
     def _system_message(self, message_id: str, text: str, now_ms: int) -> None:
         self._system_message_posted(
@@ -348,19 +366,28 @@ class Room(Aggregate):
     # --- events: how each one changes the state ---------------------------------------------
 
     @event(MemberJoined)
-    def _member_joined(self, session_id: str, member_name: str) -> None:
+    def _member_joined(self, session_id: str, member_name: str, gateway_id: str | None = None) -> None:
         self.members[session_id] = member_name
+        if gateway_id is not None:
+            self.member_gateways[session_id] = gateway_id
+        else:
+            self.member_gateways.pop(session_id, None)
         self.used = True
 
     @event(MemberLeft)
     def _member_left(self, session_id: str, member_name: str) -> None:
         del self.members[session_id]
+        self.member_gateways.pop(session_id, None)
 
     @event(MessagePosted)
-    def _message_posted(self, message_id: str, member_name: str, text: str, posted_at: int) -> None:
-        self._remember(
-            {"id": message_id, "name": member_name, "message": text, "timestamp": posted_at}
-        )
+    def _message_posted(
+        self, message_id: str, member_name: str, text: str, posted_at: int,
+        attachments: tuple[str, ...] = (),
+    ) -> None:
+        message: dict = {"id": message_id, "name": member_name, "message": text, "timestamp": posted_at}
+        if attachments:
+            message["attachments"] = list(attachments)
+        self._remember(message)
 
     @event(SystemMessagePosted)
     def _system_message_posted(self, message_id: str, text: str, posted_at: int) -> None:

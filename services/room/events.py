@@ -35,6 +35,7 @@ class Created(Aggregate.Created):
 class MemberJoined(Aggregate.Event):
     session_id: str
     member_name: str
+    gateway_id: str | None = None  # the gateway holding the socket (None: joined before ids)
 
 
 class MemberLeft(Aggregate.Event):
@@ -47,6 +48,7 @@ class MessagePosted(Aggregate.Event):
     member_name: str
     text: str
     posted_at: Millis
+    attachments: tuple[str, ...] = ()  # upload ids; not stored before uploads existed
 
 
 class SystemMessagePosted(Aggregate.Event):

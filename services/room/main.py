@@ -6,7 +6,9 @@ from nats.aio.client import Client as NATS
 from pydantic import Field
 
 from contracts.context import ContextClient
+from contracts.room import RoomClient
 from services.room.aireply import AiDeadlines
+from services.room.ghosts import GatewayReaper
 from services.room.handlers import RoomDeps, room
 from services.runtime.kind import Clock
 from services.runtime.service import (
@@ -23,6 +25,10 @@ class RoomSettings(ObjectServiceSettings, AiTimeouts):
     private_room_ttl: float = Field(
         86_400.0, gt=0, description="seconds a private room may stay unjoined before it expires"
     )
+    gateway_sweep_every: float = Field(
+        5.0, gt=0, description="seconds between sweeps for the members of dead gateways "
+        "(a heartbeat that disappears also starts one at once)",
+    )
 
 
 async def build(nc: NATS, settings: RoomSettings, clock: Clock) -> ServiceParts:
@@ -35,7 +41,12 @@ async def build(nc: NATS, settings: RoomSettings, clock: Clock) -> ServiceParts:
         ),
         private_room_ttl=settings.private_room_ttl,
     )
-    return ServiceParts([Hosting(room, deps)])
+    reaper = GatewayReaper(
+        nc, RoomClient(nc, timeout=settings.request_timeout), settings.gateway_sweep_every,
+        replicas=settings.stream_replicas,
+    )
+    await reaper.start()
+    return ServiceParts([Hosting(room, deps)], stopping=[reaper.stop])
 
 
 SERVICE = ObjectService("room", RoomSettings, build)

@@ -13,6 +13,7 @@ same service runs as a process (`run`) or inside a test or benchmark (`running_s
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -21,8 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import nats
+import nats.micro
 import uvloop
 from nats.aio.client import Client as NATS
+from nats.micro.service import Service as MicroService
 from pydantic import Field
 
 from services.runtime.alarms import AlarmRunner
@@ -87,6 +90,26 @@ async def connect(settings: RuntimeSettings, name: str) -> NATS:
         max_reconnect_attempts=-1,
         connect_timeout=2,
         allow_reconnect=True,
+    )
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("durachat")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout without install
+        return "0.0.0"
+
+
+async def announce(nc: NATS, name: str, **metadata: str) -> MicroService:
+    """Answer the NATS micro service protocol as `durachat-<name>`: `$SRV.PING`, `$SRV.INFO`
+    and `$SRV.STATS` (also per name, `$SRV.PING.durachat-room`, and per instance id), so
+    `nats micro ls` or any client can see which services are up. Stop it before closing."""
+    return await nats.micro.add_service(
+        nc,
+        name=f"durachat-{name}",
+        version=version(),
+        description=f"durachat {name} service",
+        metadata=metadata,
     )
 
 
@@ -185,11 +208,17 @@ async def running_service(
     try:
         parts = await service.build(nc, settings, clock)
         running = RunningService(nc, settings, clock, lease)
+        micro: MicroService | None = None
         try:
             await running.start(parts.hostings)
+            micro = await announce(
+                nc, service.name, replica=running.replica_id, kinds=",".join(running.kinds)
+            )
             log.info("%s replica %s is up", service.name, running.replica_id)
             yield running
         finally:
+            if micro is not None:
+                await micro.stop()
             log.info("%s service stopping: handing partitions over", service.name)
             for stop in parts.stopping:
                 await stop()

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
 from playwright.sync_api import expect  # noqa: E402
 
-INTERVAL, GRACE = 0.5, 2.0  # the demo's 5 s / 20 s, scaled down tenfold: a burst of 4
+INTERVAL, GRACE = 0.5, 2.0  # the demo's 5 s / 20 s, scaled down tenfold: a burst of 5
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,11 @@ def system(tmp_path_factory) -> Iterator[LocalSystem]:
     local = LocalSystem(
         tmp_path_factory.mktemp("browser-limits"),
         partitions=PARTITIONS,
-        extra_env={"DURACHAT_RATE_INTERVAL": str(INTERVAL), "DURACHAT_RATE_GRACE": str(GRACE)},
+        extra_env={
+            "DURACHAT_RATE_LIMIT": "true",  # the other test systems run without it
+            "DURACHAT_RATE_INTERVAL": str(INTERVAL),
+            "DURACHAT_RATE_GRACE": str(GRACE),
+        },
     )
     with running(local):
         yield local

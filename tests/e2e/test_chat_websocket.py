@@ -115,7 +115,8 @@ async def test_http_routes_speak_the_demo_protocol(system):
 
     assert answer("/api/room/lobby/websocket") == (400, "expected websocket")
     assert answer(f"/api/room/{'x' * 33}/websocket") == (404, "Name too long")
-    assert answer("/api/nothing-here") == (404, "Not found")
+    nothing = http(system, "GET", "/api/nothing-here")
+    assert nothing.status_code == 404 and nothing.json()["error"]["code"] == "not_found"
     with pytest.raises(websockets.InvalidStatus) as refused:
         await websockets.connect(f"{system.ws_url}/api/room/{'x' * 33}/websocket")
     assert refused.value.response.status_code == 404

@@ -723,13 +723,14 @@ def call_strategy(known_names: list[str], cursors: list[str], templates: list[st
 
 
 def says_what_was_wrong(response: httpx.Response) -> bool:
-    """A 4xx body names the problem: JSON with a non-empty `detail`, or non-empty text."""
+    """A 4xx body names the problem: the error shape `{"error": {"code", "message"}}` with a
+    non-empty message, or (the chat demo's own routes) non-empty text."""
     if response.headers.get("content-type", "").startswith("application/json"):
         try:
-            detail = response.json().get("detail")
-        except (ValueError, AttributeError):
+            error = response.json()["error"]
+            return bool(error["code"]) and bool(error["message"].strip())
+        except (ValueError, KeyError, TypeError, AttributeError):
             return False
-        return bool(detail) and (not isinstance(detail, str) or bool(detail.strip()))
     return bool(response.text.strip())
 
 

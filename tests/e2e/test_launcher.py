@@ -102,16 +102,17 @@ class Launcher:
     def children(self) -> dict[int, str]:
         return children(self.process.pid)
 
-    def healthy(self) -> bool:
+    def healthy(self, check: str = "/readyz") -> bool:
+        """Whether the gateway says it is ready (or, with `check="/healthz"`, alive)."""
         try:
-            return httpx.get(self.base_url + "/healthz", timeout=2).status_code == 200
+            return httpx.get(self.base_url + check, timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 
-    def ready(self, timeout: float = 40.0) -> Launcher:
+    def ready(self, timeout: float = 40.0, check: str = "/readyz") -> Launcher:
         def up() -> bool:
             assert self.process.poll() is None, f"the launcher exited:\n{self.text()}"
-            return self.healthy()
+            return self.healthy(check)
 
         eventually_blocking(up, timeout, what=lambda: f"the launcher to be up:\n{self.text()}")
         return self
@@ -356,7 +357,7 @@ def test_a_restart_right_after_stop_serves_on_the_same_port(tmp_path):
 async def test_a_crashing_service_is_given_up_on_and_a_dead_nats_server_comes_back(tmp_path):
     # The ratelimit service refuses this setting at start, every time.
     launcher = Launcher(tmp_path / "data", DURACHAT_QUOTA_DAILY_REQUESTS="-1",
-                        DURACHAT_RESTART_LIMIT="2").ready()
+                        DURACHAT_RESTART_LIMIT="2").ready(check="/healthz")
     try:
         await eventually(lambda: "giving up" in launcher.text(), 30, what=launcher.text)
         text = launcher.text()
@@ -366,7 +367,8 @@ async def test_a_crashing_service_is_given_up_on_and_a_dead_nats_server_comes_ba
         assert "quota_daily_requests" in report  # its own last lines ...
         assert "services.gateway" not in report and "room-0" not in report  # ... only
         assert launcher.run()["given_up"] == ["ratelimit"]
-        assert launcher.healthy()
+        # The rest keep serving, and readiness says what is missing.
+        assert launcher.healthy("/healthz") and not launcher.healthy("/readyz")
 
         # nats-server killed: restarted on the same port and store; the services reconnect.
         (nats_pid,) = [p for p, what in launcher.children().items() if what == "nats-server"]

@@ -158,12 +158,13 @@ async def test_the_query_api_pages_through_a_room(system):
     status, page = get(system, f"/api/rooms/{room}/messages?order=oldest&limit=3")
     assert [m["text"] for m in page["messages"]] == ["m0", "m1", "m2"]
 
-    # Bad input gets a clear 4xx naming what was wrong.
+    # Bad input gets a clear 4xx naming what was wrong, in the one error shape.
     assert get(system, "/api/rooms/nowhere")[0] == 404
+    assert get(system, "/api/rooms/nowhere/messages")[0] == 404
     status, body = get(system, f"/api/rooms/{room}/messages?cursor=garbage")
-    assert status == 422 and "cursor" in body["detail"]
+    assert status == 422 and body["error"]["message"].startswith("cursor: ")
     status, body = get(system, f"/api/rooms/{room}/messages?limit=0")
-    assert status == 422 and body["detail"][0]["loc"] == ["query", "limit"]
+    assert status == 422 and body["error"]["fields"][0]["location"] == "query.limit"
     status, body = get(system, f"/api/rooms/{room}/messages?order=sideways")
-    assert status == 422 and body["detail"][0]["loc"] == ["query", "order"]
+    assert status == 422 and body["error"]["fields"][0]["location"] == "query.order"
     await nc.close()

@@ -110,7 +110,7 @@ def test_a_snapshot_mid_reply_loads_equal_through_the_codec():
     room.append_ai(head, 0, "so far", now=3.0, deadlines=STALLING)
 
     (stored,) = codec.decode(codec.encode([Snapshot.take(room)]))
-    assert stored.state["class_version"] == Room.class_version == 3
+    assert stored.state["class_version"] == Room.class_version == 4
     loaded = stored.mutate(None)
     assert state(loaded) == state(room)
     assert [type(r) for r in loaded.ai.values()] == [AiReply, AiReply]
