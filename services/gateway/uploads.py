@@ -20,6 +20,7 @@ import logging
 import secrets
 import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -76,7 +77,7 @@ router = APIRouter()
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,creation-with-upload,expiration,checksum,termination"
 OFFSET_STREAM = "application/offset+octet-stream"
-RECORD_EVERY = 8  # pieces per recorded range: ~8 MiB per command to the upload object
+RECORD_EVERY = 16  # pieces per recorded range: ~16 MiB per command to the upload object
 READ_AHEAD = 2  # pieces of a body read while the one before is being stored
 SPOOL_IN_MEMORY = 8 * 1024 * 1024  # a checksummed body beyond this is spooled to disk
 
@@ -301,6 +302,9 @@ class Receiver:
         self.offset = view.offset  # where the next piece sent goes
         self.stored_offset = view.offset  # the end of the acknowledged pieces
         self.last_seq = view.last_seq
+        # The ranges' sha256 is computed off the event loop (hashlib lets go of the GIL), on
+        # one thread so the pieces are hashed in the order they were acknowledged.
+        self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-sha256")
         self._start_range()
 
     def _start_range(self) -> None:
@@ -312,7 +316,7 @@ class Receiver:
     def _stored(self, piece: Stored) -> None:
         self.range_first = self.range_first or piece.seq
         self.range_pieces += 1
-        self.range_digest.update(piece.data)
+        self.hasher.submit(self.range_digest.update, piece.data)
         self.stored_offset = piece.offset + len(piece.data)
         self.last_seq = piece.seq
 
@@ -375,6 +379,7 @@ class Receiver:
     async def close(self) -> None:
         if self.writer is not None:
             await self.writer.__aexit__(None, None, None)
+        self.hasher.shutdown(wait=False)
 
     async def _refused(self, exc: Exception) -> None:
         await self.record()  # what was acknowledged before the refusal is the file's
@@ -385,12 +390,14 @@ class Receiver:
     async def record(self) -> UploadView:
         """Tell the upload object what this request stored since its last report."""
         if self.range_pieces:
+            offset, length = self.range_offset, self.stored_offset - self.range_offset
+            first_seq, last_seq, digest = self.range_first, self.last_seq, self.range_digest
+            self._start_range()  # pieces acknowledged from now on are the next range's
+            sha256 = await asyncio.get_running_loop().run_in_executor(self.hasher, digest.hexdigest)
             command = RecordRange(
-                offset=self.range_offset, length=self.stored_offset - self.range_offset,
-                first_seq=self.range_first, last_seq=self.last_seq,
-                sha256=self.range_digest.hexdigest(), epoch=self.epoch,
+                offset=offset, length=length, first_seq=first_seq, last_seq=last_seq,
+                sha256=sha256, epoch=self.epoch,
             )
-            self._start_range()
             reply = await self.uploads.client.send(self.view.id, command)
             if isinstance(reply, UploadView):
                 self.view = reply
@@ -406,26 +413,32 @@ class Receiver:
 
 async def pieces_of(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[tuple[bytes, bool]]:
     """The body cut into pieces of PIECE_SIZE (the last may be shorter), with whether the
-    body went on past `limit` bytes (the piece is then cut at the limit)."""
-    buffer = bytearray()
-    taken = 0
-    async for chunk in chunks:
-        if not chunk:
+    body went on past `limit` bytes (the piece is then cut at the limit). Each byte is
+    copied once (joining a piece's chunks)."""
+    parts: list[memoryview] = []
+    size = taken = 0
+    async for block in chunks:
+        if not block:
             continue
-        if taken + len(chunk) > limit:
-            buffer += chunk[: limit - taken]
-            while len(buffer) >= PIECE_SIZE:
-                yield bytes(buffer[:PIECE_SIZE]), False
-                del buffer[:PIECE_SIZE]
-            yield bytes(buffer), True
-            return
+        chunk = memoryview(block)
+        past = taken + len(chunk) > limit
+        if past:
+            chunk = chunk[: limit - taken]
         taken += len(chunk)
-        buffer += chunk
-        while len(buffer) >= PIECE_SIZE:
-            yield bytes(buffer[:PIECE_SIZE]), False
-            del buffer[:PIECE_SIZE]
-    if buffer:
-        yield bytes(buffer), False
+        while size + len(chunk) >= PIECE_SIZE:
+            need = PIECE_SIZE - size
+            parts.append(chunk[:need])
+            yield b"".join(parts), False
+            chunk = chunk[need:]
+            parts, size = [], 0
+        if chunk:
+            parts.append(chunk)
+            size += len(chunk)
+        if past:
+            yield b"".join(parts), True
+            return
+    if parts:
+        yield b"".join(parts), False
 
 
 T = TypeVar("T")
