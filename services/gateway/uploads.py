@@ -299,6 +299,7 @@ class Receiver:
         self.window = window
         self.epoch = 0
         self.writer: PieceWriter | None = None
+        self._claiming: asyncio.Future[int] | None = None
         self.offset = view.offset  # where the next piece sent goes
         self.stored_offset = view.offset  # the end of the acknowledged pieces
         self.last_seq = view.last_seq
@@ -320,9 +321,15 @@ class Receiver:
         self.stored_offset = piece.offset + len(piece.data)
         self.last_seq = piece.seq
 
+    def claim_early(self) -> None:
+        """Claim the write epoch while the body's first piece is still on its way."""
+        self._claiming = asyncio.ensure_future(self.uploads.bucket.claim(self.view.id))
+        self._claiming.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
+
     async def _claim(self) -> PieceWriter:
         try:
-            self.epoch = await self.uploads.bucket.claim(self.view.id)
+            claiming = self._claiming or asyncio.ensure_future(self.uploads.bucket.claim(self.view.id))
+            self.epoch = await claiming
         except StaleWriter:
             raise TusError(409, STALE) from None
         except PieceStoreError as exc:
@@ -377,6 +384,8 @@ class Receiver:
         return await self.record()
 
     async def close(self) -> None:
+        if self._claiming is not None and not self._claiming.done():
+            self._claiming.cancel()
         if self.writer is not None:
             await self.writer.__aexit__(None, None, None)
         self.hasher.shutdown(wait=False)
@@ -492,6 +501,8 @@ async def receive_body(request: Request, uploads: Uploads, view: UploadView) -> 
     except UnsupportedChecksum as exc:
         raise TusError(400, str(exc)) from None
     receiver = Receiver(uploads, view)
+    if checksum is None and remaining > 0 and declared != "0":
+        receiver.claim_early()
     cut: list[bool] = []
     chunks: AsyncIterator[bytes] = body_chunks(request, cut)
     spool = None
