@@ -3,11 +3,12 @@ its commands, replies and client; and where an upload's bytes live.
 
 Bytes are not commands. They go, piece by piece, straight into the JetStream object store
 bucket `uploads` in its own layout (ADR-20): pieces on `$O.uploads.C.<upload id>`, each
-guarded by `Nats-Expected-Last-Subject-Sequence` (so the pieces of an upload always form one
-contiguous chain, whoever wrote them) and a `Nats-Msg-Id` (a retried publish is stored once).
-The upload object records which ranges of that chain it has accepted; once every byte is
-there it publishes the object's meta, so the finished file is an ordinary object any NATS
-client reads (`nats object get uploads <upload id>`).
+carrying the writer's epoch and guarded by it (`Nats-Expected-Last-Subject-Sequence` on the
+upload's fence subject: a writer fenced by a newer claim stores nothing more), and a
+`Nats-Msg-Id` (a retried publish is stored once). The upload object records which ranges
+(pieces first..last of one epoch) it has accepted; once every byte is there it deletes what
+else is on the subject and publishes the object's meta, so the finished file is an ordinary
+object any NATS client reads (`nats object get uploads <upload id>`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ def chunk_subject(upload_id: str, bucket: str = BUCKET) -> str:
     return f"$O.{bucket}.C.{upload_id}"
 
 
+def fence_subject(upload_id: str, bucket: str = BUCKET) -> str:
+    """The upload's write fence: each message a writer's claim (its sequence the writer's
+    epoch), the last one "closed" once the upload takes no more bytes. No object's nuid
+    is ever `<upload id>.w`, so no object store client reads it as chunks."""
+    return f"$O.{bucket}.C.{upload_id}.w"
+
+
 # --- commands: gateway -> cmd.upload.<upload id> ------------------------------------------------
 
 
@@ -72,11 +80,12 @@ class GetUpload(Command):
 
 
 class RecordRange(Command):
-    """Bytes [offset, offset+length) are stored as pieces first_seq..last_seq of the chain.
+    """Bytes [offset, offset+length) are stored as the pieces of write epoch `epoch` among
+    sequences first_seq..last_seq (others there, a stale writer's, are not the file's).
 
     A range already recorded is answered as it stands (a retry, or a stale writer's late
     report of pieces a newer request already found); one that does not start at the
-    upload's offset is refused."""
+    upload's offset, or comes from an epoch older than the last accepted one, is refused."""
 
     type: Literal["range"] = "range"
     offset: int = Field(ge=0)
@@ -84,6 +93,7 @@ class RecordRange(Command):
     first_seq: int = Field(ge=1)
     last_seq: int = Field(ge=1)
     sha256: Sha256Hex
+    epoch: int = Field(0, ge=0, description="the writer's epoch (0: pieces written before epochs)")
 
 
 class RejectUpload(Command):
@@ -182,6 +192,8 @@ class UploadView(Contract):
     ranges: list[tuple[int, int]] = Field(
         default_factory=list, description="(offset, first piece sequence) of each accepted range"
     )
+    epochs: list[int] = Field(default_factory=list, description="the write epoch of each range")
+    epoch: int = Field(0, description="the write epoch of the last accepted range")
     gemini_state: Literal["uploading", "PROCESSING", "ACTIVE", "FAILED"] | None = None
     gemini_generation: int = 0
     gemini_file: str | None = Field(None, description="the Gemini file id (files/<id>)")

@@ -2,13 +2,14 @@
 creation-with-upload, expiration, checksum, termination), and GET of a finished file.
 
 The gateway holds the request body and writes it, piece by piece as it arrives, into the
-object store bucket (services/upload/store.py); it never holds more than a piece (about
-1 MiB) of it, except that a PATCH with `Upload-Checksum` is spooled (to disk past 8 MiB)
-until its digest is checked, so a refused body stores nothing. The upload object
-(services/upload) is told which ranges are stored and decides everything else; there are
-no locks: a second writer from a stale view is refused at its next piece by the chain's
-expected-sequence guard (409), and pieces a dead request stored without reporting them are
-found and recorded by the next HEAD or PATCH.
+object store bucket (services/upload/store.py), a window of pieces in flight; it never holds
+more than a few pieces (about 1 MiB each) of it, except that a PATCH with `Upload-Checksum`
+is spooled (to disk past 8 MiB) until its digest is checked, so a refused body stores
+nothing. The upload object (services/upload) is told which ranges are stored and decides
+everything else; there are no locks: a request claims a write epoch before its first piece,
+which fences every earlier writer (its next piece is refused by the bucket: 409), and pieces
+a dead request stored without reporting them are found and recorded by the next HEAD or
+PATCH.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 import secrets
 import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -58,7 +60,15 @@ from services.upload.checks import (
     parse_metadata,
     sniff,
 )
-from services.upload.store import PieceStoreError, StaleWriter, UploadBucket, read_bytes
+from services.upload.store import (
+    WINDOW,
+    PieceStoreError,
+    PieceWriter,
+    StaleWriter,
+    Stored,
+    UploadBucket,
+    read_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +77,7 @@ router = APIRouter()
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,creation-with-upload,expiration,checksum,termination"
 OFFSET_STREAM = "application/offset+octet-stream"
-RECORD_EVERY = 8  # pieces per recorded range: ~8 MiB per command to the upload object
+RECORD_EVERY = 16  # pieces per recorded range: ~16 MiB per command to the upload object
 READ_AHEAD = 2  # pieces of a body read while the one before is being stored
 SPOOL_IN_MEMORY = 8 * 1024 * 1024  # a checksummed body beyond this is spooled to disk
 
@@ -238,22 +248,22 @@ def gone_reason(view: UploadView) -> str:
 
 
 async def reconcile(uploads: Uploads, view: UploadView, attempts: int = 3) -> UploadView:
-    """Record pieces stored after the upload's last accepted one (a request that died
-    between storing and reporting them, or one still running): the chain holds the truth."""
+    """Record pieces of the current write epoch stored after the upload's last accepted one
+    (a request that died between storing and reporting them, or one still running): the
+    bucket holds the truth. Pieces of other epochs (fenced writers) are not the file's."""
     for _ in range(attempts):
         if view.status != "receiving":
             return view
-        last = await uploads.bucket.last_piece(view.id)
-        if last is None or last.seq == view.last_seq:
+        fence = await uploads.bucket.current_fence(view.id)
+        if fence.closed:
             return view
         digest = hashlib.sha256()
         first = end_seq = 0
         position = view.offset
         async with aclosing(uploads.bucket.pieces(view.id, after_seq=view.last_seq)) as pieces:
             async for piece in pieces:
-                if piece.offset != position or piece.end > view.length:
-                    log.error("upload %s: piece %d at %d breaks the chain at %d", view.id, piece.seq, piece.offset, position)
-                    break
+                if piece.epoch != fence.seq or piece.offset != position or piece.end > view.length:
+                    continue
                 digest.update(piece.data)
                 first = first or piece.seq
                 end_seq = piece.seq
@@ -262,7 +272,7 @@ async def reconcile(uploads: Uploads, view: UploadView, attempts: int = 3) -> Up
             return view
         command = RecordRange(
             offset=view.offset, length=position - view.offset, first_seq=first, last_seq=end_seq,
-            sha256=digest.hexdigest(),
+            sha256=digest.hexdigest(), epoch=fence.seq,
         )
         reply = await uploads.client.send(view.id, command)
         if isinstance(reply, UploadView):
@@ -274,23 +284,60 @@ async def reconcile(uploads: Uploads, view: UploadView, attempts: int = 3) -> Up
     return view
 
 
-class Receiver:
-    """Stores one request body into an upload from `view.offset` on, a piece at a time, and
-    records what it stored every RECORD_EVERY pieces and at the end."""
+STALE = "Another request wrote to this upload meanwhile; HEAD it for the offset and resume."
 
-    def __init__(self, uploads: Uploads, view: UploadView) -> None:
+
+class Receiver:
+    """Stores one request body into an upload from `view.offset` on: claims a write epoch
+    (fencing every earlier writer) before its first piece, keeps a window of pieces in
+    flight (store.PieceWriter), and records what was acknowledged every RECORD_EVERY pieces
+    and at the end."""
+
+    def __init__(self, uploads: Uploads, view: UploadView, window: int = WINDOW) -> None:
         self.uploads = uploads
         self.view = view
-        self.writer = secrets.token_hex(6)
-        self.offset = view.offset
+        self.window = window
+        self.epoch = 0
+        self.writer: PieceWriter | None = None
+        self._claiming: asyncio.Future[int] | None = None
+        self.offset = view.offset  # where the next piece sent goes
+        self.stored_offset = view.offset  # the end of the acknowledged pieces
         self.last_seq = view.last_seq
+        # The ranges' sha256 is computed off the event loop (hashlib lets go of the GIL), on
+        # one thread so the pieces are hashed in the order they were acknowledged.
+        self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-sha256")
         self._start_range()
 
     def _start_range(self) -> None:
-        self.range_offset = self.offset
+        self.range_offset = self.stored_offset
         self.range_first = 0
         self.range_pieces = 0
         self.range_digest = hashlib.sha256()
+
+    def _stored(self, piece: Stored) -> None:
+        self.range_first = self.range_first or piece.seq
+        self.range_pieces += 1
+        self.hasher.submit(self.range_digest.update, piece.data)
+        self.stored_offset = piece.offset + len(piece.data)
+        self.last_seq = piece.seq
+
+    def claim_early(self) -> None:
+        """Claim the write epoch while the body's first piece is still on its way."""
+        self._claiming = asyncio.ensure_future(self.uploads.bucket.claim(self.view.id))
+        self._claiming.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
+
+    async def _claim(self) -> PieceWriter:
+        try:
+            claiming = self._claiming or asyncio.ensure_future(self.uploads.bucket.claim(self.view.id))
+            self.epoch = await claiming
+        except StaleWriter:
+            raise TusError(409, STALE) from None
+        except PieceStoreError as exc:
+            raise TusError(503, f"Storing failed: {exc}") from None
+        writer = PieceWriter(self.uploads.bucket, self.view.id, self.epoch, self.window, on_stored=self._stored)
+        await writer.__aenter__()
+        self.writer = writer
+        return writer
 
     async def store(self, piece: bytes) -> None:
         view = self.view
@@ -300,39 +347,74 @@ class Receiver:
             except UploadRefused as exc:
                 await ask(self.uploads, view.id, RejectUpload(reason=str(exc)))
                 raise TusError(415, str(exc)) from None
+        writer = self.writer or await self._claim()
         try:
-            seq = await self.uploads.bucket.put_piece(view.id, self.offset, piece, self.last_seq, self.writer)
-        except StaleWriter:
-            await self.record()
-            raise TusError(
-                409, "Another request wrote to this upload meanwhile; HEAD it for the offset and resume."
-            ) from None
-        except PieceStoreError as exc:
-            await self.record()
-            raise TusError(507 if "maximum bytes" in str(exc) else 503, f"Storing failed: {exc}") from None
-        self.range_first = self.range_first or seq
-        self.range_pieces += 1
-        self.range_digest.update(piece)
+            await writer.put(self.offset, piece)
+        except (StaleWriter, PieceStoreError) as exc:
+            await self._refused(exc)
         self.offset += len(piece)
-        self.last_seq = seq
         if self.range_pieces >= RECORD_EVERY:
             await self.record()
+
+    async def next_piece(self, pieces: AsyncIterator[T]) -> T | None:
+        """The body's next piece (None at its end); a refusal of a piece in flight while the
+        body is slow to come ends the request at once (a stale writer hears 409 then)."""
+        if self.writer is None:
+            return await anext(pieces, None)
+        following: asyncio.Future[T | None] = asyncio.ensure_future(anext(pieces, None))
+        waits: set[asyncio.Future[Any]] = {following, self.writer.failure}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not following.done():
+                following.cancel()
+                await asyncio.gather(following, return_exceptions=True)
+        failure = self.writer.failure
+        if failure.done() and not failure.cancelled() and failure.exception() is not None:
+            await self._refused(failure.exception())  # type: ignore[arg-type]
+        return following.result()
+
+    async def finish(self) -> UploadView:
+        """Wait for the pieces in flight and record them."""
+        if self.writer is not None:
+            try:
+                await self.writer.drain()
+            except (StaleWriter, PieceStoreError) as exc:
+                await self._refused(exc)
+        return await self.record()
+
+    async def close(self) -> None:
+        if self._claiming is not None and not self._claiming.done():
+            self._claiming.cancel()
+        if self.writer is not None:
+            await self.writer.__aexit__(None, None, None)
+        self.hasher.shutdown(wait=False)
+
+    async def _refused(self, exc: Exception) -> None:
+        await self.record()  # what was acknowledged before the refusal is the file's
+        if isinstance(exc, StaleWriter):
+            raise TusError(409, STALE) from None
+        raise TusError(507 if "maximum bytes" in str(exc) else 503, f"Storing failed: {exc}") from None
 
     async def record(self) -> UploadView:
         """Tell the upload object what this request stored since its last report."""
         if self.range_pieces:
+            offset, length = self.range_offset, self.stored_offset - self.range_offset
+            first_seq, last_seq, digest = self.range_first, self.last_seq, self.range_digest
+            self._start_range()  # pieces acknowledged from now on are the next range's
+            sha256 = await asyncio.get_running_loop().run_in_executor(self.hasher, digest.hexdigest)
             command = RecordRange(
-                offset=self.range_offset, length=self.offset - self.range_offset,
-                first_seq=self.range_first, last_seq=self.last_seq,
-                sha256=self.range_digest.hexdigest(),
+                offset=offset, length=length, first_seq=first_seq, last_seq=last_seq,
+                sha256=sha256, epoch=self.epoch,
             )
-            self._start_range()
             reply = await self.uploads.client.send(self.view.id, command)
             if isinstance(reply, UploadView):
                 self.view = reply
             elif reply.code == ErrorCode.MISMATCH:
-                # a HEAD or PATCH found some of our pieces first: record from the chain
+                # a HEAD or PATCH found some of our pieces first: record from the bucket
                 self.view = await reconcile(self.uploads, await ask(self.uploads, self.view.id, GetUpload()))
+                if self.view.offset < command.offset + command.length:  # a newer writer's view won
+                    raise TusError(409, STALE, tus_headers(self.view))
             else:
                 raise TusError(STATUS_OF.get(reply.code, 503), reply.message)
         return self.view
@@ -340,26 +422,32 @@ class Receiver:
 
 async def pieces_of(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[tuple[bytes, bool]]:
     """The body cut into pieces of PIECE_SIZE (the last may be shorter), with whether the
-    body went on past `limit` bytes (the piece is then cut at the limit)."""
-    buffer = bytearray()
-    taken = 0
-    async for chunk in chunks:
-        if not chunk:
+    body went on past `limit` bytes (the piece is then cut at the limit). Each byte is
+    copied once (joining a piece's chunks)."""
+    parts: list[memoryview] = []
+    size = taken = 0
+    async for block in chunks:
+        if not block:
             continue
-        if taken + len(chunk) > limit:
-            buffer += chunk[: limit - taken]
-            while len(buffer) >= PIECE_SIZE:
-                yield bytes(buffer[:PIECE_SIZE]), False
-                del buffer[:PIECE_SIZE]
-            yield bytes(buffer), True
-            return
+        chunk = memoryview(block)
+        past = taken + len(chunk) > limit
+        if past:
+            chunk = chunk[: limit - taken]
         taken += len(chunk)
-        buffer += chunk
-        while len(buffer) >= PIECE_SIZE:
-            yield bytes(buffer[:PIECE_SIZE]), False
-            del buffer[:PIECE_SIZE]
-    if buffer:
-        yield bytes(buffer), False
+        while size + len(chunk) >= PIECE_SIZE:
+            need = PIECE_SIZE - size
+            parts.append(chunk[:need])
+            yield b"".join(parts), False
+            chunk = chunk[need:]
+            parts, size = [], 0
+        if chunk:
+            parts.append(chunk)
+            size += len(chunk)
+        if past:
+            yield b"".join(parts), True
+            return
+    if parts:
+        yield b"".join(parts), False
 
 
 T = TypeVar("T")
@@ -413,6 +501,8 @@ async def receive_body(request: Request, uploads: Uploads, view: UploadView) -> 
     except UnsupportedChecksum as exc:
         raise TusError(400, str(exc)) from None
     receiver = Receiver(uploads, view)
+    if checksum is None and remaining > 0 and declared != "0":
+        receiver.claim_early()
     cut: list[bool] = []
     chunks: AsyncIterator[bytes] = body_chunks(request, cut)
     spool = None
@@ -421,12 +511,14 @@ async def receive_body(request: Request, uploads: Uploads, view: UploadView) -> 
             spool, chunks = await spooled(chunks, checksum, remaining, cut)
         too_long = False
         async with aclosing(read_ahead(pieces_of(chunks, remaining))) as pieces:
-            async for piece, past in pieces:
+            while (item := await receiver.next_piece(pieces)) is not None:
+                piece, past = item
                 if piece:
                     await receiver.store(piece)
                 too_long = too_long or past
-        view = await receiver.record()
+        view = await receiver.finish()
     finally:
+        await receiver.close()
         if spool is not None:
             spool.close()
     if too_long:
@@ -679,7 +771,7 @@ def byte_range(header: str | None, length: int) -> tuple[int, int]:
 
 
 def read_range(uploads: Uploads, view: UploadView, start: int, end: int) -> AsyncIterator[bytes]:
-    return read_bytes(uploads.bucket, view.id, view.ranges, start, end)
+    return read_bytes(uploads.bucket, view.id, view.ranges, start, end, view.epochs)
 
 
 # --- attachments ------------------------------------------------------------------------------

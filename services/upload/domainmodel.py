@@ -36,12 +36,18 @@ class OffsetMismatch(UploadError):
     pass
 
 
+class StaleEpoch(OffsetMismatch):
+    """A range from a writer a newer one has fenced."""
+
+
 def upload_aggregate_id(upload_id: str) -> UUID:
     return uuid5(UPLOAD_NAMESPACE, upload_id)
 
 
 class Upload(Aggregate):
     """One upload: who, where, how long, which bytes are stored, how it ended."""
+
+    epoch = 0  # the write epoch of the last accepted range (objects from before epochs: 0)
 
     @staticmethod
     def create_id(upload_id: str, **_: object) -> UUID:
@@ -74,7 +80,8 @@ class Upload(Aggregate):
         self.status = "stored" if length == 0 else "receiving"
         self.offset = 0
         self.last_seq = 0
-        # accepted ranges: [offset, length, first_seq, last_seq, sha256 hex], in order
+        # accepted ranges: [offset, length, first_seq, last_seq, sha256 hex, epoch], in order
+        # (ranges recorded before epochs have no sixth item: epoch 0)
         self.ranges: list[list[int | str]] = []
         self.sha256: str | None = None
         self.chunks = 0
@@ -113,13 +120,16 @@ class Upload(Aggregate):
 
     def accept_range(
         self, offset: int, length: int, first_seq: int, last_seq: int, sha256: str,
-        now: float, ttl: float,
+        now: float, ttl: float, epoch: int = 0,
     ) -> bool:
-        """Record bytes [offset, offset+length) as stored in pieces first_seq..last_seq.
-        False (nothing recorded) for a range already recorded."""
+        """Record bytes [offset, offset+length) as stored in the pieces of write epoch
+        `epoch` among first_seq..last_seq. False (nothing recorded) for a range already
+        recorded."""
         self._check_open()
         if offset + length <= self.offset and last_seq <= self.last_seq:
             return False  # a retry, or a stale writer reporting pieces found since
+        if epoch < self.epoch:
+            raise StaleEpoch(f"Write epoch {epoch} is older than {self.epoch}: a newer request writes this upload.")
         if offset != self.offset:
             raise OffsetMismatch(f"The range starts at {offset}, the upload is at {self.offset}.")
         if offset + length > self.length:
@@ -128,18 +138,19 @@ class Upload(Aggregate):
             raise OffsetMismatch(f"Pieces {first_seq}..{last_seq} do not follow {self.last_seq}.")
         self._range_accepted(
             offset=offset, length=length, first_seq=first_seq, last_seq=last_seq, sha256=sha256,
-            expires_at=now + ttl,
+            expires_at=now + ttl, epoch=epoch,
         )
         return True
 
     @event("RangeAccepted")
     def _range_accepted(
         self, offset: int, length: int, first_seq: int, last_seq: int, sha256: str,
-        expires_at: float,
+        expires_at: float, epoch: int = 0,  # stored RangeAccepted events without it: 0
     ) -> None:
-        self.ranges.append([offset, length, first_seq, last_seq, sha256])
+        self.ranges.append([offset, length, first_seq, last_seq, sha256, epoch])
         self.offset = offset + length
         self.last_seq = last_seq
+        self.epoch = epoch
         self.expires_at = expires_at
         if self.offset == self.length:
             self.status = "stored"

@@ -99,6 +99,8 @@ def view(state: Upload) -> UploadView:
         sha256=state.sha256,
         reason=state.reason,
         ranges=[(int(r[0]), int(r[2])) for r in state.ranges],
+        epochs=[range_epoch(r) for r in state.ranges],
+        epoch=state.epoch,
         gemini_state=state.gemini_state,
         gemini_generation=state.gemini_generation,
         gemini_file=state.gemini_file,
@@ -108,6 +110,10 @@ def view(state: Upload) -> UploadView:
         gemini_expires_at=state.gemini_expires_at,
         gemini_reason=state.gemini_reason,
     )
+
+
+def range_epoch(accepted: list) -> int:
+    return int(accepted[5]) if len(accepted) > 5 else 0
 
 
 def existing(state: Upload | None, ctx: Ctx) -> Upload:
@@ -151,7 +157,7 @@ def record_range(command: RecordRange, state: Upload | None, ctx: Ctx) -> Outcom
     state = existing(state, ctx)
     state.accept_range(
         command.offset, command.length, command.first_seq, command.last_seq, command.sha256,
-        now=ctx.now(), ttl=ctx.deps.ttl,
+        now=ctx.now(), ttl=ctx.deps.ttl, epoch=command.epoch,
     )
     return Outcome(state, view(state))
 
@@ -256,29 +262,38 @@ async def react(committed: Committed, state: Upload | None, ctx: Ctx) -> None:
 async def finish(
     ctx: Ctx, upload_id: str, length: int, mime: str, name: str, ranges: list[list]
 ) -> None:
-    """Read every piece back: the chain must be contiguous, each accepted range's digest
-    must match; then publish the object store meta and record the whole file's sha256."""
+    """Close the upload's fence (no writer adds a piece after it), read every piece back:
+    each accepted range must be the contiguous pieces of its epoch within its sequences,
+    its digest the one accepted; delete every other piece (a stale writer's), then publish
+    the object store meta and record the whole file's sha256."""
     bucket = ctx.deps.bucket
     whole = hashlib.sha256()
     chunks = 0
-    position = 0
     index = 0
+    position = 0
     part = hashlib.sha256()
+    others: list[int] = []
     reason: str | None = None
     try:
+        await bucket.close(upload_id)
         async with aclosing(bucket.pieces(upload_id)) as pieces:
             async for piece in pieces:
-                if index >= len(ranges) or piece.seq > int(ranges[index][3]):
-                    break  # pieces after the last accepted range are not the file's
-                if piece.offset != position:
-                    reason = f"stored piece {piece.seq} is at {piece.offset}, expected {position}"
-                    break
+                accepted = ranges[index] if index < len(ranges) else None
+                if (
+                    accepted is None
+                    or not int(accepted[2]) <= piece.seq <= int(accepted[3])
+                    or piece.epoch != range_epoch(accepted)
+                    or piece.offset != position
+                    or piece.end > int(accepted[0]) + int(accepted[1])
+                ):
+                    others.append(piece.seq)  # not the file's: never accepted
+                    continue
                 whole.update(piece.data)
                 part.update(piece.data)
                 position = piece.end
                 chunks += 1
-                if piece.seq == int(ranges[index][3]):
-                    if part.hexdigest() != ranges[index][4]:
+                if position == int(accepted[0]) + int(accepted[1]):
+                    if part.hexdigest() != accepted[4]:
                         reason = f"the bytes of range {index} differ from what was accepted"
                         break
                     part = hashlib.sha256()
@@ -289,6 +304,9 @@ async def finish(
             log.error("upload %s cannot be finished: %s", upload_id, reason)
             await ctx.deps.uploads.send(upload_id, RejectUpload(reason=f"Stored bytes are damaged: {reason}."))
             return
+        if others:
+            log.info("upload %s: deleting %d pieces a stale writer stored", upload_id, len(others))
+            await bucket.delete(others)
         digest = whole.digest()
         await bucket.publish_meta(
             upload_id, length, chunks, digest, {"Content-Type": mime, "Filename": name}

@@ -151,7 +151,7 @@ async def _hand_off(ctx: ObjectContext[Any], view: UploadView, file_id: str) -> 
 
 async def _read(ctx: ObjectContext[Any], view: UploadView, start: int, end: int) -> bytes:
     parts = []
-    async with aclosing(read_bytes(ctx.deps.bucket, view.id, view.ranges, start, end)) as data:
+    async with aclosing(read_bytes(ctx.deps.bucket, view.id, view.ranges, start, end, view.epochs)) as data:
         async for part in data:
             parts.append(part)
     chunk = b"".join(parts)

@@ -207,3 +207,41 @@ def test_a_stale_patch_is_refused_not_blocking(system: LocalSystem) -> None:
     assert stale.status() == 409
     stale.close()
     check_whole(system, url, data)
+
+
+def test_two_concurrent_patches_the_fenced_one_cannot_corrupt_the_file(system: LocalSystem) -> None:
+    """Two PATCHes open at once: the stale one (its client gave up on it) stored two pieces;
+    the resumed one claims the upload and is mid-body when the stale one wakes up and sends
+    other bytes. Those are refused (409) and are nowhere in the file; the finished object
+    reads whole through the gateway and through nats-py's object store."""
+    data = png(6 * PIECE_SIZE)
+    url = new_upload(system, len(data))
+    stale = RawPatch(system, url, 0, len(data))
+    stale.send(data[: 2 * PIECE_SIZE])
+    eventually_blocking(lambda: len(stored(system, url)) >= 2)
+    offset = head_offset(system, url)
+    assert offset == 2 * PIECE_SIZE
+    fresh = RawPatch(system, url, offset, len(data) - offset)
+    fresh.send(data[offset : offset + PIECE_SIZE + 1000])  # it has claimed and stored a piece
+    eventually_blocking(lambda: len(stored(system, url)) >= 3)
+    stale.send(os.urandom(2 * PIECE_SIZE))  # not the file's bytes
+    assert stale.status() == 409
+    stale.close()
+    fresh.send(data[offset + PIECE_SIZE + 1000 :])
+    assert fresh.status() == 204
+    fresh.close()
+    sha = hashlib.sha256(data).hexdigest()
+    eventually_blocking(lambda: httpx.get(system.base_url + url, headers={"Range": "bytes=0-0"}).headers.get("etag") == f'"{sha}"',
+                        what="the upload finished with the file's sha256")
+    check_whole(system, url, data)
+    assert system.nats is not None
+    assert asyncio.run(object_bytes(system.nats.url, url.rsplit("/", 1)[1])) == data
+
+
+async def object_bytes(nats_url: str, upload_id: str) -> bytes:
+    nc = await nats.connect(nats_url)
+    try:
+        store = await nc.jetstream().object_store("uploads")
+        return (await store.get(upload_id)).data  # nats-py checks the digest
+    finally:
+        await nc.close()

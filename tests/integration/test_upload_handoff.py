@@ -46,7 +46,7 @@ async def stored_upload(nc, data: bytes, mime: str = "application/pdf") -> str:
     seq = first = offset = 0
     for start in range(0, len(data), PIECE_SIZE):
         piece = data[start : start + PIECE_SIZE]
-        seq = await bucket.put_piece(upload_id, offset, piece, seq, "test")
+        seq = await bucket.put_piece(upload_id, offset, piece, 0)
         first = first or seq
         offset += len(piece)
     if data:
@@ -124,7 +124,7 @@ async def test_a_refused_chunk_or_failed_processing_is_recorded(service, nc, gem
 async def _with_id(nc, upload_id: str, data: bytes) -> str:
     client = UploadClient(nc, timeout=10)
     await client.send(upload_id, CreateUpload(length=len(data), mime="application/pdf", name="f.pdf", room="r"))
-    seq = await UploadBucket(nc).put_piece(upload_id, 0, data, 0, "test")
+    seq = await UploadBucket(nc).put_piece(upload_id, 0, data, 0)
     await client.send(upload_id, RecordRange(offset=0, length=len(data), first_seq=seq, last_seq=seq,
                                              sha256=hashlib.sha256(data).hexdigest()))
     return upload_id

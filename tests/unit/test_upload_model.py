@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import pytest
 
 from contracts.common import ErrorReply
 from contracts.upload import CreateUpload, GetUpload, RecordRange, TerminateUpload, UploadView
+from services.runtime.eventstore import new_mapper
 from services.runtime.kind import DueAlarm
-from services.upload.domainmodel import OffsetMismatch, Upload, UploadGone
+from services.upload.domainmodel import OffsetMismatch, StaleEpoch, Upload, UploadGone
 from services.upload.handlers import UploadDeps, upload
 from tests.support import ManualClocks
 
@@ -79,3 +83,27 @@ def test_alarm_expires_an_abandoned_upload() -> None:
     _, after = upload.decide(DueAlarm(at=1060), state, ctx)
     assert after.status == "expired"
     assert upload.wake_at(state) is None  # type: ignore[misc]
+
+
+def test_a_range_from_a_fenced_epoch_is_refused() -> None:
+    u = new_upload()
+    assert u.accept_range(0, 40, 5, 6, SHA, now=1, ttl=10, epoch=4)
+    with pytest.raises(StaleEpoch, match="older"):
+        u.accept_range(40, 10, 7, 7, SHA, now=2, ttl=10, epoch=3)  # its writer was fenced
+    assert u.accept_range(40, 10, 9, 9, SHA, now=2, ttl=10, epoch=8)  # a newer one goes on
+    assert (u.offset, u.epoch, u.ranges[-1][5]) == (50, 8, 8)
+
+
+def test_range_accepted_events_stored_before_epochs_still_decode() -> None:
+    mapper = new_mapper()
+    u = new_upload()
+    u.accept_range(0, 40, 1, 2, SHA, now=1, ttl=10, epoch=7)
+    stored = [mapper.to_stored_event(e) for e in u.collect_events()]
+    old = json.loads(stored[1].state)
+    del old["epoch"]  # a RangeAccepted written before write epochs existed
+    stored[1] = dataclasses.replace(stored[1], state=json.dumps(old).encode())
+    replayed = None
+    for event in (mapper.to_domain_event(s) for s in stored):
+        replayed = event.mutate(replayed)
+    assert replayed is not None and (replayed.offset, replayed.epoch) == (40, 0)
+    assert replayed.ranges == [[0, 40, 1, 2, SHA, 0]]
