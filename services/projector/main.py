@@ -124,14 +124,25 @@ class Projector:
         return applied
 
     async def run(self, stopping: asyncio.Event) -> None:
-        await self.open()
+        await self._reopen(stopping)
         while not stopping.is_set():
             try:
                 await self.step()
             except (nats.errors.Error, nats.js.errors.Error) as exc:
                 log.warning("projecting %s: %s; reopening", self.stream, exc)
                 await asyncio.sleep(0.5)
+                await self._reopen(stopping)
+
+    async def _reopen(self, stopping: asyncio.Event) -> None:
+        """`open`, again and again while the bus fails it (on a cluster the stream or its
+        consumer may have no leader for an election's length)."""
+        while not stopping.is_set():
+            try:
                 await self.open()
+                return
+            except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+                log.warning("projecting %s: opening the consumer failed (%r); retrying", self.stream, exc)
+                await asyncio.sleep(0.5)
 
 
 async def serve(settings: ProjectorSettings) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.runtime.natsconf import render_nats_conf
+from services.runtime.natsconf import SYNC_DEFAULT, ClusterNode, render_nats_conf
 
 
 def nats_server_binary() -> str:
@@ -133,7 +133,13 @@ class NatsServerProcess:
     http_port: int = 0
     log_file: Path | None = None
     pass_fds: Sequence[int] = ()  # e.g. the data dir's lock: held until this server exits too
+    sync_interval: str = SYNC_DEFAULT  # how often JetStream fsyncs (natsconf.py)
+    cluster: ClusterNode | None = None  # a node of a cluster (NatsCluster), else standalone
     process: subprocess.Popen | None = field(default=None, init=False)
+
+    @property
+    def name(self) -> str:
+        return self.cluster.name if self.cluster is not None else "nats-server"
 
     @property
     def url(self) -> str:
@@ -157,7 +163,7 @@ class NatsServerProcess:
         self.port = self.port or free_port()
         self.http_port = self.http_port or free_port()
         config = self.store_dir / "nats.conf"
-        config.write_text(render_nats_conf(self.partitions))
+        config.write_text(render_nats_conf(self.partitions, self.sync_interval, self.cluster))
         log = open(self.log_file or self.store_dir / "nats-server.log", "ab")
         self.process = subprocess.Popen(
             [
@@ -204,6 +210,96 @@ class NatsServerProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` (SIGSTOP, SIGCONT, ...) to the server we started."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+
+    def healthy(self) -> bool:
+        """/healthz answers 200: JetStream is up and (in a cluster) current with the meta group."""
+        try:
+            with urllib.request.urlopen(self.monitoring_url + "/healthz", timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+
+@dataclass
+class NatsCluster:
+    """`size` nats-servers on 127.0.0.1 forming one JetStream cluster: each with its own store
+    dir, client, monitoring and route ports (free ones unless given), all routed to all."""
+
+    base_dir: Path
+    size: int = 3
+    partitions: int = 16
+    sync_interval: str = SYNC_DEFAULT
+    name: str = "durachat"
+    log_dir: Path | None = None  # one log per node, <log_dir>/nats-N.log; else in its store dir
+    pass_fds: Sequence[int] = ()
+    ports: Sequence[int] = ()  # client ports per node (0 or absent: a free one)
+    nodes: list[NatsServerProcess] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError("a cluster has at least one node")
+        route_ports = [free_port() for _ in range(self.size)]
+        routes = [f"nats-route://127.0.0.1:{port}" for port in route_ports]
+        for index in range(self.size):
+            name = f"nats-{index + 1}"
+            self.nodes.append(NatsServerProcess(
+                self.base_dir / name, partitions=self.partitions,
+                port=self.ports[index] if index < len(self.ports) else 0,
+                log_file=self.log_dir / f"{name}.log" if self.log_dir else None,
+                pass_fds=self.pass_fds, sync_interval=self.sync_interval,
+                cluster=ClusterNode(name, self.name, "127.0.0.1", route_ports[index], routes),
+            ))
+
+    @property
+    def url(self) -> str:
+        """Every node's client URL, comma-separated (DURACHAT_NATS_URL)."""
+        return ",".join(node.url for node in self.nodes)
+
+    @property
+    def monitoring_url(self) -> str:
+        return ",".join(node.monitoring_url for node in self.nodes)
+
+    def node(self, name: str) -> NatsServerProcess:
+        (node,) = [n for n in self.nodes if n.name == name]
+        return node
+
+    def start(self, timeout: float = 30.0) -> NatsCluster:
+        """Start every node, then wait until each says JetStream is current (a meta leader)."""
+        for node in self.nodes:
+            node.store_dir.mkdir(parents=True, exist_ok=True)
+            node.port = node.port or free_port()
+            node.http_port = node.http_port or free_port()
+        for node in self.nodes:
+            node.start(timeout)
+        self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float, nodes: Sequence[NatsServerProcess] | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        waiting = list(nodes or self.nodes)
+        while waiting and time.monotonic() < deadline:
+            waiting = [n for n in waiting if not n.healthy()]
+            if waiting:
+                time.sleep(0.05)
+        if waiting:
+            raise TimeoutError(f"{', '.join(n.name for n in waiting)}: JetStream not current "
+                               f"after {timeout}s")
+
+    def alive(self) -> bool:
+        return all(node.alive() for node in self.nodes)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for node in self.nodes:
+            if node.process is not None and node.process.poll() is None:
+                node.signal(signal.SIGCONT)  # a stopped node cannot act on SIGTERM
+                node.process.terminate()
+        for node in self.nodes:
+            node.stop(timeout)
 
 
 def stop_process(process: subprocess.Popen | None, timeout: float = 10.0) -> int | None:

@@ -1,0 +1,64 @@
+"""Fault drills on a 3-node NATS JetStream cluster (real nats-server processes, R3 streams
+and KV, two room replicas, the gateway, projector, context and ratelimit services), each
+under chat load from several sockets with an AI reply streaming (the offline provider).
+
+After every drill: no acknowledged message is missing or doubled (on any socket, in the read
+store, counted per sender), every socket's messages are in order and the AI reply's chunks
+contiguous, and the read store equals a fresh replay (`durachat-replay check`). The drills
+share one cluster; each uses rooms of its own and ends with the cluster whole again. Their
+figures (stall, p99, partitions unowned) are printed; bench/cluster_bench.py records them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from bench.cluster_bench import DRILLS, check_drill, run_drill, start_system
+from services.localsystem import LocalSystem
+
+pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[LocalSystem]:
+    system = start_system(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield system
+    finally:
+        system.stop()
+
+
+def test_every_service_is_given_every_node_and_streams_are_r3(cluster):
+    assert cluster.nats_cluster is not None and len(cluster.nats_cluster.nodes) == 3
+    env = cluster.env()
+    assert env["DURACHAT_NATS_URL"].count(",") == 2
+    assert env["DURACHAT_STREAM_REPLICAS"] == "3"
+    import asyncio
+
+    import nats
+
+    async def replicas() -> dict[str, int]:
+        nc = await nats.connect(servers=cluster.nats_url.split(","))
+        try:
+            js = nc.jetstream()
+            return {s.config.name: s.config.num_replicas for s in await js.streams_info()}
+        finally:
+            await nc.close()
+
+    streams = asyncio.run(replicas())
+    assert streams["EVT_ROOM"] == 3, streams
+    assert streams["KV_leases-room"] == 3, streams
+    assert all(n == 3 for n in streams.values()), streams
+
+
+@pytest.mark.parametrize("drill", list(DRILLS))
+async def test_drill_loses_and_doubles_nothing(cluster, drill):
+    result, seen = await run_drill(cluster, drill, DRILLS[drill](cluster))
+    problems = check_drill(cluster, result, seen)
+    print(drill, json.dumps(result.figures()))
+    assert result.acked > 20, f"too little load got through: {result.figures()}"
+    assert not problems, problems
+    assert result.ai_outcome in ("completed",) or result.ai_outcome.startswith("failed"), result.ai_outcome
