@@ -185,6 +185,7 @@ class DrillResult:
             else round(self.owners_back, 2),
             "partitions unowned for s": round(self.unowned_for, 2),
             "AI reply": self.ai_outcome, "drill s": round(self.seconds, 1),
+            "why not acked": self.failures[:4],
             "problems": self.problems[:5],
         }
 
@@ -436,8 +437,29 @@ async def find_leader(system: LocalSystem, stream: str) -> NatsServerProcess:
         await nc.close()
 
 
-def kill_leader_of(system: LocalSystem, stream: str, down_for: float = 6.0):
+async def lead_elsewhere(system: LocalSystem, stream: str, away_from: str, timeout: float = 30.0) -> None:
+    """Make `stream`'s leader a node other than `away_from` (leader step-downs), so a drill
+    hits one Raft group, not every group that node happened to lead."""
+    nc = await nats.connect(servers=system.nats_url.split(","))
+    try:
+        deadline = time.monotonic() + timeout
+        while await leader_of(nc, stream) == away_from:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{stream} stays led by {away_from}")
+            with contextlib.suppress(Exception):
+                await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", b"", timeout=5)
+            await asyncio.sleep(0.5)  # a new leader is elected in a moment
+    finally:
+        await nc.close()
+
+
+def kill_leader_of(system: LocalSystem, stream: str, down_for: float = 6.0,
+                   only: bool = False):
+    """kill -9 of `stream`'s leader node; with `only`, the room stream is first made to be
+    led by another node, so only `stream`'s group (and what else the node led) elects."""
     async def fault() -> None:
+        if only:
+            await lead_elsewhere(system, event_stream(ROOM), (await find_leader(system, stream)).name)
         node = await find_leader(system, stream)
         node.kill()
         await asyncio.sleep(down_for)  # the node stays dead a while; the rest carry on
@@ -470,7 +492,7 @@ def rolling_restart(system: LocalSystem):
 
 DRILLS = {
     "kill-evt-room-leader": lambda s: kill_leader_of(s, event_stream(ROOM)),
-    "kill-leases-leader": lambda s: kill_leader_of(s, "KV_leases-room"),
+    "kill-leases-leader": lambda s: kill_leader_of(s, "KV_leases-room", only=True),
     "sigstop-node-15s": lambda s: pause_node(s, event_stream(ROOM)),
     "rolling-sigterm": rolling_restart,
 }

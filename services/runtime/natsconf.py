@@ -77,6 +77,9 @@ def render_nats_conf(
     if cluster is not None:
         routes = "\n".join(f"    {route}" for route in cluster.routes)
         text += (
+            "\n# Pings every 2 s (NATS: 2 min): a frozen peer's routes, and the interest they\n"
+            "# carry (direct gets, stream requests), are dropped after ~6 s, not minutes.\n"
+            'ping_interval: "2s"\nping_max: 2\n'
             f"\nserver_name: {cluster.name}\n"
             f"cluster {{\n  name: {cluster.cluster}\n"
             f"  listen: {cluster.route_host}:{cluster.route_port}\n"
