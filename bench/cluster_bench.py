@@ -39,7 +39,7 @@ import websockets
 from contracts.subjects import ROOM, event_stream
 from services.localsystem import LocalSystem
 from services.runtime.leases import lease_coverage
-from services.runtime.natsserver import NatsServerProcess
+from services.runtime.natsserver import NatsServerProcess, NetnsNetwork
 
 REPO = Path(__file__).resolve().parents[1]
 AI_QUESTION = "@ai " + " ".join(f"w{i}" for i in range(30))  # a reply of ~60 chunks
@@ -53,9 +53,12 @@ def cluster_env(ai_delay: float = 0.3) -> dict[str, str]:
 
 
 def start_system(data_dir: Path, nodes: int = 3, sync_interval: str = "always",
-                 room_replicas: int = 2, ai_delay: float = 0.3) -> LocalSystem:
+                 room_replicas: int = 2, ai_delay: float = 0.3,
+                 network: NetnsNetwork | None = None) -> LocalSystem:
+    """The whole system on a cluster of `nodes` (in network namespaces with `network`)."""
     system = LocalSystem(data_dir, nats_nodes=nodes, room_replicas=room_replicas,
-                         sync_interval=sync_interval, extra_env=cluster_env(ai_delay))
+                         sync_interval=sync_interval, extra_env=cluster_env(ai_delay),
+                         nats_network=network)
     try:
         system.start(timeout=60)
     except Exception:
@@ -490,12 +493,30 @@ def rolling_restart(system: LocalSystem):
     return fault
 
 
+def partition_node(system: LocalSystem, stream: str, seconds: float = 12.0):
+    """Cut `stream`'s leader node off from the other nodes and every client (its TCP
+    connections stay open), then heal the cut."""
+    async def fault() -> None:
+        network = system.nats_network
+        assert network is not None and system.nats_cluster is not None
+        node = await find_leader(system, stream)
+        index = system.nats_cluster.nodes.index(node)
+        network.cut(index)
+        try:
+            await asyncio.sleep(seconds)  # the drill's fault: a partition this long
+        finally:
+            network.heal(index)
+        await wait_cluster_whole(system)
+    return fault
+
+
 DRILLS = {
     "kill-evt-room-leader": lambda s: kill_leader_of(s, event_stream(ROOM)),
     "kill-leases-leader": lambda s: kill_leader_of(s, "KV_leases-room", only=True),
     "sigstop-node-15s": lambda s: pause_node(s, event_stream(ROOM)),
     "rolling-sigterm": rolling_restart,
 }
+PARTITION_DRILL = "partition-node"  # needs NetnsNetwork: a cluster of its own
 
 
 # --- throughput -----------------------------------------------------------------------------------
@@ -531,6 +552,23 @@ def main() -> int:
                 print(name, json.dumps(figures[name]), flush=True)
         finally:
             system.stop()
+        why_not = NetnsNetwork.available()
+        if why_not is None:
+            network = NetnsNetwork(3).create()
+            try:
+                system = start_system(Path(tmp) / "partition", network=network)
+                try:
+                    result, seen = asyncio.run(run_drill(system, PARTITION_DRILL,
+                                                         partition_node(system, event_stream(ROOM))))
+                    check_drill(system, result, seen)
+                    figures[PARTITION_DRILL] = result.figures()
+                    print(PARTITION_DRILL, json.dumps(figures[PARTITION_DRILL]), flush=True)
+                finally:
+                    system.stop()
+            finally:
+                network.delete()
+        else:
+            figures[PARTITION_DRILL] = {"skipped": why_not}
         seconds = 5.0 if quick else 10.0
         for nodes in (1, 3):
             for sync in ("default", "always"):

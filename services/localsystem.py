@@ -22,6 +22,7 @@ from pathlib import Path
 from services.runtime.natsserver import (
     NatsCluster,
     NatsServerProcess,
+    NetnsNetwork,
     child_env,
     die_with_parent,
     free_port,
@@ -30,10 +31,12 @@ from services.runtime.natsserver import (
 
 LOG_BOUND = 5 * 1024 * 1024  # bytes a log file may grow to before its older half is dropped
 RUN_MARK = "=== "
-# Seconds a partition lease lives unrenewed on a cluster: above a Raft election (4-9 s,
-# nats-server raft.go) plus the heartbeat interval, so owners ride out their lease bucket's
-# leader election; the cost is that a dead room replica's partitions move only after it.
-CLUSTER_LEASE_TTL = 12  # starts the line a process's log gets each time it is started
+# Seconds a partition lease (and a gateway's heartbeat) lives unrenewed on a cluster: above
+# a Raft election (4-9 s, nats-server raft.go) plus leaving a frozen or cut-off node (~6 s of
+# pings), so owners ride out their lease bucket's leader election, and a gateway its node's
+# loss, without stepping down or being swept; the cost is that a dead room replica's
+# partitions (and a dead gateway's members) move only after it.
+CLUSTER_LEASE_TTL = 15  # starts the line a process's log gets each time it is started
 
 
 def now_text() -> str:
@@ -174,9 +177,10 @@ class LocalSystem:
 
     With `nats_nodes` > 1 NATS is a JetStream cluster of that many nats-server processes
     (<data dir>/nats-N: own store, ports and log); every service is given all their URLs, and
-    streams and KV buckets are made with min(3, nodes) replicas. The lease TTL is then
-    `CLUSTER_LEASE_TTL` (unless extra_env sets one): longer than a Raft election, so a lease
-    bucket that changes leader does not make every owner step down (docs/ARCHITECTURE.md)."""
+    streams and KV buckets are made with min(3, nodes) replicas. The lease and gateway TTLs
+    are then `CLUSTER_LEASE_TTL` (unless extra_env sets them): longer than a Raft election,
+    so a lease bucket that changes leader does not make every owner step down
+    (docs/ARCHITECTURE.md)."""
 
     data_dir: Path
     partitions: int = 16
@@ -185,6 +189,7 @@ class LocalSystem:
     nats_http_port: int = 0
     nats_nodes: int = 1
     sync_interval: str = "always"  # JetStream's fsync (natsconf.py); "default": NATS's 2 min
+    nats_network: NetnsNetwork | None = None  # cluster nodes in network namespaces (drills)
     host: str = "127.0.0.1"
     port: int = 0
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -235,7 +240,8 @@ class LocalSystem:
         assert self.nats is not None
         cluster: dict[str, object] = {}
         if self.nats_nodes > 1:
-            cluster = {"stream_replicas": self.replicas, "lease_ttl": CLUSTER_LEASE_TTL}
+            cluster = {"stream_replicas": self.replicas, "lease_ttl": CLUSTER_LEASE_TTL,
+                       "gateway_ttl": CLUSTER_LEASE_TTL}
         env = child_env(
             nats_url=self.nats_url,
             **cluster,
@@ -260,7 +266,7 @@ class LocalSystem:
             self.nats_cluster = NatsCluster(
                 self.data_dir, self.nats_nodes, partitions=self.partitions,
                 sync_interval=self.sync_interval, log_dir=self.log_dir, pass_fds=self.pass_fds,
-                ports=[self.nats_port] if self.nats_port else [],
+                ports=[self.nats_port] if self.nats_port else [], network=self.nats_network,
             )
             for node in self.nats_cluster.nodes:
                 assert node.log_file is not None

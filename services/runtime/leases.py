@@ -119,7 +119,7 @@ class PartitionLeases:
         self.on_released = on_released
         self.ttl = float(int(ttl))  # the server's TTL is whole seconds
         # A heartbeat at least every 1.5 s: with a TTL above a Raft election (a cluster's
-        # 12 s), the last heartbeat before the lease bucket loses its leader leaves more
+        # 15 s), the last heartbeat before the lease bucket loses its leader leaves more
         # than the election's length of deadline, so owners write on through it.
         self.renew_every = min(self.ttl / 4, RENEW_AT_MOST_EVERY)
         self.replica_id = replica_id or new_replica_id()
