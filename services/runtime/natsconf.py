@@ -91,7 +91,7 @@ def render_nats_conf(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--partitions", type=int, default=16)
-    parser.add_argument("--sync-interval", default=SYNC_DEFAULT)
+    parser.add_argument("--sync-interval", default="always", help="always | default | a duration")
     parser.add_argument("--out", type=Path, help="write here instead of stdout")
     args = parser.parse_args()
     text = render_nats_conf(args.partitions, args.sync_interval)

@@ -98,3 +98,30 @@ async def test_a_partitioned_node_loses_and_doubles_nothing(netns_cluster):
     assert result.acked > 20, f"too little load got through: {result.figures()}"
     assert not problems, problems
     assert result.ai_outcome != "did not end"
+
+
+def test_make_run_with_three_nodes_describes_them_and_restarts_a_dead_one(tmp_path):
+    """`DURACHAT_NATS_NODES=3 make run`: three nodes in run.json, every URL given out, a
+    node killed with -9 restarted on its store and ports by the supervisor."""
+    import os
+    import signal
+
+    from tests.e2e.test_launcher import Launcher
+    from tests.support import eventually_blocking
+
+    launcher = Launcher(tmp_path / "data", DURACHAT_NATS_NODES="3")
+    try:
+        launcher.ready(60)
+        run = launcher.run()
+        assert len(run["nats_url"].split(",")) == 3, run
+        assert {"nats-1", "nats-2", "nats-3"} <= set(run["pids"]), run["pids"]
+        for node in ("nats-1", "nats-2", "nats-3"):
+            assert (tmp_path / "data" / node / "jetstream").is_dir()
+        victim = run["pids"]["nats-2"]
+        os.kill(victim, signal.SIGKILL)
+        eventually_blocking(
+            lambda: launcher.run()["pids"]["nats-2"] != victim and launcher.healthy(), 30,
+            lambda: f"nats-2 restarted:\n{launcher.text()[-2000:]}")
+        assert "nats-2 exited (killed by SIGKILL); restarting it" in launcher.text()
+    finally:
+        launcher.stop()

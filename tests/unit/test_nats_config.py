@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_committed_config_matches_the_default_partition_count():
     default = RuntimeSettings.model_fields["partitions"].default
-    assert (ROOT / "infra/nats/nats.conf").read_text() == render_nats_conf(default)
+    # Rendered with the documented default for a deployment: fsync before every ack.
+    assert (ROOT / "infra/nats/nats.conf").read_text() == render_nats_conf(default, "always")
 
 
 def test_cluster_nodes_map_commands_to_the_same_partitions():
