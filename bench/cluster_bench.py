@@ -429,7 +429,9 @@ async def wait_cluster_whole(system: LocalSystem, timeout: float = 60.0) -> None
         if all(n.alive() and n.healthy() for n in system.nats_cluster.nodes) and system.healthy():
             return
         await asyncio.sleep(0.1)
-    raise TimeoutError(f"cluster not whole after {timeout}s")
+    nodes = {n.name: (n.alive(), n.healthy()) for n in system.nats_cluster.nodes}
+    raise TimeoutError(f"cluster not whole after {timeout}s: nodes (alive, current) {nodes}, "
+                       f"gateway ready {system.healthy()}")
 
 
 def node_named(system: LocalSystem, name: str) -> NatsServerProcess:
@@ -471,7 +473,9 @@ def kill_leader_of(system: LocalSystem, stream: str, down_for: float = 6.0,
         node = await find_leader(system, stream)
         node.kill()
         await asyncio.sleep(down_for)  # the node stays dead a while; the rest carry on
-        await asyncio.to_thread(node.start)
+        # From this (the main) thread: a node started from a worker thread would get SIGTERM
+        # when that thread ends (PR_SET_PDEATHSIG, `die_with_parent`).
+        node.start(wait=False)
         await wait_cluster_whole(system)
     return fault
 
@@ -493,7 +497,7 @@ def rolling_restart(system: LocalSystem):
         assert system.nats_cluster is not None
         for node in system.nats_cluster.nodes:
             await asyncio.to_thread(node.stop)  # SIGTERM: its leaders step down first
-            await asyncio.to_thread(node.start)
+            node.start(wait=False)  # from the main thread, as above
             await wait_cluster_whole(system)
     return fault
 

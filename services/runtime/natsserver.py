@@ -160,8 +160,9 @@ class NatsServerProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def start(self, timeout: float = 20.0) -> NatsServerProcess:
-        """Start it (again: on the same ports and store), and wait until JetStream is up."""
+    def start(self, timeout: float = 20.0, wait: bool = True) -> NatsServerProcess:
+        """Start it (again: on the same ports and store), and (with `wait`) wait until
+        JetStream is up. Call it from the main thread (see `die_with_parent`)."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         self.http_port = self.http_port or free_port()
@@ -188,7 +189,8 @@ class NatsServerProcess:
             pass_fds=tuple(self.pass_fds),
         )
         log.close()
-        self.wait_ready(timeout)
+        if wait:
+            self.wait_ready(timeout)
         return self
 
     def wait_ready(self, timeout: float) -> None:
