@@ -57,6 +57,7 @@ class Projector:
         self.conn: sqlite3.Connection | None = None
         self._inode = 0
         self.position = 0
+        self._delivered = 0
         self._sub = None
 
     async def open(self) -> None:
@@ -83,6 +84,7 @@ class Projector:
             ),
         )
         self._sub = await self.js.pull_subscribe_bind(self.durable, stream=self.stream)
+        self._delivered = 0  # the consumer's delivery number of the last message taken
         log.info("projecting %s into %s from sequence %d", self.stream, self.db_path, self.position + 1)
 
     async def _stream_exists(self) -> None:
@@ -110,17 +112,31 @@ class Projector:
             return 0
         if not msgs:
             return 0
+        # Deliveries lost on the way (a pull answer cut by a node's restart, a consumer
+        # leader change) must not be acknowledged with the ones after them: AckPolicy.ALL
+        # would skip them for good. The consumer numbers its deliveries; a jump is a loss.
+        contiguous = []
+        for msg in msgs:
+            if msg.metadata.sequence.consumer != self._delivered + 1:
+                break
+            self._delivered = msg.metadata.sequence.consumer
+            contiguous.append(msg)
         applied = 0
-        with transaction(self.conn) as conn:
-            for msg in msgs:
-                sequence = msg.metadata.sequence.stream
-                if sequence <= self.position:
-                    continue  # delivered again after a crash: already in the store
-                project_commit(conn, self.stream, msg.subject, sequence, msg.data)
-                self.position = sequence
-                applied += 1
-            record_position(conn, self.stream, self.position)
-        await msgs[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
+        if contiguous:
+            with transaction(self.conn) as conn:
+                for msg in contiguous:
+                    sequence = msg.metadata.sequence.stream
+                    if sequence <= self.position:
+                        continue  # delivered again after a crash: already in the store
+                    project_commit(conn, self.stream, msg.subject, sequence, msg.data)
+                    self.position = sequence
+                    applied += 1
+                record_position(conn, self.stream, self.position)
+            await contiguous[-1].ack()  # AckPolicy.ALL: acknowledges up to this one
+        if len(contiguous) < len(msgs):
+            log.warning("projecting %s: deliveries after %d never arrived; reading again from "
+                        "sequence %d", self.stream, self._delivered, self.position + 1)
+            await self.open()
         return applied
 
     async def run(self, stopping: asyncio.Event) -> None:
