@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from contracts.room import (
     ANONYMOUS,
+    MAX_ATTACHMENTS,
     MAX_MESSAGE_LENGTH,
     MAX_NAME_LENGTH,
     AiReplyView,
@@ -22,6 +23,7 @@ from contracts.room import (
     name_problem,
     normalize_name,
 )
+from contracts.upload import UPLOAD_ID
 
 CLOSE_TOO_BIG = 1009
 
@@ -42,6 +44,7 @@ class NameFrame:
 @dataclass(frozen=True)
 class MessageFrame:
     text: str
+    attachments: tuple[str, ...] = ()  # upload ids (an extension key old clients never send)
 
 
 def _decode(text: str | None, data: bytes | None, max_bytes: int) -> dict:
@@ -60,8 +63,8 @@ def _decode(text: str | None, data: bytes | None, max_bytes: int) -> dict:
     return value
 
 
-def _only(frame: dict, allowed: str, hint: str) -> None:
-    unknown = sorted(set(frame) - {allowed})
+def _only(frame: dict, allowed: str | set[str], hint: str) -> None:
+    unknown = sorted(set(frame) - ({allowed} if isinstance(allowed, str) else allowed))
     if unknown:
         raise FrameError(f"Unknown key(s) {', '.join(map(json.dumps, unknown))[:100]}; {hint}")
 
@@ -97,7 +100,7 @@ def parse_name_frame(text: str | None, data: bytes | None, max_bytes: int) -> Na
 def parse_message_frame(text: str | None, data: bytes | None, max_bytes: int) -> MessageFrame:
     """A later frame: `{"message": ...}`."""
     frame = _decode(text, data, max_bytes)
-    _only(frame, "message", 'send {"message": "..."}.')
+    _only(frame, {"message", "attachments"}, 'send {"message": "..."}.')
     if "message" not in frame:
         raise FrameError('Expected {"message": "..."}.')
     message = frame["message"]
@@ -106,11 +109,25 @@ def parse_message_frame(text: str | None, data: bytes | None, max_bytes: int) ->
     _text_only(message, "message")
     if len(message) > MAX_MESSAGE_LENGTH:
         raise FrameError("Message too long.")
-    if not message:
+    attachments = _attachments(frame.get("attachments", []))
+    if not message and not attachments:
         raise FrameError("Message is empty.")
-    if is_blank(message):
+    if is_blank(message) and not attachments:
         raise FrameError("Message is empty: it holds only spaces.")
-    return MessageFrame(message)
+    return MessageFrame(message, attachments)
+
+
+def _attachments(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise FrameError("attachments must be a list of upload ids.")
+    if len(value) > MAX_ATTACHMENTS:
+        raise FrameError(f"At most {MAX_ATTACHMENTS} attachments per message.")
+    if len(set(value)) != len(value):
+        raise FrameError("An attachment is listed twice.")
+    for upload_id in value:
+        if not UPLOAD_ID.match(upload_id):
+            raise FrameError(f"Not an upload id: {upload_id[:70]!r}.")
+    return tuple(value)
 
 
 # --- server frames ----------------------------------------------------------------------------
@@ -131,6 +148,8 @@ def message_frame(message: ChatMessage) -> str:
     }
     if message.kind != "user":
         frame["kind"] = message.kind
+    if message.attachments:
+        frame["attachments"] = message.attachments
     return encode(frame)
 
 
@@ -181,8 +200,12 @@ def ai_progress_frames(reply: AiReplyView) -> list[str]:
     return frames
 
 
-def error_frame(message: str) -> str:
-    return encode({"error": message})
+def error_frame(message: str, retry_after: float | None = None) -> str:
+    """`{"error": ...}`; a refusal that passes with time also says after how many seconds a
+    frame may pass again (`retry_after`, an extension old clients ignore)."""
+    if retry_after is None:
+        return encode({"error": message})
+    return encode({"error": message, "retry_after": retry_after})
 
 
 READY = encode({"ready": True})

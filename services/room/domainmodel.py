@@ -165,6 +165,7 @@ class Room(Aggregate):
         now: float,
         deadlines: AiDeadlines,
         user_id: str | None = None,
+        attachments: tuple[str, ...] = (),
     ) -> dict | None:
         """Post `text`; the timestamp is `now_ms`, bumped past the last one if needed.
 
@@ -184,6 +185,7 @@ class Room(Aggregate):
             member_name=self.members[session_id],
             text=text,
             posted_at=timestamp,
+            attachments=tuple(attachments),
         )
         message = self.messages[-1]
         question = ai_question(text)
@@ -382,10 +384,14 @@ class Room(Aggregate):
         self.member_gateways.pop(session_id, None)
 
     @event(MessagePosted)
-    def _message_posted(self, message_id: str, member_name: str, text: str, posted_at: int) -> None:
-        self._remember(
-            {"id": message_id, "name": member_name, "message": text, "timestamp": posted_at}
-        )
+    def _message_posted(
+        self, message_id: str, member_name: str, text: str, posted_at: int,
+        attachments: tuple[str, ...] = (),
+    ) -> None:
+        message: dict = {"id": message_id, "name": member_name, "message": text, "timestamp": posted_at}
+        if attachments:
+            message["attachments"] = list(attachments)
+        self._remember(message)
 
     @event(SystemMessagePosted)
     def _system_message_posted(self, message_id: str, text: str, posted_at: int) -> None:

@@ -131,6 +131,7 @@
   function fillMessage(li, data) {
     li.querySelector(".author").textContent = String(data.name);
     li.querySelector(".text").textContent = String(data.message);
+    if (window.durachatUploads) window.durachatUploads.render(li, data.attachments);
     setTime(li, data.timestamp);
     li.classList.toggle("mine", data.name === state.name);
   }
@@ -405,6 +406,7 @@
       state.backoff = BACKOFF_MIN_MS;
       setStatus("ready");
       setInputEnabled(true);
+      if (window.durachatUploads) window.durachatUploads.restore(state.room);
       const active = document.activeElement;
       if (!active || active === document.body || el.stepChat.contains(active)) el.messageInput.focus();
     } else if (data.ai && typeof data.ai === "object") {
@@ -441,7 +443,11 @@
 
   function sendMessage(text) {
     if (!state.ready || !state.ws || state.ws.readyState !== WebSocket.OPEN) return false;
-    state.ws.send(JSON.stringify({ message: text.slice(0, MAX_MESSAGE) }));
+    const frame = { message: text.slice(0, MAX_MESSAGE) };
+    const attachments = window.durachatUploads ? window.durachatUploads.take() : [];
+    if (attachments.length) frame.attachments = attachments;
+    if (!frame.message && !attachments.length) return false;
+    state.ws.send(JSON.stringify(frame));
     return true;
   }
 
@@ -528,7 +534,7 @@
   el.chatForm.addEventListener("submit", (event) => {
     event.preventDefault();
     const text = el.messageInput.value;
-    if (!text) return;
+    if (!text && el.send.dataset.attachments in { "": 1, "0": 1, undefined: 1 }) return;
     if (sendMessage(text)) el.messageInput.value = "";
     el.messageInput.focus();
   });
