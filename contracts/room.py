@@ -32,6 +32,15 @@ MAX_AI_QUEUE = 8  # AI questions a room holds (one streaming, the rest waiting)
 INCOMPLETE_MARK = " [incomplete]"
 
 
+ROOM_NAMESPACE = uuid5(NAMESPACE_URL, "durachat:room")
+
+
+def reply_id_of(message_id: str) -> str:
+    """The id of the AI reply to message `message_id`: the same on every retry (and the id of
+    the AI's message that answers it, so a client can pair the two)."""
+    return str(uuid5(ROOM_NAMESPACE, f"ai-reply:{message_id}"))
+
+
 def ai_question(text: str) -> str | None:
     """The question of a message addressed to the AI (`@ai ...` or `/ai ...`), else None."""
     head, _, rest = text.strip().partition(" ")

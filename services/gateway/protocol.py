@@ -22,8 +22,10 @@ from contracts.room import (
     is_blank,
     name_problem,
     normalize_name,
+    reply_id_of,
 )
 from contracts.upload import UPLOAD_ID
+from services.gateway import markdown
 
 CLOSE_TOO_BIG = 1009
 
@@ -137,10 +139,11 @@ def encode(frame: dict) -> str:
     return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
 
 
-def message_frame(message: ChatMessage) -> str:
+def message_frame(message: ChatMessage, asker: str | None = None) -> str:
     """A chat message as the demo sends it, plus its id and, for the AI's and the room's own
-    messages, its kind (extensions old clients ignore)."""
-    frame = {
+    messages, its kind (extensions old clients ignore). An AI message also carries its text
+    rendered from markdown as sanitized HTML ("html"), and in history who asked ("asker")."""
+    frame: dict = {
         "name": message.name,
         "message": message.message,
         "timestamp": message.timestamp,
@@ -148,9 +151,20 @@ def message_frame(message: ChatMessage) -> str:
     }
     if message.kind != "user":
         frame["kind"] = message.kind
+    if message.kind == "ai":
+        frame["html"] = markdown.render(message.message)
+        if asker is not None:
+            frame["asker"] = asker
     if message.attachments:
         frame["attachments"] = message.attachments
     return encode(frame)
+
+
+def history_frames(messages: list[ChatMessage]) -> list[str]:
+    """The frames of a room's history: each AI message names its asker when the question is
+    in the history too (the AI answers the message whose reply id is its own id)."""
+    askers = {reply_id_of(m.id): m.name for m in messages if m.kind == "user"}
+    return [message_frame(m, askers.get(m.id) if m.kind == "ai" else None) for m in messages]
 
 
 def ai_frame(event: str, **fields) -> str:

@@ -282,7 +282,7 @@ async def chat(
             # loads says its last commit again) are dropped; the state comes first.
             session.blocked = (
                 [(0, OutFrame(protocol.encode({"joined": m}))) for m in state.members]
-                + [(0, OutFrame(protocol.message_frame(m))) for m in state.messages]
+                + [(0, OutFrame(text)) for text in protocol.history_frames(state.messages)]
                 + [
                     (0, OutFrame(text))
                     for reply in state.ai

@@ -101,8 +101,7 @@ def test_attach_progress_reload_resume_and_preview(chromium: Browser, system: Lo
     sent: list[str] = []
     alice.on("request", lambda r: sent.append(r.headers.get("upload-offset", "")) if r.method == "PATCH" else None)
     alice.goto(system.base_url + "/#" + room)
-    choose_name(alice, "alice")
-    expect_ready(alice)
+    expect_ready(alice)  # the name is remembered: straight back into the room
     expect(alice.locator('[data-testid="upload-info"]')).to_have_text(re.compile("ready to send"))
     assert sent and sent[0] == str(MIB), sent  # from the last stored byte, not from zero
 
