@@ -30,13 +30,13 @@ from services.runtime.natsserver import (
 )
 
 LOG_BOUND = 5 * 1024 * 1024  # bytes a log file may grow to before its older half is dropped
-RUN_MARK = "=== "
+RUN_MARK = "=== "  # starts the line a process's log gets each time it is started
 # Seconds a partition lease (and a gateway's heartbeat) lives unrenewed on a cluster: above
 # a Raft election (4-9 s, nats-server raft.go) plus leaving a frozen or cut-off node (~6 s of
 # pings), so owners ride out their lease bucket's leader election, and a gateway its node's
 # loss, without stepping down or being swept; the cost is that a dead room replica's
 # partitions (and a dead gateway's members) move only after it.
-CLUSTER_LEASE_TTL = 15  # starts the line a process's log gets each time it is started
+CLUSTER_LEASE_TTL = 15
 
 
 def now_text() -> str:
@@ -188,7 +188,9 @@ class LocalSystem:
     nats_port: int = 0
     nats_http_port: int = 0
     nats_nodes: int = 1
-    sync_interval: str = "always"  # JetStream's fsync (natsconf.py); "default": NATS's 2 min
+    # JetStream's fsync (natsconf.py): NATS's 2 min here, as tests and benchmarks want it;
+    # the launcher (`make run`) passes its setting, "always" by default.
+    sync_interval: str = "default"
     nats_network: NetnsNetwork | None = None  # cluster nodes in network namespaces (drills)
     host: str = "127.0.0.1"
     port: int = 0

@@ -87,18 +87,23 @@ class RoomFanout:
         await self.based.wait()
         headers = msg.headers or {}
         async with self._turn:
+            before = self.version
+            await self._take(update, headers)
+        if self.version > before:  # whoever waits for a version (a posting socket) is told
+            await self._notify()
+
+    async def _take(self, update: RoomUpdate, headers: dict[str, str]) -> None:
+        if update.version <= self.version:
+            return  # said again by a new owner after a failover, or read from the stream
+        commit = _int(headers.get(COMMIT_HEADER))
+        previous = _int(headers.get(PREVIOUS_HEADER))
+        if commit is not None and self.store is not None and (
+            previous is None or previous > self.version
+        ):
+            await self._repair(through=commit)
             if update.version <= self.version:
-                return  # said again by a new owner after a failover; already delivered
-            commit = _int(headers.get(COMMIT_HEADER))
-            previous = _int(headers.get(PREVIOUS_HEADER))
-            if commit is not None and self.store is not None and (
-                previous is None or previous > self.version
-            ):
-                await self._repair(through=commit)
-                if update.version <= self.version:
-                    return
-            self._deliver(update, commit)
-        await self._notify()
+                return
+        self._deliver(update, commit)
 
     def _deliver(self, update: RoomUpdate, commit: int | None) -> None:
         for text in update_frames(update):

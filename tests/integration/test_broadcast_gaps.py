@@ -97,3 +97,17 @@ async def test_a_poster_waiting_for_a_lost_broadcast_gets_it_from_the_stream(nat
         assert texts(got) == ["only"]
         await fanouts.detach(room_name, 1)
         await gateway_nc.close()
+
+
+async def test_a_broadcast_delivered_through_the_stream_wakes_whoever_waits_for_it(nats_server, nc, room_name):
+    # The first broadcast after a room loads names no previous one, so it is delivered by
+    # a read of the stream; a socket waiting for its version (its join, its post) must be
+    # told then, not after the late-echo check (0.5 s: the rate-limit tests saw joins slow).
+    async with hosted(nats_server):
+        gateway_nc = await nats.connect(nats_server.url)
+        fanouts, fanout, got = await lossy_fanout(gateway_nc, room_name, drop=set())
+        joined = await ask(nc, RoomClient, room_name, JoinRoom(session_id="a", name="alice"))
+        assert await fanout.delivered(joined.version, timeout=0.4)
+        assert fanout.repairs == 1
+        await fanouts.detach(room_name, 1)
+        await gateway_nc.close()
