@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.runtime.natsserver import (
+    NatsCluster,
     NatsServerProcess,
+    NetnsNetwork,
     child_env,
     die_with_parent,
     free_port,
@@ -29,6 +31,12 @@ from services.runtime.natsserver import (
 
 LOG_BOUND = 5 * 1024 * 1024  # bytes a log file may grow to before its older half is dropped
 RUN_MARK = "=== "  # starts the line a process's log gets each time it is started
+# Seconds a partition lease (and a gateway's heartbeat) lives unrenewed on a cluster: above
+# a Raft election (4-9 s, nats-server raft.go) plus leaving a frozen or cut-off node (~6 s of
+# pings), so owners ride out their lease bucket's leader election, and a gateway its node's
+# loss, without stepping down or being swept; the cost is that a dead room replica's
+# partitions (and a dead gateway's members) move only after it.
+CLUSTER_LEASE_TTL = 15
 
 
 def now_text() -> str:
@@ -165,19 +173,32 @@ class ServiceProcess:
 @dataclass
 class LocalSystem:
     """nats-server + room service replicas + ratelimit + context + projector + gateway, wired
-    together on 127.0.0.1. Logs are in <data dir>/logs, one file per process and run."""
+    together on 127.0.0.1. Logs are in <data dir>/logs, one file per process and run.
+
+    With `nats_nodes` > 1 NATS is a JetStream cluster of that many nats-server processes
+    (<data dir>/nats-N: own store, ports and log); every service is given all their URLs, and
+    streams and KV buckets are made with min(3, nodes) replicas. The lease and gateway TTLs
+    are then `CLUSTER_LEASE_TTL` (unless extra_env sets them): longer than a Raft election,
+    so a lease bucket that changes leader does not make every owner step down
+    (docs/ARCHITECTURE.md)."""
 
     data_dir: Path
     partitions: int = 16
     room_replicas: int = 1
     nats_port: int = 0
     nats_http_port: int = 0
+    nats_nodes: int = 1
+    # JetStream's fsync (natsconf.py): NATS's 2 min here, as tests and benchmarks want it;
+    # the launcher (`make run`) passes its setting, "always" by default.
+    sync_interval: str = "default"
+    nats_network: NetnsNetwork | None = None  # cluster nodes in network namespaces (drills)
     host: str = "127.0.0.1"
     port: int = 0
     extra_env: dict[str, str] = field(default_factory=dict)
     pass_fds: Sequence[int] = ()  # inherited by every process (the launcher's data dir lock)
     rotate_logs: bool = True  # start() moves the last run's logs to *.log.1 (the launcher did)
-    nats: NatsServerProcess | None = field(default=None, init=False)
+    nats: NatsServerProcess | None = field(default=None, init=False)  # the (first) node
+    nats_cluster: NatsCluster | None = field(default=None, init=False)
     rooms: list[ServiceProcess] = field(default_factory=list, init=False)
     gateway: ServiceProcess | None = field(default=None, init=False)
     projector: ServiceProcess | None = field(default=None, init=False)
@@ -202,10 +223,31 @@ class LocalSystem:
     def ws_url(self) -> str:
         return f"ws://{self.host}:{self.port}"
 
+    @property
+    def nats_servers(self) -> list[NatsServerProcess]:
+        """Every nats-server of the system: one, or each node of the cluster."""
+        if self.nats_cluster is not None:
+            return list(self.nats_cluster.nodes)
+        return [self.nats] if self.nats is not None else []
+
+    @property
+    def nats_url(self) -> str:
+        """Every node's URL, comma-separated, as the services are given it."""
+        return ",".join(server.url for server in self.nats_servers)
+
+    @property
+    def replicas(self) -> int:
+        return min(3, self.nats_nodes)
+
     def env(self) -> dict[str, str]:
         assert self.nats is not None
+        cluster: dict[str, object] = {}
+        if self.nats_nodes > 1:
+            cluster = {"stream_replicas": self.replicas, "lease_ttl": CLUSTER_LEASE_TTL,
+                       "gateway_ttl": CLUSTER_LEASE_TTL}
         env = child_env(
-            nats_url=self.nats.url,
+            nats_url=self.nats_url,
+            **cluster,
             partitions=self.partitions,
             host=self.host,
             port=self.port,
@@ -223,12 +265,25 @@ class LocalSystem:
         if self.rotate_logs:
             rotate_logs(self.log_dir)
         self.port = self.port or free_port(self.host)
-        nats_log = self.log_dir / "nats-server.log"
-        start_log(nats_log, "nats-server started")
-        self.nats = NatsServerProcess(
-            self.data_dir / "nats", partitions=self.partitions, port=self.nats_port,
-            http_port=self.nats_http_port, log_file=nats_log, pass_fds=self.pass_fds,
-        ).start()
+        if self.nats_nodes > 1:
+            self.nats_cluster = NatsCluster(
+                self.data_dir, self.nats_nodes, partitions=self.partitions,
+                sync_interval=self.sync_interval, log_dir=self.log_dir, pass_fds=self.pass_fds,
+                ports=[self.nats_port] if self.nats_port else [], network=self.nats_network,
+            )
+            for node in self.nats_cluster.nodes:
+                assert node.log_file is not None
+                start_log(node.log_file, f"{node.name} started")
+            self.nats = self.nats_cluster.nodes[0]
+            self.nats_cluster.start(timeout)
+        else:
+            nats_log = self.log_dir / "nats-server.log"
+            start_log(nats_log, "nats-server started")
+            self.nats = NatsServerProcess(
+                self.data_dir / "nats", partitions=self.partitions, port=self.nats_port,
+                http_port=self.nats_http_port, log_file=nats_log, pass_fds=self.pass_fds,
+                sync_interval=self.sync_interval,
+            ).start()
         for _ in range(self.room_replicas):
             self.start_room()
         self.ratelimit = self.start_ratelimit()
@@ -302,8 +357,9 @@ class LocalSystem:
     def pids(self) -> dict[str, int]:
         """{process name: pid} of every process started (nats-server included)."""
         pids = {s.name: s.pid for s in self.services() if s.process is not None}
-        if self.nats is not None and self.nats.process is not None:
-            pids["nats-server"] = self.nats.pid
+        for server in self.nats_servers:
+            if server.process is not None:
+                pids[server.name] = server.pid
         return pids
 
     def alive(self) -> bool:
@@ -318,7 +374,9 @@ class LocalSystem:
         deadline = time.monotonic() + timeout
         for service in services:
             service.stop(max(0.1, deadline - time.monotonic()))
-        if self.nats is not None:
+        if self.nats_cluster is not None:
+            self.nats_cluster.stop()
+        elif self.nats is not None:
             self.nats.stop()
 
     def logs(self) -> str:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 
 from services.gateway.settings import GatewaySettings
 from services.localsystem import (
@@ -46,6 +46,7 @@ from services.localsystem import (
     rotate_logs,
     start_log,
 )
+from services.runtime.natsconf import check_sync_interval
 from services.runtime.natsserver import free_port, port_holder, port_is_free
 
 log = logging.getLogger("durachat")
@@ -66,7 +67,27 @@ class LauncherSettings(GatewaySettings):
         1, ge=1, le=16, validation_alias=AliasChoices("DURACHAT_ROOM_REPLICAS", "ROOM_REPLICAS"),
         description="room service processes sharing the room partitions",
     )
+    nats_nodes: int = Field(
+        1, ge=1, le=5, description="nats-server processes: 1, or a JetStream cluster of 3 (or 5) "
+        "nodes on this machine, streams and KV buckets at R3",
+    )
+    nats_sync_interval: str = Field(
+        "always", description="how often JetStream fsyncs: 'always' (before every ack), "
+        "'default' (NATS's 2 min) or a duration such as '1s' (infra/README.md)",
+    )
     restart_limit: int = Field(5, ge=1, description="exits within restart_window that give a process up")
+
+    @field_validator("nats_sync_interval")
+    @classmethod
+    def _sync_interval(cls, value: str) -> str:
+        return check_sync_interval(value)
+
+    @field_validator("nats_nodes")
+    @classmethod
+    def _nodes(cls, value: int) -> int:
+        if value == 2:
+            raise ValueError("2 nodes have no majority when one is down; use 1 or 3")
+        return value
     restart_window: float = Field(60.0, gt=0, description="seconds over which exits are counted")
 
 
@@ -178,11 +199,10 @@ class Supervisor:
     def poll(self) -> None:
         """One round: notice exits, restart what is due, keep the logs bounded."""
         now = time.monotonic()
-        nats = self.system.nats
-        assert nats is not None
-        if not nats.alive():
-            self.exited("nats-server", nats.process.returncode if nats.process else None,
-                        nats.log_file, now)
+        for nats in self.system.nats_servers:
+            if not nats.alive():
+                self.exited(nats.name, nats.process.returncode if nats.process else None,
+                            nats.log_file, now)
         for service in self.system.services():
             if not service.alive():
                 self.exited(service.name, service.returncode, service.log_path, now,
@@ -220,16 +240,16 @@ class Supervisor:
                     state.backoff, restarts + 1)
 
     def restart(self, state: Watched) -> None:
-        if state.name == "nats-server":
-            nats = self.system.nats
-            assert nats is not None
+        servers = {server.name: server for server in self.system.nats_servers}
+        if state.name in servers:
+            nats = servers[state.name]
             if nats.log_file is not None:
-                start_log(nats.log_file, "nats-server restarted")
+                start_log(nats.log_file, f"{nats.name} restarted")
             try:
                 nats.start()  # the same ports and store: the services reconnect by themselves
             except (RuntimeError, TimeoutError, OSError) as exc:
-                log.error("nats-server did not come back: %s", exc)
-                self.exited("nats-server", nats.process.returncode if nats.process else None,
+                log.error("%s did not come back: %s", nats.name, exc)
+                self.exited(nats.name, nats.process.returncode if nats.process else None,
                             nats.log_file, time.monotonic())
                 return
         else:
@@ -312,6 +332,8 @@ def run_system(settings: LauncherSettings, data_dir: Path, lock: IO[str]) -> int
         room_replicas=settings.room_replicas,
         nats_port=nats_port,
         nats_http_port=settings.nats_http_port,
+        nats_nodes=settings.nats_nodes,
+        sync_interval=settings.nats_sync_interval,
         host=settings.host,
         port=settings.port,
         pass_fds=(lock.fileno(),),
@@ -329,8 +351,8 @@ def run_system(settings: LauncherSettings, data_dir: Path, lock: IO[str]) -> int
             "started_at": started_at,
             "ready": state["ready"],
             "gateway_url": system.base_url,
-            "nats_url": system.nats.url,
-            "nats_monitoring_url": system.nats.monitoring_url,
+            "nats_url": system.nats_url,
+            "nats_monitoring_url": ",".join(n.monitoring_url for n in system.nats_servers),
             "read_db": str(system.read_db),
             "pids": system.pids(),
             "given_up": supervisor.given_up(),
@@ -341,14 +363,15 @@ def run_system(settings: LauncherSettings, data_dir: Path, lock: IO[str]) -> int
         try:
             system.start(wait=False)
         except (RuntimeError, TimeoutError) as exc:
-            nats_log = log_dir / "nats-server.log"
+            nats_log = log_dir / ("nats-server.log" if settings.nats_nodes == 1 else "nats-1.log")
             log.error("durachat could not start: %s. The last lines of %s:\n%s", exc, nats_log,
                       "\n".join(f"  | {line}" for line in last_lines(nats_log)))
             return 1
         describe()
         assert system.nats is not None
-        log.info("nats-server %s (monitoring %s), data in %s", system.nats.url,
-                 system.nats.monitoring_url, data_dir)
+        for server in system.nats_servers:
+            log.info("%s %s (monitoring %s)", server.name, server.url, server.monitoring_url)
+        log.info("data in %s", data_dir)
         while not stop["signal"]:
             supervisor.poll()
             if not state["ready"] and system.healthy():

@@ -7,6 +7,7 @@ from collections import Counter
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import nats.errors
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import FileResponse, JSONResponse
@@ -30,15 +31,28 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        nc = await connect(settings, "durachat-gateway")
+        fanouts: list[RoomFanouts] = []  # made once connected; the callbacks reach it here
+
+        async def reconnected() -> None:  # broadcasts may have been lost meanwhile
+            for each in fanouts:
+                each.catch_up()
+
+        async def error(exc: Exception) -> None:
+            logging.getLogger("durachat.gateway").warning("NATS: %r", exc)
+            if isinstance(exc, nats.errors.SlowConsumerError):
+                await reconnected()
+
+        nc = await connect(settings, "durachat-gateway", reconnected_cb=reconnected, error_cb=error)
+        fanouts.append(RoomFanouts(nc, presence=None))
         presence = GatewayPresence(nc, settings.gateway_ttl, replicas=settings.stream_replicas)
         await presence.start()
+        fanouts[0].presence = presence
         app.state.gateway = GatewayState(
             settings=settings,
             nc=nc,
             rooms=GatewayRoomClient(nc, settings.request_timeout, presence),
             contexts=ContextClient(nc, timeout=settings.request_timeout),
-            fanouts=RoomFanouts(nc, presence),
+            fanouts=fanouts[0],
             limiter=IpRateLimiter(
                 nc, settings.rate_interval, settings.rate_grace, settings.ratelimit_timeout
             ),

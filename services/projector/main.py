@@ -61,6 +61,7 @@ class Projector:
         self.conn: sqlite3.Connection | None = None
         self._inode = 0
         self.position = 0
+        self._delivered = 0
         self._sub = None
 
     async def open(self) -> None:
@@ -87,6 +88,7 @@ class Projector:
             ),
         )
         self._sub = await self.js.pull_subscribe_bind(self.durable, stream=self.stream)
+        self._delivered = 0  # the consumer's delivery number of the last message taken
         log.info("projecting %s into %s from sequence %d", self.stream, self.db_path, self.position + 1)
 
     async def _stream_exists(self) -> None:
@@ -114,28 +116,53 @@ class Projector:
             return 0
         if not msgs:
             return 0
+        # Deliveries lost on the way (a pull answer cut by a node's restart, a consumer
+        # leader change) must not be acknowledged with the ones after them: AckPolicy.ALL
+        # would skip them for good. The consumer numbers its deliveries; a jump is a loss.
+        contiguous = []
+        for msg in msgs:
+            if msg.metadata.sequence.consumer != self._delivered + 1:
+                break
+            self._delivered = msg.metadata.sequence.consumer
+            contiguous.append(msg)
         applied = 0
-        with transaction(self.conn) as conn:
-            for msg in msgs:
-                sequence = msg.metadata.sequence.stream
-                if sequence <= self.position:
-                    continue  # delivered again after a crash: already in the store
-                self.project(conn, self.stream, msg.subject, sequence, msg.data)
-                self.position = sequence
-                applied += 1
-            record_position(conn, self.stream, self.position)
-        await msgs[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
+        if contiguous:
+            with transaction(self.conn) as conn:
+                for msg in contiguous:
+                    sequence = msg.metadata.sequence.stream
+                    if sequence <= self.position:
+                        continue  # delivered again after a crash: already in the store
+                    self.project(conn, self.stream, msg.subject, sequence, msg.data)
+                    self.position = sequence
+                    applied += 1
+                record_position(conn, self.stream, self.position)
+            await contiguous[-1].ack()  # AckPolicy.ALL: acknowledges up to this one
+        if len(contiguous) < len(msgs):
+            log.warning("projecting %s: deliveries after %d never arrived; reading again from "
+                        "sequence %d", self.stream, self._delivered, self.position + 1)
+            await self.open()
         return applied
 
     async def run(self, stopping: asyncio.Event) -> None:
-        await self.open()
+        await self._reopen(stopping)
         while not stopping.is_set():
             try:
                 await self.step()
             except (nats.errors.Error, nats.js.errors.Error) as exc:
                 log.warning("projecting %s: %s; reopening", self.stream, exc)
                 await asyncio.sleep(0.5)
+                await self._reopen(stopping)
+
+    async def _reopen(self, stopping: asyncio.Event) -> None:
+        """`open`, again and again while the bus fails it (on a cluster the stream or its
+        consumer may have no leader for an election's length)."""
+        while not stopping.is_set():
+            try:
                 await self.open()
+                return
+            except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+                log.warning("projecting %s: opening the consumer failed (%r); retrying", self.stream, exc)
+                await asyncio.sleep(0.5)
 
 
 async def serve(settings: ProjectorSettings) -> None:

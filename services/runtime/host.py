@@ -46,6 +46,10 @@ from services.runtime.kind import (
 
 log = logging.getLogger(__name__)
 
+# Headers of every broadcast, so a watcher can tell it missed one and read it from the stream:
+COMMIT_HEADER = "Durachat-Commit"  # the stream sequence of the commit the update is of
+PREVIOUS_HEADER = "Durachat-Previous"  # the version of the object's broadcast before it
+
 
 def error_bytes(code: ErrorCode, message: str) -> bytes:
     return ErrorReply(code=code, message=message).model_dump_json().encode()
@@ -97,6 +101,7 @@ class ObjectMailbox(Generic[S]):
         self.unsnapshotted = 0  # events applied since the last snapshot
         self.alarm: float | None = None  # the alarm time the object had after the last commit
         self.loaded = False
+        self.last_broadcast: int | None = None  # version of our last broadcast (None: unknown)
         self.task = asyncio.create_task(self._run(), name=f"mailbox {self.kind.name}/{key}")
 
     async def _run(self) -> None:
@@ -129,6 +134,7 @@ class ObjectMailbox(Generic[S]):
         self.state = None
         self.sequence = 0
         self.loaded = False
+        self.last_broadcast = None
 
     async def _process(self, messages: list[Msg]) -> None:
         if not self.loaded:
@@ -278,7 +284,15 @@ class ObjectMailbox(Generic[S]):
         for event in events:
             update = broadcast(event)
             if update is not None:
-                await self.host.nc.publish(self.out_subject, update.model_dump_json().encode())
+                # No "previous" after a load: whether the one before went out is not known
+                # here (the last owner may have died before), so a watcher checks the stream.
+                headers = {COMMIT_HEADER: str(self.sequence)}
+                if self.last_broadcast is not None:
+                    headers[PREVIOUS_HEADER] = str(self.last_broadcast)
+                await self.host.nc.publish(
+                    self.out_subject, update.model_dump_json().encode(), headers=headers
+                )
+                self.last_broadcast = getattr(update, "version", None)
 
 
 class ObjectHost(Generic[S, D]):

@@ -53,7 +53,13 @@ log = logging.getLogger(__name__)
 MEMBERS = "members."
 PARTITIONS = "partitions."
 BUCKET_BYTES = 8 << 20  # a bucket holds a few hundred small keys; bounded all the same
-FAILURES_BEFORE_RECREATE = 5  # consecutive failed cycles before the bucket is made again
+FAILURES_BEFORE_RECREATE = 5  # consecutive failed cycles before the bucket is made again...
+# ...and for at least this long: on a cluster a bucket without a leader (a Raft election,
+# 4-9 s; a frozen leader, until its peers notice) fails every write, and making the bucket
+# again then would make every owner of the kind step down. A bucket that is gone is told
+# apart at once (its stream is not found) and made again without waiting.
+FAILING_BEFORE_RECREATE = 30.0
+RENEW_AT_MOST_EVERY = 1.5  # s between heartbeats at most, whatever the TTL
 _WRONG_LAST_SEQUENCE = 10071
 
 
@@ -112,7 +118,10 @@ class PartitionLeases:
         self.on_acquired = on_acquired
         self.on_released = on_released
         self.ttl = float(int(ttl))  # the server's TTL is whole seconds
-        self.renew_every = self.ttl / 4
+        # A heartbeat at least every 1.5 s: with a TTL above a Raft election (a cluster's
+        # 15 s), the last heartbeat before the lease bucket loses its leader leaves more
+        # than the election's length of deadline, so owners write on through it.
+        self.renew_every = min(self.ttl / 4, RENEW_AT_MOST_EVERY)
         self.replica_id = replica_id or new_replica_id()
         self.bucket_replicas = replicas
         self.held: dict[int, HeldLease] = {}
@@ -136,6 +145,7 @@ class PartitionLeases:
         # The oldest heartbeat the watch has not shown yet: (revision, sent at).
         self._unseen: tuple[int, float] | None = None
         self._failures = 0
+        self._failing_since: float | None = None
         self.stats = LeaseStats()
 
     # --- public ----------------------------------------------------------------------------
@@ -295,13 +305,18 @@ class PartitionLeases:
                 async with self._lock:
                     await self._cycle()
                 self._failures = 0
+                self._failing_since = None
             except (LeaseBucketMissing, nats.js.errors.NotFoundError, nats.errors.NoRespondersError) as exc:
                 await self._guarded(self._recover(f"lease bucket missing ({exc!r})", recreate=False))
             except (TimeoutError, nats.errors.Error) as exc:
                 self._failures += 1
+                now = time.monotonic()
+                self._failing_since = self._failing_since or now
                 log.warning("%s: lease cycle failed (%r); retrying", self.replica_id, exc)
-                if self._failures >= FAILURES_BEFORE_RECREATE:
+                if (self._failures >= FAILURES_BEFORE_RECREATE
+                        and now - self._failing_since >= FAILING_BEFORE_RECREATE):
                     self._failures = 0
+                    self._failing_since = None
                     await self._guarded(
                         self._recover(f"{FAILURES_BEFORE_RECREATE} lease cycles failed", recreate=True)
                     )
@@ -429,9 +444,22 @@ class PartitionLeases:
             if exc.err_code == _WRONG_LAST_SEQUENCE:
                 raise nats.js.errors.KeyWrongLastSequenceError(description=exc.description) from exc
             raise
-        except nats.errors.NoRespondersError as exc:
-            raise LeaseBucketMissing(self.bucket) from exc
+        except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError) as exc:
+            # No stream answered: the bucket is gone, or (on a cluster) it has no leader for
+            # the moment. Only a bucket that is gone is made again.
+            if await self._bucket_gone():
+                raise LeaseBucketMissing(self.bucket) from exc
+            raise
         return ack.seq
+
+    async def _bucket_gone(self) -> bool:
+        try:
+            await self.js.stream_info(self.stream)
+        except nats.js.errors.NotFoundError:
+            return True
+        except (nats.errors.Error, TimeoutError):
+            return False  # no answer: an election, a frozen leader; not proof it is gone
+        return False
 
 
 @dataclass

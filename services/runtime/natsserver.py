@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -16,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.runtime.natsconf import render_nats_conf
+from services.runtime.natsconf import SYNC_DEFAULT, ClusterNode, render_nats_conf
 
 
 def nats_server_binary() -> str:
@@ -133,15 +134,23 @@ class NatsServerProcess:
     http_port: int = 0
     log_file: Path | None = None
     pass_fds: Sequence[int] = ()  # e.g. the data dir's lock: held until this server exits too
+    sync_interval: str = SYNC_DEFAULT  # how often JetStream fsyncs (natsconf.py)
+    cluster: ClusterNode | None = None  # a node of a cluster (NatsCluster), else standalone
+    host: str = "127.0.0.1"  # where it listens (clients and monitoring)
+    netns: str | None = None  # a Linux network namespace to run it in (NetnsNetwork)
     process: subprocess.Popen | None = field(default=None, init=False)
 
     @property
+    def name(self) -> str:
+        return self.cluster.name if self.cluster is not None else "nats-server"
+
+    @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"nats://{self.host}:{self.port}"
 
     @property
     def monitoring_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.host}:{self.http_port}"
 
     @property
     def pid(self) -> int:
@@ -151,19 +160,22 @@ class NatsServerProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def start(self, timeout: float = 20.0) -> NatsServerProcess:
-        """Start it (again: on the same ports and store), and wait until JetStream is up."""
+    def start(self, timeout: float = 20.0, wait: bool = True) -> NatsServerProcess:
+        """Start it (again: on the same ports and store), and (with `wait`) wait until
+        JetStream is up. Call it from the main thread (see `die_with_parent`)."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         self.http_port = self.http_port or free_port()
         config = self.store_dir / "nats.conf"
-        config.write_text(render_nats_conf(self.partitions))
+        config.write_text(render_nats_conf(self.partitions, self.sync_interval, self.cluster))
         log = open(self.log_file or self.store_dir / "nats-server.log", "ab")
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         self.process = subprocess.Popen(
             [
+                *prefix,
                 nats_server_binary(),
                 "-c", str(config),
-                "-a", "127.0.0.1",
+                "-a", self.host,
                 "-p", str(self.port),
                 "-m", str(self.http_port),
                 "-sd", str(self.store_dir / "jetstream"),
@@ -177,12 +189,13 @@ class NatsServerProcess:
             pass_fds=tuple(self.pass_fds),
         )
         log.close()
-        self.wait_ready(timeout)
+        if wait:
+            self.wait_ready(timeout)
         return self
 
     def wait_ready(self, timeout: float) -> None:
         """Wait until /healthz says JetStream is up (or the process died)."""
-        url = f"http://127.0.0.1:{self.http_port}/healthz?js-enabled-only=true"
+        url = f"{self.monitoring_url}/healthz?js-enabled-only=true"
         assert self.process is not None, "start() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -204,6 +217,190 @@ class NatsServerProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` (SIGSTOP, SIGCONT, ...) to the server we started."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+
+    def healthy(self) -> bool:
+        """/healthz answers 200: JetStream is up and (in a cluster) current with the meta group."""
+        try:
+            with urllib.request.urlopen(self.monitoring_url + "/healthz", timeout=1) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+
+@dataclass
+class NatsCluster:
+    """`size` nats-servers on 127.0.0.1 forming one JetStream cluster: each with its own store
+    dir, client, monitoring and route ports (free ones unless given), all routed to all."""
+
+    base_dir: Path
+    size: int = 3
+    partitions: int = 16
+    sync_interval: str = SYNC_DEFAULT
+    name: str = "durachat"
+    log_dir: Path | None = None  # one log per node, <log_dir>/nats-N.log; else in its store dir
+    pass_fds: Sequence[int] = ()
+    ports: Sequence[int] = ()  # client ports per node (0 or absent: a free one)
+    network: NetnsNetwork | None = None  # each node in a namespace of its own (partitions)
+    nodes: list[NatsServerProcess] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError("a cluster has at least one node")
+        if self.network is not None:  # a stack of its own per node: the standard ports
+            hosts = [self.network.address(i) for i in range(self.size)]
+            route_ports, client_ports, http_ports = [6222] * self.size, [4222] * self.size, [8222] * self.size
+        else:
+            hosts = ["127.0.0.1"] * self.size
+            route_ports = [free_port() for _ in range(self.size)]
+            client_ports = [self.ports[i] if i < len(self.ports) else 0 for i in range(self.size)]
+            http_ports = [0] * self.size
+        routes = [f"nats-route://{host}:{port}" for host, port in zip(hosts, route_ports, strict=True)]
+        for index in range(self.size):
+            name = f"nats-{index + 1}"
+            self.nodes.append(NatsServerProcess(
+                self.base_dir / name, partitions=self.partitions,
+                port=client_ports[index], http_port=http_ports[index],
+                log_file=self.log_dir / f"{name}.log" if self.log_dir else None,
+                pass_fds=self.pass_fds, sync_interval=self.sync_interval,
+                cluster=ClusterNode(name, self.name, hosts[index], route_ports[index], routes),
+                host=hosts[index],
+                netns=self.network.namespace(index) if self.network is not None else None,
+            ))
+
+    @property
+    def url(self) -> str:
+        """Every node's client URL, comma-separated (DURACHAT_NATS_URL)."""
+        return ",".join(node.url for node in self.nodes)
+
+    @property
+    def monitoring_url(self) -> str:
+        return ",".join(node.monitoring_url for node in self.nodes)
+
+    def node(self, name: str) -> NatsServerProcess:
+        (node,) = [n for n in self.nodes if n.name == name]
+        return node
+
+    def start(self, timeout: float = 30.0) -> NatsCluster:
+        """Start every node, then wait until each says JetStream is current (a meta leader)."""
+        for node in self.nodes:
+            node.store_dir.mkdir(parents=True, exist_ok=True)
+            node.port = node.port or free_port()
+            node.http_port = node.http_port or free_port()
+        for node in self.nodes:
+            node.start(timeout)
+        self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float, nodes: Sequence[NatsServerProcess] | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        waiting = list(nodes or self.nodes)
+        while waiting and time.monotonic() < deadline:
+            waiting = [n for n in waiting if not n.healthy()]
+            if waiting:
+                time.sleep(0.05)
+        if waiting:
+            raise TimeoutError(f"{', '.join(n.name for n in waiting)}: JetStream not current "
+                               f"after {timeout}s")
+
+    def alive(self) -> bool:
+        return all(node.alive() for node in self.nodes)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for node in self.nodes:
+            if node.process is not None and node.process.poll() is None:
+                node.signal(signal.SIGCONT)  # a stopped node cannot act on SIGTERM
+                node.process.terminate()
+        for node in self.nodes:
+            node.stop(timeout)
+
+
+class NetnsNetwork:
+    """Linux network namespaces for a cluster's nodes, so one node can be cut off from the
+    others and from the clients while its TCP connections stay open (a real partition, not
+    a closed socket). Each node has a namespace with one veth into a bridge that lives in a
+    'switch' namespace of its own (no host forwarding or firewall involved); this host
+    reaches the nodes through one more veth into that bridge. Needs root (CAP_NET_ADMIN);
+    `available()` says whether it can be made here. Remove it with `delete()`."""
+
+    def __init__(self, size: int) -> None:
+        self.tag = secrets.token_hex(2)
+        self.size = size
+        self.subnet = f"10.213.{secrets.randbelow(200) + 20}"
+        self.switch = f"dc{self.tag}sw"
+        self.made = False
+
+    def namespace(self, index: int) -> str:
+        return f"dc{self.tag}n{index}"
+
+    def address(self, index: int) -> str:
+        return f"{self.subnet}.{index + 1}"
+
+    def port(self, index: int) -> str:
+        return f"dc{self.tag}p{index}"  # the node's link, as a port of the bridge
+
+    @staticmethod
+    def available() -> str | None:
+        """None if network namespaces can be made here, else why not."""
+        if shutil.which("ip") is None:
+            return "no `ip` command (iproute2)"
+        probe = f"dcprobe{os.getpid() % 10000}"
+        made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+        if made.returncode != 0:
+            return f"`ip netns add` is not permitted here: {made.stderr.strip()}"
+        subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+        return None
+
+    def _ip(self, *args: str, ns: str | None = None) -> None:
+        command = (["ip", "netns", "exec", ns, "ip"] if ns else ["ip"]) + list(args)
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)}: {done.stderr.strip()}")
+
+    def create(self) -> NetnsNetwork:
+        self.made = True
+        sw = self.switch
+        self._ip("netns", "add", sw)
+        self._ip("link", "set", "lo", "up", ns=sw)
+        self._ip("link", "add", "br0", "type", "bridge", ns=sw)
+        self._ip("link", "set", "br0", "up", ns=sw)
+        for index in range(self.size):
+            ns, port, end = self.namespace(index), self.port(index), f"dc{self.tag}e{index}"
+            self._ip("netns", "add", ns)
+            self._ip("link", "add", port, "type", "veth", "peer", "name", end)
+            self._ip("link", "set", port, "netns", sw)
+            self._ip("link", "set", end, "netns", ns)
+            self._ip("link", "set", port, "master", "br0", "up", ns=sw)
+            self._ip("link", "set", "lo", "up", ns=ns)
+            self._ip("addr", "add", f"{self.address(index)}/24", "dev", end, ns=ns)
+            self._ip("link", "set", end, "up", ns=ns)
+        host, uplink = f"dc{self.tag}h", f"dc{self.tag}u"
+        self._ip("link", "add", host, "type", "veth", "peer", "name", uplink)
+        self._ip("link", "set", uplink, "netns", sw)
+        self._ip("link", "set", uplink, "master", "br0", "up", ns=sw)
+        self._ip("addr", "add", f"{self.subnet}.100/24", "dev", host)
+        self._ip("link", "set", host, "up")
+        return self
+
+    def cut(self, index: int) -> None:
+        """Cut node `index` off from every other node and from this host."""
+        self._ip("link", "set", self.port(index), "down", ns=self.switch)
+
+    def heal(self, index: int) -> None:
+        self._ip("link", "set", self.port(index), "up", ns=self.switch)
+
+    def delete(self) -> None:
+        """Remove the namespaces (their veths go with them). Stop the nodes first."""
+        if not self.made:
+            return
+        for ns in [self.namespace(i) for i in range(self.size)] + [self.switch]:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", f"dc{self.tag}h"], capture_output=True)
+        self.made = False
 
 
 def stop_process(process: subprocess.Popen | None, timeout: float = 10.0) -> int | None:

@@ -82,14 +82,24 @@ class ObjectService(Generic[T]):
     build: Bootstrap[T]
 
 
-async def connect(settings: RuntimeSettings, name: str) -> NATS:
-    """Connect to NATS, retrying until the server answers (it may still be starting)."""
+async def connect(settings: RuntimeSettings, name: str, **callbacks: Any) -> NATS:
+    """Connect to NATS, retrying until a server answers (it may still be starting).
+
+    Pings every `nats_ping_interval` s: a server that is frozen (SIGSTOP) or cut off behind a
+    TCP connection that stays open is left after `nats_max_outstanding_pings` + 1 intervals
+    (6 s by default, not nats-py's 4-6 min), for another of the URLs; a closed connection is
+    left at once. Reconnects forever, 0.5 s apart per server. `callbacks`: nats-py's
+    (`reconnected_cb`, `error_cb`, ...)."""
     return await nats.connect(
-        servers=settings.nats_url.split(","),
+        servers=[url.strip() for url in settings.nats_url.split(",") if url.strip()],
         name=name,
         max_reconnect_attempts=-1,
         connect_timeout=2,
         allow_reconnect=True,
+        reconnect_time_wait=0.5,
+        ping_interval=settings.nats_ping_interval,
+        max_outstanding_pings=settings.nats_max_outstanding_pings,
+        **callbacks,
     )
 
 

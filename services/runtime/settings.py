@@ -19,6 +19,11 @@ class RuntimeSettings(BaseSettings):
         16, ge=1, le=1024, description="P in the server's partition() mapping; must match infra/nats"
     )
     stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas of event streams")
+    nats_ping_interval: float = Field(
+        2.0, gt=0, description="seconds between pings to the NATS server; a server that misses "
+        "more than nats_max_outstanding_pings of them (frozen, cut off) is left for another",
+    )
+    nats_max_outstanding_pings: int = Field(2, ge=1, description="unanswered pings before leaving a server")
     request_timeout: float = Field(
         10.0, gt=0, description="seconds a command may take end to end, retries included"
     )
