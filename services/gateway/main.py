@@ -9,8 +9,9 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from contracts.context import ContextClient
 from services.gateway import api, contexts, errors, readmodels, session, websocket
@@ -44,7 +45,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             ),
             sockets_per_ip=Counter(),
         )
-        micro = await announce(nc, "gateway", gateway=presence.gateway_id)  # answers $SRV.PING
+        micro = await announce(  # answers $SRV.PING
+            nc, "gateway", gateway=presence.gateway_id,
+            metrics=f"http://{settings.host}:{settings.port}/metrics",
+        )
         try:
             yield
         finally:
@@ -65,6 +69,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(contexts.router, responses=errors.described(401, 403, 413, 415, 422, 503))
     app.include_router(session.router, responses=errors.described(401, 422, 503))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        """This process's metrics, Prometheus text format."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:

@@ -18,6 +18,7 @@ from nats.aio.client import Client as NATS
 from contracts.common import ErrorCode
 from contracts.ratelimit import LimiterClient, RateDecision, TakeToken
 from services.ratelimit.domainmodel import Limiter
+from services.runtime import metrics
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class IpRateLimiter:
         until = self.cooling.get(address)
         if until is not None:
             if now < until:
+                metrics.RATELIMIT_REFUSALS.labels("cooldown").inc()
                 return RateDecision(allowed=False, cooldown=until - now)
             del self.cooling[address]
         decision = await self._ask(address)
@@ -73,12 +75,18 @@ class IpRateLimiter:
     async def _ask(self, address: str) -> RateDecision:
         reply = await self.limiters.send_once(address, TakeToken(), self.timeout)
         if isinstance(reply, RateDecision):
+            if not reply.allowed:
+                metrics.RATELIMIT_REFUSALS.labels("service").inc()
             return reply
+        metrics.RATELIMIT_FALLBACK.inc()
         if reply.code == ErrorCode.UNAVAILABLE:  # no answer in time, or no owner
             log.debug("ratelimit service did not decide for %s; deciding locally", address)
         else:
             log.warning("ratelimit service refused to decide for %s: %s", address, reply.message)
-        return self.fallback.take(address)
+        decision = self.fallback.take(address)
+        if not decision.allowed:
+            metrics.RATELIMIT_REFUSALS.labels("local_fallback").inc()
+        return decision
 
 
 def client_address(peer: str | None, forwarded_for: str | None, trusted: frozenset[str]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
@@ -17,6 +18,7 @@ from contracts.subjects import ROOM, out_subject
 from services.gateway.liveness import GatewayPresence
 from services.gateway.protocol import update_frames
 from services.gateway.sockets import OutFrame
+from services.runtime import metrics
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +42,14 @@ class RoomFanout:
             return
         if update.version <= self.version:
             return  # said again by a new owner after a failover; already delivered
+        started = time.perf_counter()
+        listeners = list(self.listeners.values())
         for text in update_frames(update):
             frame = OutFrame(text)
-            for deliver in list(self.listeners.values()):
+            for deliver in listeners:
                 deliver(update.version, frame)
+        metrics.BROADCAST_WRITE_SECONDS.observe(time.perf_counter() - started)
+        metrics.BROADCAST_SOCKETS.observe(len(listeners))
         self.version = update.version
         async with self._advanced:
             self._advanced.notify_all()

@@ -28,6 +28,7 @@ from services.gateway.protocol import FrameError
 from services.gateway.ratelimit import client_address
 from services.gateway.rooms import RoomFanout
 from services.gateway.sockets import OutFrame, SocketWriter, open_writer
+from services.runtime import metrics
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["rooms"])
@@ -149,10 +150,12 @@ async def chat_socket(ws: WebSocket, name: str, gateway: Gateway) -> None:
         )
         return
     gateway.sockets_per_ip[address] += 1
+    metrics.WS_CONNECTIONS.inc()
     try:
         await ws.accept()
         await chat(ws, name, address, identity, gateway)
     finally:
+        metrics.WS_CONNECTIONS.dec()
         gateway.sockets_per_ip[address] -= 1
         if gateway.sockets_per_ip[address] <= 0:
             del gateway.sockets_per_ip[address]
@@ -213,6 +216,7 @@ async def converse(session: ChatSession, gateway: Gateway, fanout: RoomFanout) -
         if settings.rate_limit:
             decision = await gateway.limiter.take(session.address)
             if not decision.allowed:
+                metrics.WS_FRAMES.labels("ratelimited").inc()
                 session.send(protocol.error_frame(RATE_LIMITED))
                 # Read nothing more from this socket for a while: a client that floods is
                 # held back by TCP itself instead of costing the gateway a refusal per frame
@@ -252,11 +256,14 @@ async def converse(session: ChatSession, gateway: Gateway, fanout: RoomFanout) -
                 )
                 if isinstance(reply, ErrorReply):
                     raise FrameError(reply.message)
+            metrics.WS_FRAMES.labels("ok").inc()
         except FrameError as exc:
+            metrics.WS_FRAMES.labels("refused").inc()
             session.send(protocol.error_frame(str(exc)))
             if exc.close_code is not None:
                 session.writer.close(exc.close_code, str(exc))
         except ValidationError as exc:
+            metrics.WS_FRAMES.labels("refused").inc()
             # A frame the protocol checks let through but the command contract refuses:
             # still a clear error for the client, never a dropped socket.
             session.send(protocol.error_frame(f"Invalid frame: {describe_validation_error(exc)}."))

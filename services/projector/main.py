@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import nats.errors
@@ -24,6 +25,8 @@ from pydantic import Field
 
 from services.readstore.projection import ROOM_STREAM, position, project_commit, record_position
 from services.readstore.store import open_read_store, transaction
+from services.runtime import metrics
+from services.runtime.metrics import serve_metrics
 from services.runtime.service import announce, connect
 from services.runtime.settings import RuntimeSettings
 from services.settings import ReadStore
@@ -116,11 +119,22 @@ class Projector:
                 sequence = msg.metadata.sequence.stream
                 if sequence <= self.position:
                     continue  # delivered again after a crash: already in the store
-                project_commit(conn, self.stream, msg.subject, sequence, msg.data)
+                dead = project_commit(conn, self.stream, msg.subject, sequence, msg.data)
+                if dead:
+                    metrics.PROJECTOR_DEAD_LETTERS.labels(self.stream).inc(dead)
                 self.position = sequence
                 applied += 1
             record_position(conn, self.stream, self.position)
         await msgs[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
+        last = msgs[-1].metadata
+        metrics.PROJECTOR_APPLIED.labels(self.stream).inc(applied)
+        metrics.PROJECTOR_LAG_MESSAGES.labels(self.stream).set(last.num_pending or 0)
+        if not last.num_pending:
+            metrics.PROJECTOR_LAG_SECONDS.labels(self.stream).set(0.0)  # caught up
+        elif last.timestamp is not None:
+            metrics.PROJECTOR_LAG_SECONDS.labels(self.stream).set(
+                max(0.0, time.time() - last.timestamp.timestamp())
+            )
         return applied
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -135,8 +149,10 @@ class Projector:
 
 
 async def serve(settings: ProjectorSettings) -> None:
+    url = serve_metrics("projector")
     nc = await connect(settings, "durachat-projector")
-    micro = await announce(nc, "projector")  # answers $SRV.PING like every service
+    # answers $SRV.PING like every service
+    micro = await announce(nc, "projector", **({"metrics": url} if url else {}))
     projector = Projector(nc, settings.read_db, batch=settings.batch)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

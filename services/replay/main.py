@@ -457,3 +457,8 @@ def import_command(
     skipped = f"; {result.skipped} unreadable commits left out" if result.skipped else ""
     out.print(f"imported {result.commits} commits ({result.events} events) into room "
               f"{escape(room)}, up to sequence {result.last_sequence}{skipped}")
+
+
+from services.replay import live  # noqa: E402 (its commands need the app above)
+
+live.register(app)

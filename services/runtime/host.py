@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, cast
@@ -30,6 +31,7 @@ from nats.aio.subscription import Subscription
 from contracts.common import ErrorCode, ErrorReply
 from contracts.keys import InvalidKey, key_from_token
 from contracts.subjects import out_subject, partition_filter
+from services.runtime import metrics
 from services.runtime.alarms import ALARM_HEADER, AlarmSchedule
 from services.runtime.eventstore import AppendConflict, ObjectEventStore
 from services.runtime.kind import (
@@ -52,6 +54,16 @@ def error_bytes(code: ErrorCode, message: str) -> bytes:
 
 
 TRY_AGAIN = error_bytes(ErrorCode.UNAVAILABLE, "Try again.")
+RECEIVED = "_durachat_received"  # set on a command's Msg when it arrives (perf_counter)
+_ERROR_PREFIX = b'{"type":"error","code":"'
+
+
+def reply_outcome(data: bytes) -> str:
+    """`ok`, or the error code of an ErrorReply (a bounded set), for the command metric."""
+    if not data.startswith(_ERROR_PREFIX):
+        return "ok"
+    end = data.find(b'"', len(_ERROR_PREFIX))
+    return data[len(_ERROR_PREFIX):end].decode() if end > 0 else "error"
 
 
 @dataclass
@@ -97,6 +109,8 @@ class ObjectMailbox(Generic[S]):
         self.unsnapshotted = 0  # events applied since the last snapshot
         self.alarm: float | None = None  # the alarm time the object had after the last commit
         self.loaded = False
+        self.last_active = time.monotonic()  # when its last batch ended (for the live view)
+        self.last_commit_at: float | None = None  # wall clock of its last commit
         self.task = asyncio.create_task(self._run(), name=f"mailbox {self.kind.name}/{key}")
 
     async def _run(self) -> None:
@@ -107,6 +121,7 @@ class ObjectMailbox(Generic[S]):
             except TimeoutError:
                 if self.queue.empty():  # no await between this check and the removal
                     host._mailboxes.pop(self.key, None)
+                    metrics.OBJECT_EVICTIONS.labels(self.kind.name, "idle").inc()
                     return
                 continue
             batch = [first]
@@ -117,10 +132,12 @@ class ObjectMailbox(Generic[S]):
             except Exception:
                 # Loading or storing failed (the bus, not the command): answer "try again".
                 log.exception("mailbox %s/%s failed a batch", self.kind.name, self.key)
+                metrics.COMMIT_ERRORS.labels(self.kind.name).inc()
                 self._forget()
                 for msg in batch:
                     await host.reply(msg, TRY_AGAIN)
             finally:
+                self.last_active = time.monotonic()
                 for _ in batch:
                     self.queue.task_done()
 
@@ -154,7 +171,11 @@ class ObjectMailbox(Generic[S]):
         self.loaded = True
         if not self.kind.durable:
             return  # in memory only: nothing stored to read, nothing owed
+        started = time.perf_counter()
         loaded = await self.host.store.load(self.key)
+        source = "snapshot" if loaded.from_snapshot else "replay" if loaded.sequence else "new"
+        metrics.OBJECT_LOADS.labels(self.kind.name, source).inc()
+        metrics.OBJECT_LOAD_SECONDS.labels(self.kind.name, source).observe(time.perf_counter() - started)
         self.state, self.sequence = cast(S, loaded.aggregate), loaded.sequence
         self.unsnapshotted = loaded.events_after_snapshot
         self.alarm = self._wake_at()
@@ -228,17 +249,22 @@ class ObjectMailbox(Generic[S]):
             # Scheduled before the commit that records it: an alarm the object knows of is
             # always scheduled; if the commit fails, the object ignores the stray wake-up.
             await host.alarms.schedule(self.key, alarm)
+        started = time.perf_counter()
         try:
             self.sequence = await host.store.append(
                 self.key, events, expected=self.sequence, commit_id=batch.commit_id()
             )
         except AppendConflict:
+            metrics.COMMIT_CONFLICTS.labels(self.kind.name).inc()
             log.warning("%s/%s: stale copy, rebuilding", self.kind.name, self.key)
             self._forget()
             conflict = error_bytes(ErrorCode.CONFLICT, "The object moved on; try again.")
             for decided in batch.decided:
                 await host.reply(decided.msg, conflict)
             return False
+        metrics.COMMIT_SECONDS.labels(self.kind.name).observe(time.perf_counter() - started)
+        metrics.COMMIT_BATCH.labels(self.kind.name).observe(len(batch.decided))
+        self.last_commit_at = time.time()
         if alarm is None and self.alarm is not None:
             await host.alarms.cancel(self.key)
         self.alarm = alarm
@@ -315,6 +341,9 @@ class ObjectHost(Generic[S, D]):
         self._subscriptions: dict[int, Subscription] = {}
         self._mailboxes: dict[str, ObjectMailbox[S]] = {}
         self._background: set[asyncio.Task] = set()
+        metrics.OBJECTS_RESIDENT.labels(kind.name).set_function(lambda: len(self._mailboxes))
+        self._depth = metrics.MAILBOX_DEPTH.labels(kind.name)
+        self._command_seconds: dict[str, Any] = {}
 
     @property
     def partitions(self) -> set[int]:
@@ -357,13 +386,13 @@ class ObjectHost(Generic[S, D]):
         sub = self._subscriptions.pop(partition, None)
         if sub is not None:
             await sub.drain()  # delivers what the server already sent us, then unsubscribes
-        await self._retire([m for m in self._mailboxes.values() if m.partition == partition])
+        await self._retire([m for m in self._mailboxes.values() if m.partition == partition], "handover")
 
     async def evict(self, key: str) -> bool:
         """Hibernate object `key` now, as if it had been idle (after its queued commands)."""
         mailbox = self._mailboxes.get(key)
         if mailbox is not None:
-            await self._retire([mailbox])
+            await self._retire([mailbox], "evicted")
         return mailbox is not None
 
     def lease_lapsed(self, partition: int) -> None:
@@ -374,25 +403,36 @@ class ObjectHost(Generic[S, D]):
         """Release every partition, finish in-flight work, drop all objects."""
         for partition in list(self._subscriptions):
             await self._subscriptions.pop(partition).drain()
-        await self._retire(list(self._mailboxes.values()))
+        await self._retire(list(self._mailboxes.values()), "stopped")
         for task in list(self._background):
             task.cancel()
         if self._background:
             await asyncio.wait(list(self._background), timeout=5)
 
-    async def _retire(self, mailboxes: list[ObjectMailbox[S]]) -> None:
+    async def _retire(self, mailboxes: list[ObjectMailbox[S]], reason: str) -> None:
         """Let each mailbox finish what it holds, then drop it with its object."""
         await asyncio.gather(*(m.queue.join() for m in mailboxes))
         for mailbox in mailboxes:
             mailbox.task.cancel()
             if self._mailboxes.get(mailbox.key) is mailbox:
                 del self._mailboxes[mailbox.key]
+                metrics.OBJECT_EVICTIONS.labels(self.kind.name, reason).inc()
 
     async def reply(self, msg: Msg, data: bytes) -> None:
+        received = getattr(msg, RECEIVED, None)
+        if received is not None:
+            outcome = reply_outcome(data)
+            histogram = self._command_seconds.get(outcome)
+            if histogram is None:
+                histogram = self._command_seconds[outcome] = metrics.COMMAND_SECONDS.labels(
+                    self.kind.name, outcome
+                )
+            histogram.observe(time.perf_counter() - received)
         if msg.reply:
             await self.nc.publish(msg.reply, data)
 
     async def _on_command(self, msg: Msg) -> None:
+        setattr(msg, RECEIVED, time.perf_counter())
         _, _, partition, token = msg.subject.split(".", 3)
         try:
             key = key_from_token(token)
@@ -402,9 +442,11 @@ class ObjectHost(Generic[S, D]):
         mailbox = self._mailboxes.get(key)
         if mailbox is None:
             mailbox = self._mailboxes[key] = ObjectMailbox(self, key, int(partition))
+        self._depth.observe(mailbox.queue.qsize())
         try:
             mailbox.queue.put_nowait(msg)
         except asyncio.QueueFull:
+            metrics.MAILBOX_OVERLOADED.labels(self.kind.name).inc()
             await self.reply(
                 msg, error_bytes(ErrorCode.OVERLOADED, f"{self.kind.name} {key} is overloaded.")
             )
