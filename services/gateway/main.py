@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from contracts.context import ContextClient
-from services.gateway import api, contexts, errors, readmodels, session, websocket
+from services.gateway import api, contexts, docs, errors, readmodels, session, websocket
 from services.gateway.deps import GatewayState
 from services.gateway.liveness import GatewayPresence
 from services.gateway.ratelimit import IpRateLimiter
@@ -24,6 +24,21 @@ from services.gateway.sockets import RawSendCapture
 from services.runtime.service import announce, connect
 
 STATIC = Path(__file__).parent / "static"
+
+# The demo's own plain-text answers on the socket's route, before any upgrade.
+WEBSOCKET_RESPONSES: dict[int | str, dict] = {
+    200: {"description": "never: the route only upgrades"},
+    400: {"description": "not a WebSocket upgrade",
+          "content": {"text/plain": {"example": "expected websocket"}}},
+    401: {"description": "a token was shown and refused (the upgrade is denied)",
+          "content": {"text/plain": {"example": "Invalid token: expired."}}},
+    404: {"description": "the room name is too long",
+          "content": {"text/plain": {"example": "Name too long"}}},
+    429: {"description": "too many sockets from this IP",
+          "content": {"text/plain": {"example": "Too many connections from your IP."}}},
+    503: {"description": "the identity keys cannot be fetched",
+          "content": {"text/plain": {"example": "Identity keys unavailable."}}},
+}
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -60,15 +75,18 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         title="durachat gateway",
         summary="Durable-Objects-style chat rooms on NATS; the workers-chat-demo protocol.",
         lifespan=lifespan,
+        docs_url=None,  # served by docs.install, without a CDN
+        redoc_url=None,
     )
     app.add_middleware(RawSendCapture)
     errors.install(app)
     app.include_router(api.router)
-    app.include_router(websocket.router)
+    app.include_router(websocket.router, responses=WEBSOCKET_RESPONSES)
     app.include_router(readmodels.router, responses=errors.described(404, 422, 503))
     app.include_router(contexts.router, responses=errors.described(401, 403, 413, 415, 422, 503))
     app.include_router(session.router, responses=errors.described(401, 422, 503))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    docs.install(app)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
