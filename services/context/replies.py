@@ -30,7 +30,7 @@ from contracts.room import (
 from services.context.provider import Provider, ProviderError, Usage
 from services.context.window import fit_window, generation_for
 from services.ratelimit.client import QuotaRefused, charge_ai_request, charge_ai_tokens
-from services.runtime import metrics
+from services.runtime import metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,7 @@ class ReplyStreamer:
         if isinstance(started, ErrorReply):
             log.warning("room %s will not take reply %s: %s", ask.room, ask.reply_id, started.message)
             return
+        chat = tracing.ChatSpan(generation.model, provider.label)
         sender = ChunkSender(self.rooms, ask.room, ask.reply_id)
         cancelled = False
         usage: Usage | None = None
@@ -200,6 +201,7 @@ class ReplyStreamer:
             usage.output_tokens if usage and usage.output_tokens else (sender.sent + 3) // 4
         )
         metrics.AI_REPLY_SECONDS.labels(generation.model).observe(time.perf_counter() - asked)
+        chat.end(prompt_tokens, output_tokens, failure[0] if failure else None)
         metrics.AI_TOKENS.labels("input", generation.model).inc(prompt_tokens)
         metrics.AI_TOKENS.labels("output", generation.model).inc(output_tokens)
         try:

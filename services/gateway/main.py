@@ -21,6 +21,7 @@ from services.gateway.ratelimit import IpRateLimiter
 from services.gateway.rooms import GatewayRoomClient, RoomFanouts
 from services.gateway.settings import GatewaySettings
 from services.gateway.sockets import RawSendCapture
+from services.runtime import tracing
 from services.runtime.service import announce, connect
 
 STATIC = Path(__file__).parent / "static"
@@ -106,6 +107,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
 def main() -> None:
     settings = GatewaySettings()
+    tracing.setup("gateway")  # only with an OTLP endpoint configured
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     uvicorn.run(
         create_app(settings),

@@ -18,7 +18,7 @@ from contracts.subjects import ROOM, out_subject
 from services.gateway.liveness import GatewayPresence
 from services.gateway.protocol import update_frames
 from services.gateway.sockets import OutFrame
-from services.runtime import metrics
+from services.runtime import metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,14 @@ class RoomFanout:
             return  # said again by a new owner after a failover; already delivered
         started = time.perf_counter()
         listeners = list(self.listeners.values())
+        span = tracing.start_consumer("process out.room.{key}", msg.headers) if tracing.ENABLED else None
         for text in update_frames(update):
             frame = OutFrame(text)
             for deliver in listeners:
                 deliver(update.version, frame)
         metrics.BROADCAST_WRITE_SECONDS.observe(time.perf_counter() - started)
         metrics.BROADCAST_SOCKETS.observe(len(listeners))
+        tracing.end(span, **{"durachat.sockets": len(listeners), "durachat.version": update.version})
         self.version = update.version
         async with self._advanced:
             self._advanced.notify_all()

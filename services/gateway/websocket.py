@@ -28,7 +28,7 @@ from services.gateway.protocol import FrameError
 from services.gateway.ratelimit import client_address
 from services.gateway.rooms import RoomFanout
 from services.gateway.sockets import OutFrame, SocketWriter, open_writer
-from services.runtime import metrics
+from services.runtime import metrics, tracing
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["rooms"])
@@ -77,6 +77,7 @@ class ChatSession:
         self.min_version = 0  # broadcasts at or below this are already in the history sent
         # Frames held until the client has sent its name, with the room version they show.
         self.blocked: list[tuple[int, OutFrame]] = []
+        self.frames = tracing.FrameSpans(room)  # a `receive ws.frame` span per frame
 
     def deliver(self, version: int, frame: OutFrame) -> None:
         """Take one broadcast of the room (called by the room's fan-out)."""
@@ -192,6 +193,7 @@ async def chat(
     except WebSocketDisconnect:
         pass
     finally:
+        session.frames.end()
         await gateway.fanouts.detach(name, id(session))
         if session.name is not None:
             await gateway.rooms.send(name, LeaveRoom(session_id=session.id))
@@ -208,7 +210,9 @@ async def converse(session: ChatSession, gateway: Gateway, fanout: RoomFanout) -
     limit = settings.max_frame_bytes
     rooms = gateway.rooms
     while not session.writer.closing:
+        session.frames.end()  # the frame before is handled
         incoming = await ws.receive()
+        session.frames.start(incoming)
         if incoming["type"] == "websocket.disconnect":
             return
         text, data = incoming.get("text"), incoming.get("bytes")

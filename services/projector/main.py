@@ -25,7 +25,7 @@ from pydantic import Field
 
 from services.readstore.projection import ROOM_STREAM, position, project_commit, record_position
 from services.readstore.store import open_read_store, transaction
-from services.runtime import metrics
+from services.runtime import metrics, tracing
 from services.runtime.metrics import serve_metrics
 from services.runtime.service import announce, connect
 from services.runtime.settings import RuntimeSettings
@@ -114,7 +114,10 @@ class Projector:
         if not msgs:
             return 0
         applied = 0
-        with transaction(self.conn) as conn:
+        links = [link for m in msgs if (link := tracing.link_of(m.headers))] if tracing.ENABLED else []
+        with tracing.span(f"durachat.project {self.stream}", links=links, attributes={
+            "messaging.batch.message_count": len(msgs), "messaging.operation.type": "process",
+        }), transaction(self.conn) as conn:
             for msg in msgs:
                 sequence = msg.metadata.sequence.stream
                 if sequence <= self.position:
@@ -150,6 +153,7 @@ class Projector:
 
 async def serve(settings: ProjectorSettings) -> None:
     url = serve_metrics("projector")
+    tracing.setup("projector")  # only with an OTLP endpoint configured
     nc = await connect(settings, "durachat-projector")
     # answers $SRV.PING like every service
     micro = await announce(nc, "projector", **({"metrics": url} if url else {}))
@@ -163,6 +167,7 @@ async def serve(settings: ProjectorSettings) -> None:
     # Nothing to flush: positions live in the read store, and an ack lost here only means a
     # redelivery that the position check skips. (A drain waited on the pending pull.)
     await nc.close()
+    tracing.shutdown()
 
 
 def main() -> None:

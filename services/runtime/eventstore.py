@@ -308,13 +308,18 @@ class ObjectEventStore:
 
     # --- appending -------------------------------------------------------------------------------
 
-    async def append(self, key: str, events: Sequence[Any], expected: int, commit_id: str) -> int:
+    async def append(
+        self, key: str, events: Sequence[Any], expected: int, commit_id: str,
+        headers: dict[str, str] | None = None,
+    ) -> int:
         """Append `events` as one commit after subject sequence `expected`; returns its sequence.
+        `headers` are stored with it (the commit span's `traceparent`, when tracing is on).
 
         Raises AppendConflict when the subject has moved on (another writer got there first).
         """
         subject = event_subject(self.kind, key)
-        headers = {"Nats-Expected-Last-Subject-Sequence": str(expected), MSG_ID: commit_id}
+        headers = {**(headers or {}),
+                   "Nats-Expected-Last-Subject-Sequence": str(expected), MSG_ID: commit_id}
         try:
             ack = await self.js.publish(subject, self.encode(events), headers=headers)
         except nats.js.errors.BadRequestError as exc:

@@ -31,7 +31,7 @@ from nats.aio.subscription import Subscription
 from contracts.common import ErrorCode, ErrorReply
 from contracts.keys import InvalidKey, key_from_token
 from contracts.subjects import out_subject, partition_filter
-from services.runtime import metrics
+from services.runtime import metrics, tracing
 from services.runtime.alarms import ALARM_HEADER, AlarmSchedule
 from services.runtime.eventstore import AppendConflict, ObjectEventStore
 from services.runtime.kind import (
@@ -55,6 +55,7 @@ def error_bytes(code: ErrorCode, message: str) -> bytes:
 
 TRY_AGAIN = error_bytes(ErrorCode.UNAVAILABLE, "Try again.")
 RECEIVED = "_durachat_received"  # set on a command's Msg when it arrives (perf_counter)
+SPAN = "_durachat_span"  # the command's `process` span, when tracing is on
 _ERROR_PREFIX = b'{"type":"error","code":"'
 
 
@@ -161,7 +162,10 @@ class ObjectMailbox(Generic[S]):
         if batch.broken:
             self._forget()
         await self._release(batch)
-        await self._react([Committed(d.command, d.events) for d in batch.decided if d.events])
+        for d in batch.decided:
+            if d.events:  # under the command's span: what a reaction sends joins its trace
+                with tracing.using(getattr(d.msg, SPAN, None)):
+                    await self._react([Committed(d.command, d.events)])
         await self._snapshot(len(events))
 
     # --- the stages of a batch, in order --------------------------------------------------------
@@ -251,9 +255,11 @@ class ObjectMailbox(Generic[S]):
             await host.alarms.schedule(self.key, alarm)
         started = time.perf_counter()
         try:
-            self.sequence = await host.store.append(
-                self.key, events, expected=self.sequence, commit_id=batch.commit_id()
-            )
+            with self._commit_span(batch, len(events)) as span:
+                self.sequence = await host.store.append(
+                    self.key, events, expected=self.sequence, commit_id=batch.commit_id(),
+                    headers=tracing.headers_of(span),
+                )
         except AppendConflict:
             metrics.COMMIT_CONFLICTS.labels(self.kind.name).inc()
             log.warning("%s/%s: stale copy, rebuilding", self.kind.name, self.key)
@@ -270,10 +276,21 @@ class ObjectMailbox(Generic[S]):
         self.alarm = alarm
         return True
 
+    def _commit_span(self, batch: Batch, events: int):
+        """`durachat.commit <kind>`: a child of the batch's first traced command, linked to
+        every command of the batch (semconv's batch shape)."""
+        spans = [s for d in batch.decided if (s := getattr(d.msg, SPAN, None)) is not None]
+        return tracing.span(
+            f"durachat.commit {self.kind.name}", parent=spans[0] if spans else None,
+            links=[tracing.Link(s.get_span_context()) for s in spans],
+            attributes={"messaging.batch.message_count": len(batch.decided), "durachat.events": events},
+        )
+
     async def _release(self, batch: Batch) -> None:
         """The output gate opens: broadcasts and replies, in command order."""
         for decided in batch.decided:
-            await self._broadcast(decided.events)
+            span = getattr(decided.msg, SPAN, None)
+            await self._broadcast(decided.events, tracing.headers_of(span) if span else None)
             await self.host.reply(decided.msg, decided.reply)
 
     async def _react(self, commits: list[Committed]) -> None:
@@ -297,14 +314,16 @@ class ObjectMailbox(Generic[S]):
         wake_at = self.kind.wake_at
         return wake_at(self.state) if wake_at is not None and self.state is not None else None
 
-    async def _broadcast(self, events: list[Any]) -> None:
+    async def _broadcast(self, events: list[Any], headers: dict[str, str] | None = None) -> None:
         broadcast = self.kind.broadcast
         if broadcast is None:
             return
         for event in events:
             update = broadcast(event)
             if update is not None:
-                await self.host.nc.publish(self.out_subject, update.model_dump_json().encode())
+                await self.host.nc.publish(
+                    self.out_subject, update.model_dump_json().encode(), headers=headers
+                )
 
 
 class ObjectHost(Generic[S, D]):
@@ -428,6 +447,8 @@ class ObjectHost(Generic[S, D]):
                     self.kind.name, outcome
                 )
             histogram.observe(time.perf_counter() - received)
+            if tracing.ENABLED:
+                tracing.end(getattr(msg, SPAN, None), **{"durachat.outcome": outcome})
         if msg.reply:
             await self.nc.publish(msg.reply, data)
 
@@ -443,6 +464,12 @@ class ObjectHost(Generic[S, D]):
         if mailbox is None:
             mailbox = self._mailboxes[key] = ObjectMailbox(self, key, int(partition))
         self._depth.observe(mailbox.queue.qsize())
+        if tracing.ENABLED:
+            setattr(msg, SPAN, tracing.start_consumer(
+                f"process cmd.{self.kind.name}.{{key}}", msg.headers,
+                **{"messaging.destination.partition.id": partition,
+                   "durachat.mailbox_depth": mailbox.queue.qsize()},
+            ))
         try:
             mailbox.queue.put_nowait(msg)
         except asyncio.QueueFull:

@@ -28,6 +28,7 @@ from nats.aio.client import Client as NATS
 from nats.micro.service import Service as MicroService
 from pydantic import Field
 
+from services.runtime import tracing
 from services.runtime.admin import AdminResponder
 from services.runtime.alarms import AlarmRunner
 from services.runtime.host import ObjectHost
@@ -248,8 +249,12 @@ async def serve(service: ObjectService[T], settings: T) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     url = serve_metrics(service.name)
-    async with running_service(service, settings, metadata={"metrics": url} if url else None):
-        await stopping.wait()
+    tracing.setup(service.name)  # only with an OTLP endpoint configured
+    try:
+        async with running_service(service, settings, metadata={"metrics": url} if url else None):
+            await stopping.wait()
+    finally:
+        tracing.shutdown()  # exports the spans still queued
 
 
 def configure_logging() -> None:
