@@ -21,10 +21,11 @@ from services.gateway.ratelimit import IpRateLimiter
 from services.gateway.rooms import GatewayRoomClient, RoomFanouts
 from services.gateway.settings import GatewaySettings
 from services.gateway.sockets import RawSendCapture
-from services.runtime import tracing
+from services.runtime import logs, tracing
 from services.runtime.service import announce, connect
 
 STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("services.gateway")
 
 # The demo's own plain-text answers on the socket's route, before any upgrade.
 WEBSOCKET_RESPONSES: dict[int | str, dict] = {
@@ -50,6 +51,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         nc = await connect(settings, "durachat-gateway")
         presence = GatewayPresence(nc, settings.gateway_ttl, replicas=settings.stream_replicas)
         await presence.start()
+        logs.set_replica(presence.gateway_id)
         app.state.gateway = GatewayState(
             settings=settings,
             nc=nc,
@@ -65,6 +67,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             nc, "gateway", gateway=presence.gateway_id,
             metrics=f"http://{settings.host}:{settings.port}/metrics",
         )
+        log.info("gateway %s is up", presence.gateway_id)
         try:
             yield
         finally:
@@ -108,7 +111,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 def main() -> None:
     settings = GatewaySettings()
     tracing.setup("gateway")  # only with an OTLP endpoint configured
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.configure("gateway")
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -25,7 +25,7 @@ from pydantic import Field
 
 from services.readstore.projection import ROOM_STREAM, position, project_commit, record_position
 from services.readstore.store import open_read_store, transaction
-from services.runtime import metrics, tracing
+from services.runtime import logs, metrics, tracing
 from services.runtime.metrics import serve_metrics
 from services.runtime.service import announce, connect
 from services.runtime.settings import RuntimeSettings
@@ -173,7 +173,7 @@ async def serve(settings: ProjectorSettings) -> None:
 def main() -> None:
     import uvloop
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.configure("projector")
     uvloop.run(serve(ProjectorSettings()))
 
 

@@ -31,7 +31,7 @@ from nats.aio.subscription import Subscription
 from contracts.common import ErrorCode, ErrorReply
 from contracts.keys import InvalidKey, key_from_token
 from contracts.subjects import out_subject, partition_filter
-from services.runtime import metrics, tracing
+from services.runtime import logs, metrics, tracing
 from services.runtime.alarms import ALARM_HEADER, AlarmSchedule
 from services.runtime.eventstore import AppendConflict, ObjectEventStore
 from services.runtime.kind import (
@@ -116,6 +116,7 @@ class ObjectMailbox(Generic[S]):
 
     async def _run(self) -> None:
         host = self.host
+        logs.object_context(self.kind.name, self.key)  # this task's log lines name the object
         while True:
             try:
                 first = await asyncio.wait_for(self.queue.get(), timeout=host.idle_after)

@@ -28,7 +28,7 @@ from nats.aio.client import Client as NATS
 from nats.micro.service import Service as MicroService
 from pydantic import Field
 
-from services.runtime import tracing
+from services.runtime import logs, tracing
 from services.runtime.admin import AdminResponder
 from services.runtime.alarms import AlarmRunner
 from services.runtime.host import ObjectHost
@@ -213,6 +213,7 @@ async def running_service(
     try:
         parts = await service.build(nc, settings, clock)
         running = RunningService(nc, settings, clock, lease)
+        logs.set_replica(running.replica_id)
         micro: MicroService | None = None
         admin = AdminResponder(nc, running.replica_id, running.kinds)
         try:
@@ -257,11 +258,11 @@ async def serve(service: ObjectService[T], settings: T) -> None:
         tracing.shutdown()  # exports the spans still queued
 
 
-def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+def configure_logging(name: str = "") -> None:
+    logs.configure(name)  # JSON lines off a terminal (services/runtime/logs.py)
 
 
 def run(service: ObjectService[Any]) -> None:
     """The process entry point of an object service."""
-    configure_logging()
+    configure_logging(service.name)
     uvloop.run(serve(service, service.settings()))  # as the gateway runs under uvicorn

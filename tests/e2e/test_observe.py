@@ -151,3 +151,17 @@ async def test_live_view_cli(system: LocalSystem, room_name):
     assert top.returncode == 0, top.stderr
     assert "room" in top.stdout and "gateway" in top.stdout and "projector" in top.stdout
     await alice.close()
+
+
+def test_process_logs_are_json_lines(system: LocalSystem):
+    """Under the launcher a process's log is a file: JSON lines naming service and replica
+    (uvicorn's own access lines and the launcher's run markers stay text)."""
+    for name, service in (("room-0", "room"), ("projector", "projector"), ("gateway", "gateway")):
+        path = system.log_dir / f"{name}.log"
+        lines = [json.loads(line) for line in path.read_text().splitlines()
+                 if line.startswith("{")]
+        assert lines, f"{path} has no JSON lines:\n{path.read_text()[-2000:]}"
+        assert all(line["service"] == service for line in lines), name
+        if service == "room":  # from the moment its replica id exists, every line names it
+            up = [i for i, line in enumerate(lines) if "is up" in line["msg"]]
+            assert up and all(line.get("replica") for line in lines[up[0]:])
