@@ -13,10 +13,43 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+import prometheus_client
+from prometheus_client import start_http_server
 
 log = logging.getLogger(__name__)
+
+
+class _Off:
+    """A metric that records nothing (DURACHAT_METRICS=off: the benchmark's baseline)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def labels(self, *values: object, **labels: object) -> _Off:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def dec(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+    def observe(self, value: float) -> None:
+        pass
+
+    def set_function(self, f: object) -> None:
+        pass
+
+
+OFF = os.environ.get("DURACHAT_METRICS", "on").strip().lower() in ("off", "0", "no", "false")
+Counter: Any = _Off if OFF else prometheus_client.Counter
+Gauge: Any = _Off if OFF else prometheus_client.Gauge
+Histogram: Any = _Off if OFF else prometheus_client.Histogram
 
 FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SLOW = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
