@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) -m bench.projector_bench
 	$(PY) -m bench.limits_bench
 	$(PY) -m bench.ai_bench
+	$(PY) -m bench.observe_bench
 
 # Fails, saying what to set, without DURACHAT_TOKEN_SECRET (as `docker compose up` does).
 compose-config:
