@@ -124,6 +124,9 @@ SLOW_READER_CLOSES = Counter(
 RATELIMIT_REFUSALS = Counter(
     "durachat_ratelimit_refusals_total", "Frames refused by the IP limiter", ["source"]
 )
+QUOTA_REFUSALS = Counter(
+    "durachat_quota_refusals_total", "AI requests refused by a user's quota", ["period", "unit"]
+)
 RATELIMIT_FALLBACK = Counter(
     "durachat_ratelimit_fallback_total", "Decisions the gateway made itself (service silent)"
 )
