@@ -21,7 +21,7 @@ from services.gateway.ratelimit import IpRateLimiter
 from services.gateway.rooms import GatewayRoomClient, RoomFanouts
 from services.gateway.settings import GatewaySettings
 from services.gateway.sockets import RawSendCapture
-from services.runtime import logs, tracing
+from services.runtime import logs, metrics, tracing
 from services.runtime.service import announce, connect
 
 STATIC = Path(__file__).parent / "static"
@@ -52,6 +52,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         presence = GatewayPresence(nc, settings.gateway_ttl, replicas=settings.stream_replicas)
         await presence.start()
         logs.set_replica(presence.gateway_id)
+        metrics.watch_connection(nc)
         app.state.gateway = GatewayState(
             settings=settings,
             nc=nc,

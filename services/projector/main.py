@@ -155,6 +155,7 @@ async def serve(settings: ProjectorSettings) -> None:
     url = serve_metrics("projector")
     tracing.setup("projector")  # only with an OTLP endpoint configured
     nc = await connect(settings, "durachat-projector")
+    metrics.watch_connection(nc)
     # answers $SRV.PING like every service
     micro = await announce(nc, "projector", **({"metrics": url} if url else {}))
     projector = Projector(nc, settings.read_db, batch=settings.batch)

@@ -160,6 +160,43 @@ AI_TOKENS = Counter(
 AI_IN_FLIGHT = Gauge("durachat_ai_replies_in_flight", "AI replies streaming now")
 
 
+class _Connections:
+    """`durachat_nats_connected` and `durachat_nats_reconnects_total` (plus messages in and
+    out) of the NATS connections a process watches, read from nats-py's own counters."""
+
+    def __init__(self) -> None:
+        self.watched: list[Any] = []
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        connected = GaugeMetricFamily("durachat_nats_connected", "1 while connected to NATS")
+        reconnects = CounterMetricFamily("durachat_nats_reconnects", "Reconnections to NATS")
+        messages = CounterMetricFamily("durachat_nats_messages", "NATS messages", labels=["direction"])
+        connected.add_metric([], float(sum(1 for nc in self.watched if nc.is_connected)))
+        reconnects.add_metric([], float(sum(nc.stats["reconnects"] for nc in self.watched)))
+        for direction in ("in", "out"):
+            messages.add_metric([direction], float(sum(nc.stats[f"{direction}_msgs"] for nc in self.watched)))
+        yield connected
+        yield reconnects
+        yield messages
+
+
+_CONNECTIONS = _Connections()
+if not OFF:
+    prometheus_client.REGISTRY.register(_CONNECTIONS)
+
+
+def watch_connection(nc: Any) -> None:
+    """Export `nc`'s connection state and counters with this process's metrics."""
+    _CONNECTIONS.watched.append(nc)
+
+
+def unwatch_connection(nc: Any) -> None:
+    if nc in _CONNECTIONS.watched:
+        _CONNECTIONS.watched.remove(nc)
+
+
 def metrics_port() -> int | None:
     """The port this process serves its metrics on (None: not served)."""
     raw = os.environ.get("DURACHAT_METRICS_PORT", "0").strip().lower()

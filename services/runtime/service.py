@@ -28,7 +28,7 @@ from nats.aio.client import Client as NATS
 from nats.micro.service import Service as MicroService
 from pydantic import Field
 
-from services.runtime import logs, tracing
+from services.runtime import logs, metrics, tracing
 from services.runtime.admin import AdminResponder
 from services.runtime.alarms import AlarmRunner
 from services.runtime.host import ObjectHost
@@ -213,6 +213,7 @@ async def running_service(
     try:
         parts = await service.build(nc, settings, clock)
         running = RunningService(nc, settings, clock, lease)
+        metrics.watch_connection(nc)
         logs.set_replica(running.replica_id)
         micro: MicroService | None = None
         admin = AdminResponder(nc, running.replica_id, running.kinds)
@@ -235,6 +236,7 @@ async def running_service(
             await running.stop()
             for close in parts.closing:
                 await close()
+            metrics.unwatch_connection(nc)
     finally:
         if own_connection:
             # Flush and close rather than drain: a drain waited forever on the lease

@@ -48,9 +48,10 @@ async def test_every_process_serves_metrics_that_follow_the_traffic(system: Loca
     assert set(urls) == {"gateway", "projector", "context", "ratelimit", "room-0"}
     before = {name: scrape(url)[1] for name, url in urls.items()}
     for name, url in urls.items():
-        text, _ = scrape(url)
+        text, samples = scrape(url)
         assert "durachat_" in text, name
         assert "process_cpu_seconds_total" in text, name  # the process collector too
+        assert value(samples, "durachat_nats_connected") == 1, name
 
     alice, bob = await joined(system, room_name, "alice", "bob")
     for i in range(5):
@@ -58,6 +59,8 @@ async def test_every_process_serves_metrics_that_follow_the_traffic(system: Loca
     await bob.recv_until(lambda f: f.get("message") == "hello 4")
 
     after = {name: scrape(url)[1] for name, url in urls.items()}
+    assert value(after["gateway"], "durachat_nats_messages_total", direction="out") \
+        > value(before["gateway"], "durachat_nats_messages_total", direction="out")
     gateway, room = after["gateway"], after["room-0"]
     # Two name frames and five messages, each frame ok, each through the limiter.
     assert value(gateway, "durachat_ws_frames_total", outcome="ok") \
