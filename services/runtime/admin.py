@@ -18,10 +18,14 @@ one request and collects every replica's answer for a short window.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime as dt
 import json
 import logging
 import time
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 from eventsourcing.domain import Snapshot
 from nats.aio.client import Client as NATS
@@ -40,16 +44,35 @@ def admin_subject(kind: str) -> str:
     return f"durachat.admin.{kind}"
 
 
+def plain(value: Any) -> Any:
+    """`value` as plain JSON values: dataclasses and objects as their fields, times as ISO
+    text, ids and decimals as strings, sets as sorted lists; anything else as its repr."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((plain(v) for v in value), key=repr)
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if isinstance(value, (UUID, Decimal)):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if hasattr(value, "__dict__"):
+        return plain(vars(value))
+    return repr(value)
+
+
 def state_json(host: Any, state: Any) -> Any:
-    """An object's state as JSON: a durable one as its snapshot would store it."""
+    """An object's state as JSON: the fields a snapshot of it would store, as plain values."""
     if state is None:
         return None
     if host.kind.durable:
-        stored = host.store.codec.mapper.to_stored_event(Snapshot.take(state))
-        body = json.loads(stored.state)
-        body.pop("originator_topic", None)
-        return body
-    return json.loads(json.dumps(getattr(state, "__dict__", state), default=repr))
+        return plain(Snapshot.take(state).state)
+    return plain(state)
 
 
 class AdminResponder:
