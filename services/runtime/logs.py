@@ -17,11 +17,12 @@ import contextvars
 import datetime as dt
 import json
 import logging
-import os
 import sys
 from typing import Any
 
 from opentelemetry import trace
+
+from services.runtime.settings import ObservabilitySettings
 
 OBJECT: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
     "durachat_object", default=None
@@ -88,8 +89,8 @@ class TextFormatter(logging.Formatter):
 
 
 def log_format() -> str:
-    chosen = os.environ.get("DURACHAT_LOG_FORMAT", "").strip().lower()
-    if chosen in ("json", "text"):
+    chosen = ObservabilitySettings().log_format
+    if chosen != "auto":
         return chosen
     return "text" if sys.stderr.isatty() else "json"
 

@@ -12,11 +12,12 @@ given in its `$SRV.INFO` metadata (`metrics`), so `durachat-replay top` finds th
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import prometheus_client
 from prometheus_client import start_http_server
+
+from services.runtime.settings import ObservabilitySettings
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ class _Off:
         pass
 
 
-OFF = os.environ.get("DURACHAT_METRICS", "on").strip().lower() in ("off", "0", "no", "false")
+SETTINGS = ObservabilitySettings()
+OFF = SETTINGS.metrics == "off"
 Counter: Any = _Off if OFF else prometheus_client.Counter
 Gauge: Any = _Off if OFF else prometheus_client.Gauge
 Histogram: Any = _Off if OFF else prometheus_client.Histogram
@@ -197,26 +199,11 @@ def unwatch_connection(nc: Any) -> None:
         _CONNECTIONS.watched.remove(nc)
 
 
-def metrics_port() -> int | None:
-    """The port this process serves its metrics on (None: not served)."""
-    raw = os.environ.get("DURACHAT_METRICS_PORT", "0").strip().lower()
-    if raw in ("off", "none", "no", "false"):
-        return None
-    try:
-        port = int(raw)
-    except ValueError:
-        raise SystemExit(f"DURACHAT_METRICS_PORT must be a port number or 'off', not {raw!r}") from None
-    if not 0 <= port <= 65535:
-        raise SystemExit(f"DURACHAT_METRICS_PORT {port} is not a port (0 to 65535)")
-    return port
-
-
-def serve_metrics(name: str, host: str = "127.0.0.1") -> str | None:
+def serve_metrics(name: str) -> str | None:
     """Serve this process's metrics on DURACHAT_METRICS_PORT (in a thread); the URL, or None."""
-    port = metrics_port()
-    if port is None:
+    port, host = SETTINGS.metrics_port, SETTINGS.metrics_host
+    if port == "off":
         return None
-    host = os.environ.get("DURACHAT_METRICS_HOST", host)
     server, _ = start_http_server(port, addr=host)
     url = f"http://{host}:{server.server_port}/metrics"
     log.info("%s serves metrics at %s", name, url)
