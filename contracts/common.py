@@ -31,6 +31,8 @@ class ErrorCode(StrEnum):
     CONFLICT = "conflict"
     EXISTS = "exists"
     UNAVAILABLE = "unavailable"
+    MISMATCH = "mismatch"  # e.g. an upload's range does not start at its offset
+    GONE = "gone"  # e.g. an upload deleted, expired or rejected
     INTERNAL = "internal"  # the object failed on this command; sending it again fails again
 
 

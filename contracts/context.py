@@ -101,6 +101,9 @@ class Ask(Command):
     room_messages: list[ChatMessage] = Field(
         default_factory=list, max_length=ROOM_WINDOW, description="Recent messages, oldest first."
     )
+    attachments: list[str] = Field(
+        default_factory=list, max_length=8, description="Upload ids the question came with."
+    )
 
 
 class RecordExchange(Command):

@@ -24,9 +24,18 @@ RATE_LIMITED = "Your IP is being rate-limited, please try again later."
 
 
 class TakeToken(Command):
-    """One frame from this IP: push its next allowed time on, and say whether it may pass."""
+    """One frame from this IP: push its next allowed time on, and say whether it may pass.
+    (Asked before the frame passes; kept for gateways from before `ChargeFrame`.)"""
 
     type: Literal["take"] = "take"
+
+
+class ChargeFrame(Command):
+    """A frame from this IP was let through (the demo's POST to its RateLimiter): push its next
+    allowed time on, always, and answer the cooldown that leaves. The gateway's local gate
+    decides the frame before asking; this only tells it how long to refuse afterwards."""
+
+    type: Literal["charge_frame"] = "charge_frame"
 
 
 class RateDecision(Contract):
@@ -70,12 +79,29 @@ class QuotaUsage(Contract):
     month_tokens: int
 
 
-LimiterCommand = TakeToken  # one command: the union of one
+class ChargeUploadBytes(Command):
+    """Count an upload's declared bytes against the user's daily upload quota, if it allows
+    them (checked before any byte is stored; nothing is given back for an abandoned upload)."""
+
+    type: Literal["upload_bytes"] = "upload_bytes"
+    bytes: int = Field(ge=0, le=1 << 50)
+
+
+class UploadBytesUsage(Contract):
+    type: Literal["upload_usage"] = "upload_usage"
+    allowed: bool
+    reason: str | None = Field(None, examples=["Daily upload quota reached."])
+    day: str
+    day_bytes: int = Field(description="bytes charged in the UTC day, this charge included if allowed")
+    daily_limit: int
+
+
+LimiterCommand = Annotated[TakeToken | ChargeFrame, Field(discriminator="type")]
 LimiterReply = Annotated[RateDecision | ErrorReply, Field(discriminator="type")]
 limiter_reply = TypeAdapter(LimiterReply)
 
-QuotaCommand = Annotated[ChargeQuota | GetQuota, Field(discriminator="type")]
-QuotaReply = Annotated[QuotaUsage | ErrorReply, Field(discriminator="type")]
+QuotaCommand = Annotated[ChargeQuota | GetQuota | ChargeUploadBytes, Field(discriminator="type")]
+QuotaReply = Annotated[QuotaUsage | UploadBytesUsage | ErrorReply, Field(discriminator="type")]
 quota_reply = TypeAdapter(QuotaReply)
 
 

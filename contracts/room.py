@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import unicodedata
 from typing import Annotated, Literal
+from uuid import NAMESPACE_URL, uuid5
 
-from pydantic import AfterValidator, Field, TypeAdapter
+from pydantic import AfterValidator, Field, TypeAdapter, model_validator
 
 from contracts.client import ObjectClient
 from contracts.common import Command, Contract, ErrorReply
@@ -29,6 +30,15 @@ ANONYMOUS = "anonymous"  # the name of a client that sends none (or an empty one
 MAX_AI_REPLY_LENGTH = 32_000  # characters of one AI reply; the provider is cut off past it
 MAX_AI_QUEUE = 8  # AI questions a room holds (one streaming, the rest waiting)
 INCOMPLETE_MARK = " [incomplete]"
+
+
+ROOM_NAMESPACE = uuid5(NAMESPACE_URL, "durachat:room")
+
+
+def reply_id_of(message_id: str) -> str:
+    """The id of the AI reply to message `message_id`: the same on every retry (and the id of
+    the AI's message that answers it, so a client can pair the two)."""
+    return str(uuid5(ROOM_NAMESPACE, f"ai-reply:{message_id}"))
 
 
 def ai_question(text: str) -> str | None:
@@ -115,6 +125,9 @@ MemberName = Annotated[
 MessageText = Annotated[str, Field(max_length=MAX_MESSAGE_LENGTH)]
 
 
+MAX_ATTACHMENTS = 8  # uploads one message may carry
+AttachmentId = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]  # an upload id (contracts/upload.py)
+
 MessageKind = Literal["user", "ai", "system"]
 AiFailure = Literal[
     "timeout", "rate_limited", "blocked", "network", "cut", "server", "bad_request",
@@ -128,6 +141,10 @@ class ChatMessage(Contract):
     message: str = Field(examples=["hello"], description='the text')
     timestamp: int = Field(description="ms since the epoch, strictly increasing per room", examples=[1764547200000])
     kind: MessageKind = Field("user", description='who wrote it: a user, the AI, or the room itself', examples=['user'])
+    attachments: list[AttachmentId] = Field(
+        default_factory=list, max_length=MAX_ATTACHMENTS, description="upload ids (/api/uploads/<id>)",
+        examples=[[]],
+    )
 
 
 class AiReplyView(Contract):
@@ -177,6 +194,52 @@ class PostMessage(Command):
         "their AI context answers and their quota is charged. The gateway always sets it; "
         "the default guest:<name> is kept only for older callers.",
     )
+    attachments: list[AttachmentId] = Field(
+        default_factory=list, max_length=MAX_ATTACHMENTS,
+        description="Finished uploads of this room (the gateway checked them).",
+    )
+
+
+MAX_POST_BATCH = 64  # texts one PostMessages carries (64 x 256 chars: far below max_payload)
+
+
+class PostMessages(Command):
+    """Several messages of one session, in order: the frames a socket sent while its previous
+    command was in flight. Each text is posted as PostMessage would post it (its own event,
+    broadcast and id: `post_message_id(command_id, index)`), all in one commit.
+
+    The texts are applied in order up to the first one the room refuses; that one and those
+    after it are not applied (the reply says how many were), so the sender can answer the
+    refused frame at its position and send the rest again as a new command.
+    """
+
+    type: Literal["post_many"] = "post_many"
+    session_id: SessionId
+    texts: list[MessageText] = Field(min_length=1, max_length=MAX_POST_BATCH)
+    attachments: list[list[AttachmentId]] = Field(
+        default_factory=list, max_length=MAX_POST_BATCH,
+        description="Each text's finished uploads, in order (as PostMessage's), or empty when "
+        "no text has any.",
+    )
+    user_id: str | None = Field(
+        None, max_length=160, description="Who is charged for AI questions (default: guest:<name>)."
+    )
+
+    @model_validator(mode="after")
+    def _one_list_per_text(self) -> PostMessages:
+        if self.attachments and len(self.attachments) != len(self.texts):
+            raise ValueError("attachments: one list per text, or none at all")
+        if any(len(a) > MAX_ATTACHMENTS for a in self.attachments):
+            raise ValueError(f"attachments: at most {MAX_ATTACHMENTS} per text")
+        return self
+
+    def attachments_of(self, index: int) -> tuple[str, ...]:
+        return tuple(self.attachments[index]) if self.attachments else ()
+
+
+def post_message_id(command_id: str, index: int) -> str:
+    """The id of the `index`th message of a PostMessages: the same on every retry."""
+    return str(uuid5(NAMESPACE_URL, f"durachat:post:{command_id}:{index}"))
 
 
 class LeaveRoom(Command):
@@ -231,7 +294,7 @@ class DropGateway(Command):
 
 
 RoomCommand = Annotated[
-    CreatePrivateRoom | GetRoom | JoinRoom | PostMessage | LeaveRoom | DropGateway
+    CreatePrivateRoom | GetRoom | JoinRoom | PostMessage | PostMessages | LeaveRoom | DropGateway
     | StartAiReply | AppendAiReply | CompleteAiReply | FailAiReply,
     Field(discriminator="type"),
 ]
@@ -264,7 +327,23 @@ class Accepted(Contract):
     message: ChatMessage | None = None
 
 
-RoomReply = Annotated[RoomState | Accepted | ErrorReply, Field(discriminator="type")]
+class MessagesPosted(Contract):
+    """Reply to PostMessages: the first `posted` texts are durably appended as of `version`;
+    `refused`, when set, is why the next one was not (it and the rest were not applied)."""
+
+    type: Literal["posted"] = "posted"
+    version: int
+    posted: int = Field(ge=0)
+    refused: ErrorReply | None = None
+    shown: int = Field(
+        0, description="The version of the last broadcast the posted texts caused (0: none); "
+        "a sender that has seen it has seen them all."
+    )
+
+
+RoomReply = Annotated[
+    RoomState | Accepted | MessagesPosted | ErrorReply, Field(discriminator="type")
+]
 room_reply = TypeAdapter(RoomReply)
 
 

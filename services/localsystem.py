@@ -185,6 +185,7 @@ class LocalSystem:
     ratelimit: ServiceProcess | None = field(default=None, init=False)
     context: ServiceProcess | None = field(default=None, init=False)
     rooms_started: int = field(default=0, init=False)
+    upload: ServiceProcess | None = field(default=None, init=False)
 
     @property
     def read_db(self) -> Path:
@@ -234,6 +235,7 @@ class LocalSystem:
         self.ratelimit = self.start_ratelimit()
         self.context = self.start_context()
         self.projector = self.start_projector()
+        self.upload = self.start_upload()
         self.gateway = self.service("services.gateway", "gateway").start()
         if wait:
             self.wait_healthy(timeout)
@@ -273,6 +275,11 @@ class LocalSystem:
         self.context = self.service("services.context", "context").start()
         return self.context
 
+    def start_upload(self) -> ServiceProcess:
+        """One upload process: per-upload objects; the bytes are in the uploads bucket."""
+        self.upload = self.service("services.upload", "upload").start()
+        return self.upload
+
     def start_projector(self) -> ServiceProcess:
         self.projector = self.service("services.projector", "projector").start()
         return self.projector
@@ -302,7 +309,7 @@ class LocalSystem:
     def services(self) -> list[ServiceProcess]:
         return [
             s
-            for s in (self.gateway, self.projector, self.context, self.ratelimit, *self.rooms)
+            for s in (self.gateway, self.projector, self.context, self.ratelimit, self.upload, *self.rooms)
             if s is not None
         ]
 

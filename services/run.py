@@ -1,4 +1,4 @@
-"""`make run`: nats-server and every service (room, ratelimit, context, projector, gateway) as
+"""`make run`: nats-server and every service (room, ratelimit, context, upload, projector, gateway) as
 processes, kept running.
 
 - One system per data dir (./data, DURACHAT_DATA_DIR): the launcher holds an flock on

@@ -62,3 +62,18 @@ class ReadStore(SettingsGroup):
     """Where the projector writes the read models and the gateway and replay read them."""
 
     read_db: Path = Field(Path("data/read.db"), description="the read store (SQLite) file")
+
+
+class UploadRules(SettingsGroup):
+    """What the gateway (before bytes flow) and the upload service (on its record) both
+    enforce of an upload."""
+
+    upload_max_size: int = Field(
+        2 * 1024**3, ge=0, description="bytes one uploaded file may have (tus Tus-Max-Size)"
+    )
+    upload_ttl: float = Field(
+        86_400.0, gt=0, description="seconds an unfinished upload lives after its last bytes"
+    )
+    upload_bucket: str = Field(
+        "uploads", pattern=r"^[A-Za-z0-9_-]+$", description="JetStream object store bucket of uploads"
+    )

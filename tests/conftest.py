@@ -25,9 +25,12 @@ from tests.fakes.gemini import FakeGemini
 
 PARTITIONS = 16
 
-# The systems tests start chat far faster than the chat demo's limit of one frame per 5 s
-# per IP (all from 127.0.0.1): make the limit unreachable for them. The limiter itself is
-# still asked for every frame; tests of the limit set their own values.
+# The systems tests chat far faster than the chat demo's limit of one frame per 5 s per IP
+# (all from 127.0.0.1), and, as the demo does, the gateway refuses a socket's frames while
+# the charge of its previous one is in flight: the limit is off for them. Tests of the limit
+# turn it on with values of their own (an unreachable interval where only the round trip
+# is wanted).
+os.environ.setdefault("DURACHAT_RATE_LIMIT", "false")
 os.environ.setdefault("DURACHAT_RATE_INTERVAL", "0.000001")
 # Tests never reach the real Gemini, whatever the developer's shell holds: processes started
 # by tests answer with the offline provider unless a test points them at the local fake.

@@ -39,9 +39,23 @@ BLOCKED_FINISH = frozenset({
 
 
 @dataclass(frozen=True)
+class FileRef:
+    """A file that came with a turn: an upload, and its Gemini Files API copy if handed off."""
+
+    name: str
+    mime: str
+    size: int
+    uri: str | None = None  # the Gemini file's URI, once ACTIVE
+
+    def described(self) -> str:
+        return f"{self.name or 'a file'} ({self.mime}, {self.size:,} bytes)"
+
+
+@dataclass(frozen=True)
 class Turn:
     role: Literal["user", "model"]
     text: str
+    files: tuple[FileRef, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -166,7 +180,12 @@ def _describe(exc: BaseException) -> str:
 
 
 def _content(turn: Turn) -> types.Content:
-    return types.Content(role=turn.role, parts=[types.Part(text=turn.text)])
+    parts = [
+        types.Part(file_data=types.FileData(file_uri=f.uri, mime_type=f.mime))
+        for f in turn.files
+        if f.uri is not None
+    ]
+    return types.Content(role=turn.role, parts=[*parts, types.Part(text=turn.text)])
 
 
 def _text(response: types.GenerateContentResponse) -> str:
@@ -363,9 +382,14 @@ class OfflineProvider:
             given.append(_count(len(lines) - 1, "line") + " of context with the question")
         if generation.system_prompt:
             given.append("a system prompt")
+        files = turns[asked].files
+        received = ""
+        if files:
+            noun = "the file" if len(files) == 1 else "the files"
+            received = f"I received {noun} {_and([f.described() for f in files])}. "
         return (
             f'{OFFLINE_PREFIX}You asked: "{question}" ({_count(len(question.split()), "word")}). '
-            f"I was given {_and(given)}. With an API key, {generation.model} would answer it."
+            f"{received}I was given {_and(given)}. With an API key, {generation.model} would answer it."
         )
 
     async def stream(self, generation: Generation, turns: list[Turn]) -> AsyncIterator[Chunk]:

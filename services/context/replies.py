@@ -27,6 +27,7 @@ from contracts.room import (
     RoomClient,
     StartAiReply,
 )
+from services.context.attachments import attached_files, with_files
 from services.context.provider import Provider, ProviderError, Usage
 from services.context.window import fit_window, generation_for
 from services.ratelimit.client import QuotaRefused, charge_ai_request, charge_ai_tokens
@@ -149,6 +150,11 @@ class ReplyStreamer:
         except ProviderError as exc:
             await self._fail(ask, exc.reason, exc.message)
             return
+        if ask.attachments:
+            files = await attached_files(
+                self.nc, ask, self.config.request_timeout, gemini=provider.name == "gemini"
+            )
+            window = with_files(window, files)
         started = await self.rooms.send(
             ask.room, StartAiReply(reply_id=ask.reply_id, model=generation.model, label=provider.label)
         )

@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from contracts.context import ContextClient
-from services.gateway import api, contexts, docs, errors, readmodels, session, websocket
+from services.gateway import api, contexts, docs, errors, readmodels, session, uploads, websocket
 from services.gateway.deps import GatewayState
 from services.gateway.liveness import GatewayPresence
 from services.gateway.ratelimit import IpRateLimiter
@@ -90,6 +90,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(readmodels.router, responses=errors.described(404, 422, 503))
     app.include_router(contexts.router, responses=errors.described(401, 403, 413, 415, 422, 503))
     app.include_router(session.router, responses=errors.described(401, 422, 503))
+    app.include_router(uploads.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     docs.install(app)
 

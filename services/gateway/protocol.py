@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from contracts.room import (
     ANONYMOUS,
+    MAX_ATTACHMENTS,
     MAX_MESSAGE_LENGTH,
     MAX_NAME_LENGTH,
     AiReplyView,
@@ -21,7 +22,10 @@ from contracts.room import (
     is_blank,
     name_problem,
     normalize_name,
+    reply_id_of,
 )
+from contracts.upload import UPLOAD_ID
+from services.gateway import markdown
 
 CLOSE_TOO_BIG = 1009
 
@@ -42,6 +46,7 @@ class NameFrame:
 @dataclass(frozen=True)
 class MessageFrame:
     text: str
+    attachments: tuple[str, ...] = ()  # upload ids (an extension key old clients never send)
 
 
 def _decode(text: str | None, data: bytes | None, max_bytes: int) -> dict:
@@ -60,8 +65,8 @@ def _decode(text: str | None, data: bytes | None, max_bytes: int) -> dict:
     return value
 
 
-def _only(frame: dict, allowed: str, hint: str) -> None:
-    unknown = sorted(set(frame) - {allowed})
+def _only(frame: dict, allowed: str | set[str], hint: str) -> None:
+    unknown = sorted(set(frame) - ({allowed} if isinstance(allowed, str) else allowed))
     if unknown:
         raise FrameError(f"Unknown key(s) {', '.join(map(json.dumps, unknown))[:100]}; {hint}")
 
@@ -97,7 +102,7 @@ def parse_name_frame(text: str | None, data: bytes | None, max_bytes: int) -> Na
 def parse_message_frame(text: str | None, data: bytes | None, max_bytes: int) -> MessageFrame:
     """A later frame: `{"message": ...}`."""
     frame = _decode(text, data, max_bytes)
-    _only(frame, "message", 'send {"message": "..."}.')
+    _only(frame, {"message", "attachments"}, 'send {"message": "..."}.')
     if "message" not in frame:
         raise FrameError('Expected {"message": "..."}.')
     message = frame["message"]
@@ -106,11 +111,25 @@ def parse_message_frame(text: str | None, data: bytes | None, max_bytes: int) ->
     _text_only(message, "message")
     if len(message) > MAX_MESSAGE_LENGTH:
         raise FrameError("Message too long.")
-    if not message:
+    attachments = _attachments(frame.get("attachments", []))
+    if not message and not attachments:
         raise FrameError("Message is empty.")
-    if is_blank(message):
+    if is_blank(message) and not attachments:
         raise FrameError("Message is empty: it holds only spaces.")
-    return MessageFrame(message)
+    return MessageFrame(message, attachments)
+
+
+def _attachments(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise FrameError("attachments must be a list of upload ids.")
+    if len(value) > MAX_ATTACHMENTS:
+        raise FrameError(f"At most {MAX_ATTACHMENTS} attachments per message.")
+    if len(set(value)) != len(value):
+        raise FrameError("An attachment is listed twice.")
+    for upload_id in value:
+        if not UPLOAD_ID.match(upload_id):
+            raise FrameError(f"Not an upload id: {upload_id[:70]!r}.")
+    return tuple(value)
 
 
 # --- server frames ----------------------------------------------------------------------------
@@ -120,10 +139,11 @@ def encode(frame: dict) -> str:
     return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
 
 
-def message_frame(message: ChatMessage) -> str:
+def message_frame(message: ChatMessage, asker: str | None = None) -> str:
     """A chat message as the demo sends it, plus its id and, for the AI's and the room's own
-    messages, its kind (extensions old clients ignore)."""
-    frame = {
+    messages, its kind (extensions old clients ignore). An AI message also carries its text
+    rendered from markdown as sanitized HTML ("html"), and in history who asked ("asker")."""
+    frame: dict = {
         "name": message.name,
         "message": message.message,
         "timestamp": message.timestamp,
@@ -131,7 +151,20 @@ def message_frame(message: ChatMessage) -> str:
     }
     if message.kind != "user":
         frame["kind"] = message.kind
+    if message.kind == "ai":
+        frame["html"] = markdown.render(message.message)
+        if asker is not None:
+            frame["asker"] = asker
+    if message.attachments:
+        frame["attachments"] = message.attachments
     return encode(frame)
+
+
+def history_frames(messages: list[ChatMessage]) -> list[str]:
+    """The frames of a room's history: each AI message names its asker when the question is
+    in the history too (the AI answers the message whose reply id is its own id)."""
+    askers = {reply_id_of(m.id): m.name for m in messages if m.kind == "user"}
+    return [message_frame(m, askers.get(m.id) if m.kind == "ai" else None) for m in messages]
 
 
 def ai_frame(event: str, **fields) -> str:
@@ -181,8 +214,12 @@ def ai_progress_frames(reply: AiReplyView) -> list[str]:
     return frames
 
 
-def error_frame(message: str) -> str:
-    return encode({"error": message})
+def error_frame(message: str, retry_after: float | None = None) -> str:
+    """`{"error": ...}`; a refusal that passes with time also says after how many seconds a
+    frame may pass again (`retry_after`, an extension old clients ignore)."""
+    if retry_after is None:
+        return encode({"error": message})
+    return encode({"error": message, "retry_after": retry_after})
 
 
 READY = encode({"ready": True})

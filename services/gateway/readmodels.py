@@ -42,12 +42,22 @@ class RoomDetail(RoomSummary):
     members_seen: list[MemberSeen]
 
 
+class AttachmentRow(BaseModel):
+    id: str = Field(description="the upload id: GET /api/uploads/<id> reads it")
+    name: str | None = None
+    type: str | None = None
+    size: int | None = None
+    state: str | None = Field(None, description="null until the upload's row is projected")
+    gemini_state: str | None = None
+
+
 class MessageRow(BaseModel):
     id: str
     author: str = Field(examples=["alice"])
     text: str = Field(examples=["hello"])
     timestamp: int = Field(description="ms since the epoch")
     kind: str = Field(examples=["user"], description="user, ai or system")
+    attachments: list[AttachmentRow] = Field(default_factory=list)
 
 
 class MessagePage(BaseModel):
@@ -105,7 +115,15 @@ def list_messages(
     if queries.room(store, name) is None:
         raise HTTPException(status_code=404, detail="No such room.")
     rows, following = queries.messages(store, name, limit, order, after)
+    stamps = [r["timestamp"] for r in rows]
+    attached = queries.attachments(store, name, min(stamps), max(stamps)) if rows else {}
     return MessagePage(
-        messages=[MessageRow(**dict(r)) for r in rows],
+        messages=[
+            MessageRow(**dict(r), attachments=[
+                AttachmentRow(id=a["upload_id"], **{k: a[k] for k in AttachmentRow.model_fields if k != "id"})
+                for a in attached.get(r["id"], [])
+            ])
+            for r in rows
+        ],
         next_cursor=following.encode() if following else None,
     )

@@ -55,9 +55,10 @@ class GatewaySettings(RuntimeSettings, RateRule, ReadStore):
         description="Compress frames. Off: chat frames are ~100 bytes, and zlib's state costs "
         "about 45 KiB per socket and doubles the gateway's CPU per frame (bench/).",
     )
-    rate_limit: bool = Field(True, description="ask the per-IP limiter for every frame")
-    refusal_pause: float = Field(
-        1.0, ge=0, description="seconds a refused socket is not read (at most its cooldown)"
+    rate_limit: bool = Field(True, description="judge every frame by the demo's per-IP limit")
+    max_unanswered_frames: int = Field(
+        256, ge=1, description="Frames of one socket read but not yet answered; past it a frame "
+        "is refused with an error frame (its own), never queued without bound.",
     )
     ratelimit_timeout: float = Field(
         0.25, gt=0, description="seconds to wait for the ratelimit service before deciding locally"

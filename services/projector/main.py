@@ -15,6 +15,7 @@ import os
 import signal
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import nats.errors
@@ -25,6 +26,7 @@ from pydantic import Field
 
 from services.readstore.projection import ROOM_STREAM, position, project_commit, record_position
 from services.readstore.store import open_read_store, transaction
+from services.readstore.uploads import UPLOAD_STREAM, project_upload_commit
 from services.runtime import logs, metrics, tracing
 from services.runtime.metrics import serve_metrics
 from services.runtime.service import announce, connect
@@ -50,7 +52,9 @@ class Projector:
         stream: str = ROOM_STREAM,
         batch: int = 1000,
         name: str = "projector",
+        project: Callable[[sqlite3.Connection, str, str, int, bytes], int] = project_commit,
     ) -> None:
+        self.project = project
         self.nc = nc
         self.js = nc.jetstream()
         self.db_path = Path(db_path)
@@ -122,7 +126,7 @@ class Projector:
                 sequence = msg.metadata.sequence.stream
                 if sequence <= self.position:
                     continue  # delivered again after a crash: already in the store
-                dead = project_commit(conn, self.stream, msg.subject, sequence, msg.data)
+                dead = self.project(conn, self.stream, msg.subject, sequence, msg.data)
                 if dead:
                     metrics.PROJECTOR_DEAD_LETTERS.labels(self.stream).inc(dead)
                 self.position = sequence
@@ -163,7 +167,8 @@ async def serve(settings: ProjectorSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    await projector.run(stopping)
+    uploads = Projector(nc, settings.read_db, UPLOAD_STREAM, settings.batch, project=project_upload_commit)
+    await asyncio.gather(projector.run(stopping), uploads.run(stopping))
     await micro.stop()
     # Nothing to flush: positions live in the read store, and an ack lost here only means a
     # redelivery that the position check skips. (A drain waited on the pending pull.)

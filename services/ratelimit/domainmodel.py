@@ -50,6 +50,15 @@ class Limiter:
         self.grace = grace
         self.next_allowed = 0.0
 
+    def charge(self, now: float) -> float:
+        """The demo's `RateLimiter.fetch` with POST, exactly: push `next_allowed` to
+        max(now, next_allowed) + interval, always, and return the cooldown that leaves,
+        max(0, next_allowed - now - grace). The demo's client (the gateway's `DemoGate`)
+        has already let the frame through; it lets no other through until this cooldown
+        has passed. From rest: 0, 0, 0, 0, then 5 s on the fifth charge."""
+        self.next_allowed = max(now, self.next_allowed) + self.interval
+        return max(0.0, self.next_allowed - now - self.grace)
+
     def take(self, now: float) -> Take:
         pushed = max(now, self.next_allowed) + self.interval
         cooldown = max(0.0, pushed - now - self.grace)
@@ -68,6 +77,7 @@ class QuotaLimits:
     daily_tokens: int = 200_000
     monthly_requests: int = 3000
     monthly_tokens: int = 3_000_000
+    daily_upload_bytes: int = 10 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -156,6 +166,21 @@ class Quota(Aggregate):
             month_tokens=self.month_tokens if month == self.month else 0,
         )
 
+    def upload_bytes_on(self, day: str) -> int:
+        # getattr: quotas snapshotted before uploads existed have no upload counters
+        return getattr(self, "upload_bytes", 0) if getattr(self, "upload_day", "") == day else 0
+
+    def charge_upload(self, command_id: str, today: str, size: int) -> None:
+        self._upload_bytes_charged(command_id=command_id, day=self.period(today), size=size)
+
+    @event("UploadBytesCharged")
+    def _upload_bytes_charged(self, command_id: str, day: str, size: int) -> None:
+        self.upload_bytes = self.upload_bytes_on(day) + size
+        self.upload_day = day
+        self.recent_ids[command_id] = day
+        if len(self.recent_ids) > RECENT_IDS:
+            del self.recent_ids[next(iter(self.recent_ids))]
+
     def applied(self, command_id: str) -> bool:
         return command_id in self.recent_ids
 
@@ -178,6 +203,35 @@ class Quota(Aggregate):
         self.recent_ids[command_id] = day
         if len(self.recent_ids) > RECENT_IDS:
             del self.recent_ids[next(iter(self.recent_ids))]
+
+
+@dataclass(frozen=True)
+class UploadCharge:
+    allowed: bool
+    reason: str | None
+    day: str
+    day_bytes: int
+
+
+def charge_upload_bytes(
+    quota: Quota | None, user_key: str, command_id: str, today: str, size: int, limit: int
+) -> tuple[Quota | None, UploadCharge]:
+    """Count `size` upload bytes in the user's day, unless that passes the daily `limit`
+    (then nothing is recorded). A retried charge is answered as applied."""
+    if quota is not None and quota.applied(command_id):
+        day = quota.period(today)
+        return quota, UploadCharge(True, None, day, quota.upload_bytes_on(day))
+    day = quota.period(today) if quota is not None else today
+    used = quota.upload_bytes_on(day) if quota is not None else 0
+    if used + size > limit:
+        reason = (
+            f"Daily upload quota reached: {used} of {limit} bytes used today; "
+            f"this file needs {size}."
+        )
+        return quota, UploadCharge(False, reason, day, used)
+    quota = quota if quota is not None else Quota(user_key)
+    quota.charge_upload(command_id, day, size)
+    return quota, UploadCharge(True, None, day, quota.upload_bytes_on(day))
 
 
 def charge(

@@ -8,13 +8,16 @@ from dataclasses import dataclass, field
 from contracts.ratelimit import (
     LIMITER,
     QUOTA,
+    ChargeFrame,
     ChargeQuota,
+    ChargeUploadBytes,
     GetQuota,
     LimiterCommand,
     QuotaCommand,
     QuotaUsage,
     RateDecision,
     TakeToken,
+    UploadBytesUsage,
 )
 from services.ratelimit.domainmodel import (
     Charge,
@@ -23,6 +26,7 @@ from services.ratelimit.domainmodel import (
     QuotaLimits,
     Usage,
     charge,
+    charge_upload_bytes,
     utc_day,
 )
 from services.runtime import metrics
@@ -52,6 +56,13 @@ def take(command: TakeToken, state: Limiter | None, ctx: Ctx) -> Outcome:
     state = state or Limiter(ctx.deps.interval, ctx.deps.grace)
     taken = state.take(ctx.clock.monotonic())
     return Outcome(state, RateDecision(allowed=taken.allowed, cooldown=taken.cooldown))
+
+
+@limiter.handles(ChargeFrame)
+def charge_frame(command: ChargeFrame, state: Limiter | None, ctx: Ctx) -> Outcome:
+    state = state or Limiter(ctx.deps.interval, ctx.deps.grace)
+    cooldown = state.charge(ctx.clock.monotonic())
+    return Outcome(state, RateDecision(allowed=cooldown == 0, cooldown=cooldown))
 
 
 def usage_reply(outcome: Charge) -> QuotaUsage:
@@ -88,3 +99,18 @@ def charge_quota(command: ChargeQuota, state: Quota | None, ctx: Ctx) -> Outcome
             "tokens" if "token" in outcome.reason else "requests",
         ).inc()
     return Outcome(state, usage_reply(outcome))
+
+
+@quota.handles(ChargeUploadBytes)
+def charge_upload(command: ChargeUploadBytes, state: Quota | None, ctx: Ctx) -> Outcome:
+    limit = ctx.deps.limits.daily_upload_bytes
+    state, outcome = charge_upload_bytes(
+        state, ctx.key, str(command.command_id), utc_day(ctx.now()), command.bytes, limit
+    )
+    return Outcome(
+        state,
+        UploadBytesUsage(
+            allowed=outcome.allowed, reason=outcome.reason, day=outcome.day,
+            day_bytes=outcome.day_bytes, daily_limit=limit,
+        ),
+    )

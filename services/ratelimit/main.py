@@ -25,6 +25,9 @@ class RateLimitSettings(ObjectServiceSettings, RateRule):
     quota_monthly_tokens: int = Field(
         3_000_000, ge=0, description="AI tokens per user per UTC month"
     )
+    quota_daily_upload_bytes: int = Field(
+        10 * 1024**3, ge=0, description="bytes a user may upload per UTC day"
+    )
 
     def limits(self) -> QuotaLimits:
         return QuotaLimits(
@@ -32,6 +35,7 @@ class RateLimitSettings(ObjectServiceSettings, RateRule):
             daily_tokens=self.quota_daily_tokens,
             monthly_requests=self.quota_monthly_requests,
             monthly_tokens=self.quota_monthly_tokens,
+            daily_upload_bytes=self.quota_daily_upload_bytes,
         )
 
     def deps(self) -> RateLimitDeps:

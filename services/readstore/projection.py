@@ -133,6 +133,12 @@ def apply_room_event(conn: sqlite3.Connection, room: str, event: StoredEvent) ->
         case events.MessagePosted:
             _message(conn, room, e.message_id, e.member_name, e.text, e.posted_at, "user",
                      event.version)
+            for index, upload_id in enumerate(e.attachments):
+                conn.execute(
+                    "INSERT INTO message_attachments (room, message_id, position, upload_id,"
+                    " timestamp) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (room, e.message_id, index, upload_id, e.posted_at),
+                )
         case events.SystemMessagePosted:
             _message(conn, room, e.message_id, SYSTEM_NAME, e.text, e.posted_at, "system",
                      event.version)

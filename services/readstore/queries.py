@@ -70,7 +70,8 @@ def messages(
 ) -> tuple[list[sqlite3.Row], Cursor | None]:
     """A page of a room's messages and the cursor of the next page (None: no more)."""
     newest = order == "newest"
-    where, params = "room = ?", [name]
+    where = "room = ?"
+    params: list[str | int] = [name]
     if after is not None:
         # Keyset pagination: strictly past the cursor in the page's direction.
         where += " AND (timestamp, id) < (?, ?)" if newest else " AND (timestamp, id) > (?, ?)"
@@ -84,3 +85,37 @@ def messages(
     page = rows[:limit]
     more = len(rows) > limit
     return page, (Cursor(page[-1]["timestamp"], page[-1]["id"]) if more and page else None)
+
+
+def attachments(
+    conn: sqlite3.Connection, name: str, first: int, last: int
+) -> dict[str, list[sqlite3.Row]]:
+    """The attachments of a room's messages with timestamps in [first, last], by message id,
+    in order, with what the read store knows of each upload (its row may not be there yet)."""
+    rows = conn.execute(
+        "SELECT a.message_id, a.upload_id, u.name, u.type, u.size, u.state, u.gemini_state"
+        " FROM message_attachments a LEFT JOIN uploads u ON u.id = a.upload_id"
+        " WHERE a.room = ? AND a.timestamp BETWEEN ? AND ? ORDER BY a.message_id, a.position",
+        (name, first, last),
+    ).fetchall()
+    found: dict[str, list[sqlite3.Row]] = {}
+    for row in rows:
+        found.setdefault(row["message_id"], []).append(row)
+    return found
+
+
+def upload(conn: sqlite3.Connection, upload_id: str) -> sqlite3.Row | None:
+    return conn.execute(
+        "SELECT id, owner, room, name, type, size, received, state, gemini_state, sha256, reason,"
+        " created_at, updated_at FROM uploads WHERE id = ?",
+        (upload_id,),
+    ).fetchone()
+
+
+def uploads_of(conn: sqlite3.Connection, owner: str, limit: int) -> list[sqlite3.Row]:
+    """A user's uploads, newest first (to resume one from another device, say)."""
+    return conn.execute(
+        "SELECT id, room, name, type, size, received, state, gemini_state, created_at, updated_at"
+        " FROM uploads WHERE owner = ? ORDER BY created_at DESC, id LIMIT ?",
+        (owner, limit),
+    ).fetchall()

@@ -459,6 +459,38 @@ def import_command(
               f"{escape(room)}, up to sequence {result.last_sequence}{skipped}")
 
 
+@app.command("upload")
+def upload_command(
+    ctx: typer.Context,
+    upload_id: Annotated[str, typer.Argument(help="The upload id (64 hex).")],
+    seq: Annotated[int | None, typer.Option("--seq", help="As of this stream sequence.")] = None,
+    events: Annotated[bool, typer.Option("--events", help="Its events, not its state.")] = False,
+    out_file: Annotated[Path | None, typer.Option(
+        "--export", metavar="FILE", help="Write its commits here as JSON lines.")] = None,
+) -> None:
+    """An upload object: its state (JSON), its events (JSON lines), or its commits exported."""
+    from services.replay import uploads
+
+    opts: Options = ctx.obj
+
+    async def work() -> list:
+        async with connected(opts.nats) as nc:
+            return await uploads.upload_messages(nc, upload_id)
+
+    messages = run(work)
+    if not messages:
+        err.print(f"upload {escape(upload_id)} has no events")
+        raise typer.Exit(1)
+    if out_file is not None:
+        out_file.write_text("".join(line + "\n" for line in uploads.export_lines(messages)))
+        err.print(f"exported {len(messages)} commits of upload {escape(upload_id)} to {out_file}")
+    elif events:
+        for row in uploads.upload_events(messages):
+            emit_json(row)
+    else:
+        emit_json(uploads.upload_state(messages, seq))
+
+
 from services.replay import live  # noqa: E402 (its commands need the app above)
 
 live.register(app)

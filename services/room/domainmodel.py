@@ -7,7 +7,7 @@ records are declared in services.room.events.
 
 from __future__ import annotations
 
-from uuid import NAMESPACE_URL, UUID, uuid5
+from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
@@ -21,9 +21,11 @@ from contracts.room import (
     MAX_AI_REPLY_LENGTH,
     MAX_MESSAGE_LENGTH,
     MAX_NAME_LENGTH,
+    ROOM_NAMESPACE,
     SYSTEM_NAME,
     ai_question,
     is_reserved_name,
+    reply_id_of,
 )
 from services.room import events
 from services.room.aireply import AiDeadlines, AiReply, AiStatus
@@ -39,13 +41,7 @@ from services.room.errors import (  # noqa: F401  (re-exported: the room's refus
     RoomError,
 )
 
-ROOM_NAMESPACE = uuid5(NAMESPACE_URL, "durachat:room")
 RECENT_IDS = 4096  # message ids remembered to apply a retried post once
-
-
-def reply_id_of(message_id: str) -> str:
-    """The id of the AI reply to message `message_id`: the same on every retry."""
-    return str(uuid5(ROOM_NAMESPACE, f"ai-reply:{message_id}"))
 
 
 def room_id(name: str) -> UUID:
@@ -165,6 +161,7 @@ class Room(Aggregate):
         now: float,
         deadlines: AiDeadlines,
         user_id: str | None = None,
+        attachments: tuple[str, ...] = (),
     ) -> dict | None:
         """Post `text`; the timestamp is `now_ms`, bumped past the last one if needed.
 
@@ -184,6 +181,7 @@ class Room(Aggregate):
             member_name=self.members[session_id],
             text=text,
             posted_at=timestamp,
+            attachments=tuple(attachments),
         )
         message = self.messages[-1]
         question = ai_question(text)
@@ -382,10 +380,14 @@ class Room(Aggregate):
         self.member_gateways.pop(session_id, None)
 
     @event(MessagePosted)
-    def _message_posted(self, message_id: str, member_name: str, text: str, posted_at: int) -> None:
-        self._remember(
-            {"id": message_id, "name": member_name, "message": text, "timestamp": posted_at}
-        )
+    def _message_posted(
+        self, message_id: str, member_name: str, text: str, posted_at: int,
+        attachments: tuple[str, ...] = (),
+    ) -> None:
+        message: dict = {"id": message_id, "name": member_name, "message": text, "timestamp": posted_at}
+        if attachments:
+            message["attachments"] = list(attachments)
+        self._remember(message)
 
     @event(SystemMessagePosted)
     def _system_message_posted(self, message_id: str, text: str, posted_at: int) -> None:

@@ -48,6 +48,7 @@ class MessagePosted(Aggregate.Event):
     member_name: str
     text: str
     posted_at: Millis
+    attachments: tuple[str, ...] = ()  # upload ids; not stored before uploads existed
 
 
 class SystemMessagePosted(Aggregate.Event):

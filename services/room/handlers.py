@@ -32,14 +32,17 @@ from contracts.room import (
     MemberJoined,
     MemberQuit,
     MessagePosted,
+    MessagesPosted,
     PostMessage,
+    PostMessages,
     RoomCommand,
     RoomState,
     StartAiReply,
+    post_message_id,
 )
 from contracts.subjects import ROOM
 from services.room.aireply import AiDeadlines, AiStatus
-from services.room.domainmodel import Room
+from services.room.domainmodel import Room, reply_id_of
 from services.room.errors import (
     AiReplyConflict,
     AlreadyExists,
@@ -86,7 +89,7 @@ def broadcast(event) -> BaseModel | None:
         case Room.MessagePosted():
             message = ChatMessage(
                 id=event.message_id, name=event.member_name, message=event.text,
-                timestamp=event.posted_at,
+                timestamp=event.posted_at, attachments=list(event.attachments),
             )
             return MessagePosted(version=version, message=message)
         case Room.AiReplyRequested():
@@ -204,10 +207,37 @@ def post(command: PostMessage, state: Room | None, ctx: Ctx) -> Outcome:
     posted = state.post(
         str(command.command_id), command.session_id, command.text, now_ms=ctx.now_ms(),
         now=ctx.now(), deadlines=ctx.deps.deadlines, user_id=command.user_id,
+        attachments=tuple(command.attachments),
     )
     # None: a retry of a post already applied. Once is enough; if the first attempt's
     # broadcast was lost in a crash, the next owner re-broadcasts it when it loads the room.
     return accepted(state, posted)
+
+
+@room.handles(PostMessages)
+def post_many(command: PostMessages, state: Room | None, ctx: Ctx) -> Outcome:
+    """Each text as `post` would post it, in order, up to the first the room refuses."""
+    state = existing(state, ctx)
+    posted = 0
+    refused = None
+    for index, text in enumerate(command.texts):
+        try:
+            state.post(
+                post_message_id(str(command.command_id), index), command.session_id, text,
+                now_ms=ctx.now_ms(), now=ctx.now(), deadlines=ctx.deps.deadlines,
+                user_id=command.user_id, attachments=command.attachments_of(index),
+            )
+        except RoomError as exc:  # raised before the text changed anything
+            refused = ErrorReply(code=room.error_code(exc) or ErrorCode.BAD_REQUEST, message=str(exc))
+            break
+        posted += 1
+    # Not always the last event: an AI question ends with events nobody is shown.
+    shown = next(
+        (e.originator_version for e in reversed(state.pending_events) if broadcast(e) is not None), 0
+    )
+    return Outcome(
+        state, MessagesPosted(version=state.version, posted=posted, refused=refused, shown=shown)
+    )
 
 
 @room.handles(LeaveRoom)
@@ -278,8 +308,17 @@ async def ask_context(committed: Committed, state: Room | None, ctx: Ctx) -> Non
             asker=reply.asker,
             question=reply.question,
             room_messages=[ChatMessage(**m) for m in state.messages[-ROOM_WINDOW:]],
+            attachments=asked_with(state, reply.id),
         )
         ctx.spawn(send_ask(ctx.deps.contexts, reply.user_id, ask), f"ask {ask.reply_id}")
+
+
+def asked_with(state: Room, reply_id: str) -> list[str]:
+    """The attachments of the message that asked reply `reply_id`."""
+    for message in reversed(state.messages):
+        if reply_id_of(message["id"]) == reply_id:
+            return list(message.get("attachments", ()))
+    return []
 
 
 async def send_ask(contexts: ContextClient, user_id: str, ask: Ask) -> None:

@@ -171,33 +171,18 @@ class ChatSpan:
         self._span = self._token = None
 
 
-class FrameSpans:
-    """`receive ws.frame` spans of one socket: one per client frame, current while the
-    frame is handled (so the limiter's and the room's requests are its children)."""
-
-    __slots__ = ("room", "_span", "_token")
-
-    def __init__(self, room: str) -> None:
-        self.room = room
-        self._span: Span | None = None
-        self._token: object | None = None
-
-    def start(self, incoming: Mapping[str, Any]) -> None:
-        if not ENABLED or incoming.get("type") != "websocket.receive":
-            return
-        size = len(incoming.get("text") or incoming.get("bytes") or "")
-        # A root of its own trace (a socket lives for hours: one trace per socket would be
-        # useless), linked to the connection's span when the server made one.
-        connection = trace.get_current_span().get_span_context()
-        self._span = tracer.start_span(
-            "receive ws.frame", context=otel_context.Context(), kind=SpanKind.SERVER,
-            links=[Link(connection)] if connection.is_valid else None,
-            attributes={"durachat.room": self.room, "messaging.message.body.size": size})
-        self._token = otel_context.attach(trace.set_span_in_context(self._span))
-
-    def end(self) -> None:
-        if self._span is not None:
-            if self._token is not None:
-                otel_context.detach(self._token)  # type: ignore[arg-type]
-            self._span.end()
-            self._span = self._token = None
+@contextmanager
+def frame_span(room: str) -> Iterator[Span | None]:
+    """`receive ws.frame`: the client's frames answered by one command (a join, or a batch of
+    posts), current inside the block. A root of its own trace (a socket lives for hours: one
+    trace per socket would be useless), linked to the connection's span when there is one."""
+    if not ENABLED:
+        yield None
+        return
+    connection = trace.get_current_span().get_span_context()
+    with tracer.start_as_current_span(
+        "receive ws.frame", context=otel_context.Context(), kind=SpanKind.SERVER,
+        links=[Link(connection)] if connection.is_valid else None,
+        attributes={"durachat.room": room},
+    ) as current:
+        yield current

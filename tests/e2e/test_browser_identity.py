@@ -68,3 +68,35 @@ def test_a_token_in_the_address_signs_the_browser_in(open_tab, system: LocalSyst
     choose_name(page, "dana")
     join_public_room(page, f"br-id-{uuid.uuid4().hex[:12]}")
     expect_ready(page)
+
+
+def test_signing_in_and_out_from_the_page(open_tab, system: LocalSystem) -> None:
+    # Problem 6: the client could not pass a token. Now: a sign-in dialog, the verified user
+    # shown, kept across a reload, and signing out makes the browser a guest again.
+    room = f"br-id-{uuid.uuid4().hex[:12]}"
+    page = open_tab()
+    guest = user_of(page)
+    choose_name(page, "erin")
+    join_public_room(page, room)
+    expect_ready(page)
+    expect(page.locator("#whoami")).to_have_text("erin (guest)")
+
+    page.click("#sign-in")
+    expect(page.locator("#token-input")).to_be_focused()
+    page.keyboard.type("not-a-token")
+    page.keyboard.press("Enter")
+    expect(page.locator("#sign-in-error")).to_contain_text("Not signed in: Invalid token")
+    page.fill("#token-input", mint("user-7", PLACEHOLDER_SECRET))
+    page.keyboard.press("Enter")
+    expect(page.locator("#sign-in-dialog")).to_be_hidden()
+    expect(page.locator("#whoami")).to_have_text("erin · signed in as user-7 ✓")
+    expect_ready(page)  # the room is joined again as the verified user
+    assert user_of(page) == "user-7"
+    page.reload()
+    expect_ready(page)
+    expect(page.locator("#whoami")).to_have_text("erin · signed in as user-7 ✓")
+
+    page.click("#sign-out")
+    expect(page.locator("#whoami")).to_have_text("erin (guest)")
+    expect_ready(page)
+    assert user_of(page).startswith("guest:") and user_of(page) != guest

@@ -314,7 +314,7 @@ def test_the_launcher_leaves_no_process_behind(tmp_path, how):
     launcher = Launcher(tmp_path / "data").ready()
     pids = {what: pid for pid, what in launcher.children().items()}
     assert set(pids) == {"nats-server", "services.room", "services.ratelimit", "services.context",
-                         "services.projector", "services.gateway"}
+                         "services.projector", "services.upload", "services.gateway"}
     run_file = tmp_path / "data" / "run.json"
     recorded = json.loads(run_file.read_text()) if run_file.exists() else {}
     try:

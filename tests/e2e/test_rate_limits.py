@@ -17,7 +17,7 @@ from tests.support import eventually
 
 pytestmark = pytest.mark.e2e
 
-INTERVAL, GRACE = 0.5, 2.0  # the demo's 5 s / 20 s, scaled down tenfold: a burst of 4
+INTERVAL, GRACE = 0.5, 2.0  # the demo's 5 s / 20 s, scaled down tenfold: a burst of 5
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +25,7 @@ def limited(tmp_path_factory):
     system = LocalSystem(
         tmp_path_factory.mktemp("limited"),
         extra_env={
+            "DURACHAT_RATE_LIMIT": "true",
             "DURACHAT_RATE_INTERVAL": str(INTERVAL),
             "DURACHAT_RATE_GRACE": str(GRACE),
             "DURACHAT_MAX_SOCKETS_PER_IP": "6",
@@ -42,26 +43,51 @@ async def connect(system, room: str, forwarded_for: str) -> ChatClient:
     ))
 
 
-async def use_up_the_burst(client: ChatClient) -> None:
-    """After the name frame, three messages pass (a burst of four frames); the next is
-    refused with the chat demo's own frame."""
-    for text in ("one", "two", "three"):
-        assert (await client.say(text))["message"] == text
-    await client.send({"message": "four"})
-    assert await client.recv() == {"error": RATE_LIMITED}
+SPACING = 0.05  # s between frames of a burst: far more than a round trip to the limiter
 
 
-async def test_a_burst_passes_then_the_demo_refusal_frame(limited):
+async def spaced() -> None:
+    """Let SPACING pass: frames of a burst "spaced by round trips", as the demo needs them
+    (it refuses a frame that arrives while the previous one's charge is still in flight)."""
+    started = time.monotonic()
+    await eventually(lambda: time.monotonic() - started >= SPACING, what="the spacing")
+
+
+async def use_up_the_burst(client: ChatClient) -> float:
+    """After the name frame, four messages pass (a burst of five frames, each sent once the
+    previous one is seen: spaced by round trips); the next is refused with the chat demo's
+    own frame, plus how long to wait (`retry_after`), which is returned."""
+    for text in ("one", "two", "three", "four"):
+        await spaced()
+        assert (await client.say(text)).get("message") == text, text
+    await spaced()
+    await client.send({"message": "five"})
+    refused = await client.recv()
+    wait = refused.pop("retry_after")
+    assert refused == {"error": RATE_LIMITED}
+    # The fifth charge announced INTERVAL (2.5 - 2.0 ahead); part of it may have passed.
+    assert 0 < wait <= INTERVAL
+    return wait
+
+
+async def test_a_burst_of_five_passes_then_the_demo_refusal_frame(limited):
     room = f"rl-{uuid.uuid4().hex[:8]}"
     client = await connect(limited, room, "198.51.100.10")
-    # The name frame and three messages pass (four frames), the fifth frame is refused.
+    # The name frame and four messages pass (five frames), the sixth frame is refused.
     await client.join("burst")
-    await use_up_the_burst(client)
+    wait = await use_up_the_burst(client)
+    refused_at = time.monotonic()
 
-    # After one interval, one more frame passes.
-    started = time.monotonic()
-    await eventually(lambda: time.monotonic() - started > INTERVAL, what="one interval")
+    # Refused again while the cooldown runs: each frame gets its own refusal, and nothing
+    # of them is posted.
+    await client.send({"message": "still five"})
+    again = await client.recv()
+    assert again["error"] == RATE_LIMITED and again["retry_after"] <= wait
+
+    # Once `retry_after` has passed, one frame passes again.
+    await eventually(lambda: time.monotonic() - refused_at > wait, what="the announced wait")
     assert (await client.say("later"))["message"] == "later"
+    assert "still five" not in client.messages()
     await client.close()
 
 

@@ -10,6 +10,13 @@ last user turn. `POST /<version>/models/<model>:countTokens` answers ceil(len/4)
 Any `v1...` version is served: google-genai 3.x calls `/v1` by default, `/v1beta` when
 GOOGLE_GENAI_API_VERSION=beta.
 
+The Files API too, as google-genai and durachat's upload service use it (`FilesApi`, at
+`fake.files`): the X-Goog resumable upload (`start` answers an absolute upload URL; `upload`,
+`upload, finalize`, `query`, `cancel`), `GET|DELETE /<version>/files/<id>`, `GET
+/<version>/files`, a PROCESSING -> ACTIVE (or FAILED) state machine after a scripted delay,
+403 for an unknown or expired file, `fileData` parts accepted in generateContent only for an
+ACTIVE file, and scripted failures of upload chunks (`ChunkFail`, `ChunkCut`).
+
     with FakeGemini() as fake:
         fake.script(Reply(["Hello ", "there"]), Fail(429))
         client = genai.Client(api_key="k", http_options=HttpOptions(base_url=fake.base_url))
@@ -18,6 +25,8 @@ GOOGLE_GENAI_API_VERSION=beta.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import http
 import itertools
 import json
@@ -176,6 +185,7 @@ class FakeGemini:
         self._stopping: asyncio.Event | None = None
         self._permits: asyncio.Semaphore | None = None
         self._connections: set[asyncio.Task] = set()
+        self.files = FilesApi(self)
 
     # --- control, from any thread ----------------------------------------------------------
 
@@ -322,6 +332,11 @@ class FakeGemini:
             self._changed.notify_all()
         keep_open = headers.get("connection", "").lower() != "close"
 
+        if self.files.serves(url.path):
+            return await self.files.exchange(writer, request, body) and keep_open
+        if kind == "stream" and (refusal := self.files.refuse_file_parts(payload)):
+            await self._error(writer, refusal)
+            return keep_open
         if method != "POST" or kind == "other":
             await self._error(writer, Fail(404, f"Method not found: {method} {url.path}."))
         elif payload is None:
@@ -470,3 +485,270 @@ class _SseResponse:
     async def end(self) -> None:
         self.writer.write(b"0\r\n\r\n")
         await self.writer.drain()
+
+
+# --- the Files API ---------------------------------------------------------------------------
+
+FILES_PATH = re.compile(r"^/(?P<version>v1[a-z0-9]*)/files(?:/(?P<id>[^/]+))?$")
+UPLOAD_PATH = re.compile(r"^/upload/(?P<version>v1[a-z0-9]*)/files$")
+FILE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
+FILE_LIFETIME = 48 * 3600.0
+
+
+@dataclass(frozen=True)
+class ChunkFail:
+    """Answer the next upload chunk with `status`, storing nothing; with `header` False there
+    is no X-Goog-Upload-Status (google-genai retries such a chunk in place)."""
+
+    status: int = 503
+    header: bool = False
+
+
+@dataclass(frozen=True)
+class ChunkCut:
+    """Drop the connection instead of answering the next upload chunk; with `stored` the
+    chunk's bytes were kept (only `query` tells the client)."""
+
+    stored: bool = True
+
+
+ChunkStep = ChunkFail | ChunkCut
+
+
+@dataclass
+class FakeFile:
+    name: str  # files/<id>
+    display_name: str
+    mime_type: str
+    size: int
+    sha256: bytes
+    created: float
+    ready_at: float
+    fails: bool = False
+    expired: bool = False
+
+    def state(self, now: float) -> str:
+        if now < self.ready_at:
+            return "PROCESSING"
+        return "FAILED" if self.fails else "ACTIVE"
+
+    def resource(self, base_url: str, now: float) -> dict[str, Any]:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.created))
+        expires = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.created + FILE_LIFETIME))
+        body: dict[str, Any] = {
+            "name": self.name, "displayName": self.display_name, "mimeType": self.mime_type,
+            "sizeBytes": str(self.size), "createTime": f"{stamp}.000000Z",
+            "updateTime": f"{stamp}.000000Z", "expirationTime": f"{expires}.000000Z",
+            "sha256Hash": base64.b64encode(self.sha256).decode(),
+            "uri": f"{base_url}/v1beta/{self.name}", "state": self.state(now), "source": "UPLOADED",
+        }
+        if body["state"] == "FAILED":
+            body["error"] = {"code": 400, "message": "The file could not be processed."}
+        return body
+
+
+@dataclass
+class UploadSession:
+    id: str
+    file: dict[str, Any]  # the start request's {"name", "display_name", "mime_type", ...}
+    size: int
+    mime_type: str
+    data: bytearray = field(default_factory=bytearray)
+    status: str = "active"  # active | final | cancelled
+
+
+class FilesApi:
+    """The Files API of a FakeGemini (its state and scripts; served on the fake's thread)."""
+
+    def __init__(self, fake: FakeGemini) -> None:
+        self.fake = fake
+        self.processing_seconds = 0.3  # PROCESSING this long after the last byte
+        self.failing: set[str] = set()  # names whose processing ends FAILED
+        self.files: dict[str, FakeFile] = {}
+        self.sessions: dict[str, UploadSession] = {}
+        self.chunk_steps: deque[ChunkStep] = deque()
+        self.lock = threading.Lock()
+        self._ids = itertools.count(1)
+
+    # --- control, from tests ------------------------------------------------------------------
+
+    def script_chunks(self, *steps: ChunkStep) -> None:
+        with self.lock:
+            self.chunk_steps.extend(steps)
+
+    def expire(self, name: str) -> None:
+        """Make a file as good as 48 h old: gone (403) from now on."""
+        with self.lock:
+            self.files[_full(name)].expired = True
+
+    def file(self, name: str) -> FakeFile | None:
+        with self.lock:
+            return self.files.get(_full(name))
+
+    def uploads_started(self) -> list[RecordedRequest]:
+        return [r for r in self.fake.requests
+                if UPLOAD_PATH.match(r.path) and r.headers.get("x-goog-upload-command") == "start"]
+
+    # --- serving ------------------------------------------------------------------------------
+
+    def serves(self, path: str) -> bool:
+        return bool(FILES_PATH.match(path) or UPLOAD_PATH.match(path))
+
+    def refuse_file_parts(self, payload: Any) -> Fail | None:
+        """generateContent takes a fileData part only for an ACTIVE file it knows."""
+        now = time.time()
+        for content in (payload or {}).get("contents", []):
+            for part in content.get("parts", []):
+                data = part.get("fileData") or part.get("file_data")
+                if data is None:
+                    continue
+                uri = data.get("fileUri") or data.get("file_uri") or ""
+                name = "files/" + uri.rsplit("/files/", 1)[-1]
+                with self.lock:
+                    found = self.files.get(name)
+                if found is None or found.expired:
+                    return Fail(403, f"You do not have permission to access the File {name} or it may not exist.")
+                if found.state(now) != "ACTIVE":
+                    return Fail(400, f"The File {name} is not in an ACTIVE state and usage is not allowed.",
+                                "FAILED_PRECONDITION")
+        return None
+
+    async def exchange(self, writer: asyncio.StreamWriter, request: RecordedRequest, body: bytes) -> bool:
+        files = FILES_PATH.match(request.path)
+        if files is not None:
+            return await self._resource(writer, request, files["id"])
+        if request.query.get("upload_id"):
+            return await self._chunk(writer, request, body)
+        return await self._start(writer, request)
+
+    async def _resource(self, writer: asyncio.StreamWriter, request: RecordedRequest, file_id: str | None) -> bool:
+        now = time.time()
+        base = self.fake.base_url
+        if file_id is None:
+            if request.method != "GET":
+                await self.fake._error(writer, Fail(404, "Method not found."))
+                return True
+            with self.lock:
+                listed = [f.resource(base, now) for f in self.files.values() if not f.expired]
+            size = int(request.query.get("pageSize", "100"))
+            start = int(request.query.get("pageToken") or "0")
+            page: dict[str, Any] = {"files": listed[start : start + size]}
+            if start + size < len(listed):
+                page["nextPageToken"] = str(start + size)
+            await self.fake._json(writer, 200, page)
+            return True
+        name = f"files/{file_id}"
+        with self.lock:
+            found = self.files.get(name)
+            if found is not None and request.method == "DELETE" and not found.expired:
+                del self.files[name]
+        if found is None or found.expired:
+            await self.fake._error(writer, Fail(403, f"You do not have permission to access the File {name} or it may not exist."))
+        elif request.method == "GET":
+            await self.fake._json(writer, 200, found.resource(base, now))
+        elif request.method == "DELETE":
+            await self.fake._json(writer, 200, {})
+        else:
+            await self.fake._error(writer, Fail(404, "Method not found."))
+        return True
+
+    async def _start(self, writer: asyncio.StreamWriter, request: RecordedRequest) -> bool:
+        headers = request.headers
+        if headers.get("x-goog-upload-command") != "start" or headers.get("x-goog-upload-protocol") != "resumable":
+            await self.fake._error(writer, Fail(400, "Expected X-Goog-Upload-Protocol: resumable, command start."))
+            return True
+        if "x-goog-api-key" not in headers:
+            await self.fake._error(writer, Fail(403, "Method doesn't allow unregistered callers."))
+            return True
+        spec = (request.json or {}).get("file", {})
+        name = spec.get("name") or f"files/fake{next(self._ids)}"
+        if not FILE_NAME.match(name.removeprefix("files/")):
+            await self.fake._error(writer, Fail(400, f"Invalid file name {name!r}."))
+            return True
+        with self.lock:
+            taken = name in self.files and not self.files[name].expired
+        if taken:
+            await self.fake._error(writer, Fail(409, f"File {name} already exists.", "ALREADY_EXISTS"))
+            return True
+        session = UploadSession(
+            id=f"s{next(self._ids)}", file={**spec, "name": name},
+            size=int(headers.get("x-goog-upload-header-content-length", "0")),
+            mime_type=headers.get("x-goog-upload-header-content-type", "application/octet-stream"),
+        )
+        with self.lock:
+            self.sessions[session.id] = session
+        url = f"{self.fake.base_url}{request.path}?upload_id={session.id}&upload_protocol=resumable"
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            + f"X-Goog-Upload-URL: {url}\r\nX-Goog-Upload-Status: active\r\n"
+              f"X-Goog-Upload-Chunk-Granularity: 262144\r\nContent-Length: 2\r\n\r\n{{}}".encode()
+        )
+        await writer.drain()
+        return True
+
+    async def _status(self, writer: asyncio.StreamWriter, session: UploadSession, body: Any = None) -> None:
+        data = json.dumps(body if body is not None else {}).encode()
+        writer.write(
+            f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Goog-Upload-Status: {session.status}\r\n"
+            f"X-Goog-Upload-Size-Received: {len(session.data)}\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data
+        )
+        await writer.drain()
+
+    async def _chunk(self, writer: asyncio.StreamWriter, request: RecordedRequest, body: bytes) -> bool:
+        with self.lock:
+            session = self.sessions.get(request.query["upload_id"])
+        if session is None:
+            await self.fake._error(writer, Fail(404, "No such upload session."))
+            return True
+        command = request.headers.get("x-goog-upload-command", "")
+        if command == "query":
+            await self._status(writer, session)
+            return True
+        if command == "cancel":
+            session.status = "cancelled"
+            await self._status(writer, session)
+            return True
+        if session.status != "active":
+            await self.fake._error(writer, Fail(400, f"The upload session is {session.status}."))
+            return True
+        with self.lock:
+            step = self.chunk_steps.popleft() if self.chunk_steps else None
+        offset = int(request.headers.get("x-goog-upload-offset", "-1"))
+        if isinstance(step, ChunkFail):
+            status = http.HTTPStatus(step.status)
+            extra = "X-Goog-Upload-Status: active\r\n" if step.header else ""
+            writer.write(f"HTTP/1.1 {status.value} {status.phrase}\r\n{extra}Content-Length: 0\r\n\r\n".encode())
+            await writer.drain()
+            return True
+        if offset != len(session.data):
+            await self.fake._error(writer, Fail(400, f"Offset {offset} is not the {len(session.data)} bytes received."))
+            return True
+        session.data += body
+        if isinstance(step, ChunkCut):
+            if not step.stored:
+                del session.data[offset:]
+            writer.transport.abort()
+            return False
+        if "finalize" not in command:
+            await self._status(writer, session)
+            return True
+        if len(session.data) != session.size:
+            await self.fake._error(writer, Fail(400, f"Finalized with {len(session.data)} of {session.size} bytes."))
+            return True
+        now = time.time()
+        name = session.file["name"]
+        made = FakeFile(
+            name=name, display_name=session.file.get("display_name") or session.file.get("displayName") or "",
+            mime_type=session.mime_type, size=session.size, sha256=hashlib.sha256(session.data).digest(),
+            created=now, ready_at=now + self.processing_seconds, fails=name in self.failing,
+        )
+        with self.lock:
+            self.files[name] = made
+        session.status = "final"
+        session.data = bytearray(session.data)  # kept for tests (received bytes)
+        await self._status(writer, session, {"file": made.resource(self.fake.base_url, now)})
+        return True
+
+
+def _full(name: str) -> str:
+    return name if name.startswith("files/") else f"files/{name}"

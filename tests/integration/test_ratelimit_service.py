@@ -28,7 +28,7 @@ from services.ratelimit.domainmodel import QuotaLimits
 from services.ratelimit.main import SERVICE as RATELIMIT_SERVICE
 from services.runtime.eventstore import ObjectEventStore
 from tests.conftest import hosted
-from tests.support import ManualClocks
+from tests.support import ManualClocks, eventually
 from tests.support import ask as ask_object
 
 pytestmark = pytest.mark.nats
@@ -235,25 +235,30 @@ async def test_a_malformed_command_is_a_bad_request_naming_the_field(nats_server
         assert QuotaClient.replies.validate_json(msg.data).code == ErrorCode.BAD_REQUEST
 
 
-async def test_the_gateway_asks_the_service_and_decides_locally_only_without_it(nats_server, nc):
-    from services.gateway.ratelimit import IpRateLimiter
+async def test_the_gateway_charges_the_service_and_locally_only_without_it(nats_server, nc):
+    from services.gateway.ratelimit import IpRateLimiter, SocketLimit
 
     limiter = IpRateLimiter(nc, interval=5, grace=20, timeout=0.5)
     address = f"198.51.100.{uuid.uuid4().int % 250}"
     async with ratelimit_service(nats_server, rate_interval=5, rate_grace=20):
-        # The service decides: a burst of 4, then refused; the local fallback was never used.
-        decisions = [await limiter.take(address) for _ in range(5)]
-        assert [d.allowed for d in decisions] == [True] * 4 + [False]
+        # The service's limiter, as the demo's: every charge pushes 5 s on; four stay within
+        # the grace, the fifth announces a cooldown of 5 s. The local fallback is not used.
+        cooldowns = [await limiter.charge(address) for _ in range(5)]
+        assert cooldowns[:4] == [0] * 4 and cooldowns[4] == pytest.approx(5, abs=0.5)
         assert limiter.fallback.limiters == {}
-    # The service is gone. The refused address stays refused for its cooldown without
-    # asking anyone (as the demo's limiter client does); the fallback never saw it.
-    again = await limiter.take(address)
-    assert not again.allowed and 0 < again.cooldown <= 5
-    assert limiter.fallback.limiters == {}
-    # Another address: the same rule, decided by the gateway itself.
+        # A socket's gate on that service: a frame passes and is charged after; the next is
+        # refused while the charge is in flight, and, once the cooldown it announced (10 s,
+        # the sixth push) is known, for that long, without asking the service again.
+        socket = SocketLimit(limiter, address)
+        assert socket.admit() is None
+        assert socket.admit() is not None
+        await eventually(lambda: not socket.gate.awaiting, what="the charge's answer")
+        wait = socket.admit()
+        assert wait is not None and 9 < wait <= 10
+    # The service is gone: another address is charged by the same rule, in the gateway.
     other = f"203.0.113.{uuid.uuid4().int % 250}"
-    decisions = [await limiter.take(other) for _ in range(5)]
-    assert [d.allowed for d in decisions] == [True] * 4 + [False]
+    cooldowns = [await limiter.charge(other) for _ in range(5)]
+    assert cooldowns[:4] == [0] * 4 and cooldowns[4] == pytest.approx(5, abs=0.5)
     assert list(limiter.fallback.limiters) == [other]
 
 

@@ -8,6 +8,7 @@ import json
 
 import nats
 import pytest
+from pydantic import ValidationError
 
 from contracts.common import ErrorCode, ErrorReply
 from contracts.keys import new_private_room_id
@@ -17,9 +18,12 @@ from contracts.room import (
     CreatePrivateRoom,
     GetRoom,
     JoinRoom,
+    MessagesPosted,
     PostMessage,
+    PostMessages,
     RoomClient,
     RoomState,
+    post_message_id,
     room_reply,
     room_update,
 )
@@ -241,3 +245,59 @@ async def test_a_woken_room_is_rebuilt_from_its_snapshot_and_the_tail(nats_serve
         assert await ask(nc, RoomClient, room_name, GetRoom()) == before
         loaded = await store.load(room_name)
         assert [ChatMessage(**m) for m in loaded.aggregate.messages] == before.messages
+
+
+async def test_post_messages_commits_each_text_as_its_own_message_in_one_commit(room_host, nc, room_name):
+    await ask(nc, RoomClient, room_name, JoinRoom(session_id="s1", name="alice"))
+    sub = await nc.subscribe(out_subject(ROOM, room_name))
+    texts = [f"t{i}" for i in range(20)]
+    batch = PostMessages(session_id="s1", texts=texts)
+    reply = await ask(nc, RoomClient, room_name, batch)
+    assert isinstance(reply, MessagesPosted) and (reply.posted, reply.refused) == (20, None)
+    assert reply.shown == reply.version  # the last text's broadcast
+
+    # One commit of 20 MessagePosted events, each broadcast on its own, in order, with its
+    # own id and a strictly increasing timestamp.
+    commits = await stream_commits(nc, room_name)
+    assert commits[-1]["events"] == ["MessagePosted"] * 20
+    updates = []
+    while len(updates) < 20:
+        updates.append(room_update.validate_json((await sub.next_msg(timeout=5)).data))
+    await sub.unsubscribe()
+    assert [u.message.message for u in updates] == texts
+    assert [u.version for u in updates] == list(range(reply.version - 19, reply.version + 1))
+    ids = [u.message.id for u in updates]
+    assert ids == [post_message_id(str(batch.command_id), i) for i in range(20)]
+    stamps = [u.message.timestamp for u in updates]
+    assert all(a < b for a, b in zip(stamps, stamps[1:]))
+
+    # A retry (same command id: its reply was lost) posts nothing again.
+    again = await ask(nc, RoomClient, room_name, batch)
+    assert isinstance(again, MessagesPosted) and again.posted == 20
+    state = await ask(nc, RoomClient, room_name, GetRoom())
+    assert [m.message for m in state.messages] == texts
+
+
+async def test_post_messages_stops_at_the_first_text_the_room_refuses(room_host, nc, room_name):
+    # A session that is not a member: the first text is refused, nothing is applied.
+    reply = await ask(nc, RoomClient, room_name, PostMessages(session_id="ghost", texts=["a", "b"]))
+    assert isinstance(reply, MessagesPosted) and reply.posted == 0
+    assert reply.refused is not None and reply.refused.code == ErrorCode.NOT_MEMBER
+    state = await ask(nc, RoomClient, room_name, GetRoom())
+    assert state.messages == []
+
+
+async def test_post_messages_carries_each_texts_attachments(room_host, nc, room_name):
+    await ask(nc, RoomClient, room_name, JoinRoom(session_id="s1", name="alice"))
+    picture, notes = "a" * 64, "b" * 64
+    batch = PostMessages(session_id="s1", texts=["look", "and", "read"],
+                         attachments=[[picture], [], [notes]])
+    reply = await ask(nc, RoomClient, room_name, batch)
+    assert isinstance(reply, MessagesPosted) and reply.posted == 3
+    state = await ask(nc, RoomClient, room_name, GetRoom())
+    assert [(m.message, m.attachments) for m in state.messages] == [
+        ("look", [picture]), ("and", []), ("read", [notes])
+    ]
+    # One list per text, or none: anything else is refused before it reaches a room.
+    with pytest.raises(ValidationError, match="one list per text"):
+        PostMessages(session_id="s1", texts=["a", "b"], attachments=[[picture]])

@@ -33,7 +33,7 @@ def compose_config(files: list[str], secret: str | None, tmp: Path) -> subproces
 def test_compose_config_is_valid_with_a_secret(files, tmp_path):
     result = compose_config(files, "a-secret-of-32-characters-000000", tmp_path)
     assert result.returncode == 0, result.stderr
-    assert {"nats", "room", "ratelimit", "context", "projector", "gateway"} <= set(result.stdout.split())
+    assert {"nats", "room", "ratelimit", "context", "upload", "projector", "gateway"} <= set(result.stdout.split())
 
 
 @pytest.mark.parametrize("files", FILES)

@@ -1,5 +1,6 @@
 """Migrations apply as `wrangler d1 migrations apply` does, once each, recorded by name."""
 
+import re
 import sqlite3
 
 import pytest
@@ -32,7 +33,8 @@ def test_applying_twice_changes_nothing(tmp_path):
 def test_the_sql_is_what_d1_accepts():
     for path in migration_files():
         code = "\n".join(line.split("--")[0] for line in path.read_text().splitlines()).upper()
-        assert "PRAGMA" not in code and "ATTACH" not in code
+        # as statements: a table may well be named message_attachments
+        assert not re.search(r"\bPRAGMA\b", code) and not re.search(r"\bATTACH\b", code)
         assert len(path.read_bytes()) < 100_000
 
 

@@ -310,3 +310,20 @@ def test_settings_come_from_the_environment(monkeypatch):
     defaults = RateLimitSettings()
     assert (defaults.rate_interval, defaults.rate_grace) == (5.0, 20.0)
     assert defaults.deps().limits == QuotaLimits(200, 200_000, 3000, 3_000_000)
+
+
+def test_upload_bytes_are_charged_per_day_up_to_the_limit() -> None:
+    from services.ratelimit.domainmodel import charge_upload_bytes
+
+    quota, first = charge_upload_bytes(None, "u", "c1", "2026-12-01", 60, limit=100)
+    assert first.allowed and first.day_bytes == 60 and quota is not None
+    quota, again = charge_upload_bytes(quota, "u", "c1", "2026-12-01", 60, limit=100)
+    assert again.allowed and again.day_bytes == 60  # a retry is applied once
+    quota, over = charge_upload_bytes(quota, "u", "c2", "2026-12-01", 41, limit=100)
+    assert not over.allowed and "60 of 100" in (over.reason or "") and over.day_bytes == 60
+    quota, rest = charge_upload_bytes(quota, "u", "c3", "2026-12-01", 40, limit=100)
+    assert rest.allowed and rest.day_bytes == 100
+    quota, tomorrow = charge_upload_bytes(quota, "u", "c4", "2026-12-02", 100, limit=100)
+    assert tomorrow.allowed and tomorrow.day_bytes == 100
+    assert [type(e).__name__ for e in quota.collect_events()] == [
+        "Created", "UploadBytesCharged", "UploadBytesCharged", "UploadBytesCharged"]

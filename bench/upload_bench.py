@@ -1,0 +1,255 @@
+"""durachat upload benchmark: tus upload throughput through the gateway against the official
+Node tus server, and the time from an upload's last byte to its Gemini copy being ACTIVE.
+
+    python -m bench.upload_bench            # 1 GiB per server; 20 hand-offs of 20 MiB
+    python -m bench.upload_bench --quick    # 128 MiB; 5 hand-offs of 5 MiB
+    python -m bench.upload_bench --json out.json
+
+[1] Throughput: the same Python tus client (httpx; POST, then PATCHes of --chunk bytes, each
+    body streamed from one reused buffer) uploads --size bytes to durachat's /api/uploads
+    (the whole system as processes) and to `@tus/server` with `@tus/file-store` (Node, from
+    npm in --tus-cache, outside the repository: `npm install @tus/server @tus/file-store`),
+    alternately, --rounds times each. Gateway RSS is sampled every 0.1 s: its growth during
+    the upload must stay flat (no whole-file buffering).
+[2] Hand-off: with the fake Gemini (tests/fakes/gemini.py) behind the upload service, the
+    time from the last PATCH's answer to the upload object reporting its Gemini copy ACTIVE
+    (hand-off, Gemini's processing of --processing s, polls by the object's alarm).
+
+Every process started here is stopped by PID; temp dirs only. Figures are noisy while other
+work runs on the machine (see busy_before_start_percent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urljoin
+
+import httpx
+
+from bench.measure import (
+    BenchRun,
+    arguments,
+    cpu_percent,
+    cpu_sample,
+    fmt,
+    percentiles,
+    rss_kib,
+    table,
+    verdict,
+)
+from services.localsystem import LocalSystem
+from services.runtime.natsserver import free_port
+
+TARGET_RATIO = 1.0
+TARGET_RSS_MIB = 64
+MIB = 1024 * 1024
+TUS = {"Tus-Resumable": "1.0.0"}
+NODE_SERVER = """
+import { Server } from "%(cache)s/node_modules/@tus/server/dist/index.js";
+import { FileStore } from "%(cache)s/node_modules/@tus/file-store/dist/index.js";
+import http from "node:http";
+const [port, dir] = process.argv.slice(2);
+const tus = new Server({ path: "/files", datastore: new FileStore({ directory: dir }) });
+http.createServer((req, res) => tus.handle(req, res)).listen(Number(port), "127.0.0.1",
+  () => console.log("listening"));
+"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = arguments("bench.upload_bench", __doc__, quick="128 MiB uploads, 5 hand-offs of 5 MiB")
+    p.add_argument("--parts", default="1,2", help="comma-separated subset of 1,2")
+    p.add_argument("--size", type=int, help="bytes per upload in [1] (default 1 GiB, quick 128 MiB)")
+    p.add_argument("--chunk", type=int, default=8 * MIB, help="bytes per PATCH (both servers)")
+    p.add_argument("--rounds", type=int, default=1, help="uploads per server in [1], alternating")
+    p.add_argument("--tus-cache", type=Path, default=Path("/work/cache/tus"),
+                   help="where `npm install @tus/server @tus/file-store` was run")
+    p.add_argument("--handoffs", type=int, help="uploads handed to Gemini in [2] (default 20, quick 5)")
+    p.add_argument("--handoff-size", type=int, help="bytes each (default 20 MiB, quick 5 MiB)")
+    p.add_argument("--processing", type=float, default=0.5, help="seconds the fake Gemini processes a file")
+    args = p.parse_args(argv)
+    args.size = args.size or (128 * MIB if args.quick else 1024 * MIB)
+    args.handoffs = args.handoffs or (5 if args.quick else 20)
+    args.handoff_size = args.handoff_size or (5 * MIB if args.quick else 20 * MIB)
+    return args
+
+
+def metadata(**pairs: str) -> str:
+    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in pairs.items())
+
+
+BLOCK = b"\x89PNG\r\n\x1a\n" + os.urandom(MIB - 8)
+
+
+async def body(offset: int, size: int):
+    """`size` bytes of the file from `offset`: one reused 1 MiB buffer, never the file."""
+    end = offset + size
+    while offset < end:
+        start = offset % MIB
+        n = min(MIB - start, end - offset)
+        yield BLOCK[start : start + n]
+        offset += n
+
+
+async def tus_upload(client: httpx.AsyncClient, create_url: str, size: int, chunk: int) -> tuple[str, float]:
+    """POST then PATCHes; the upload URL and the seconds from the first to the last byte."""
+    created = await client.post(create_url, headers={
+        **TUS, "Upload-Length": str(size), "Upload-Metadata": metadata(filename="bench.png", filetype="image/png")})
+    assert created.status_code == 201, created.text
+    url = urljoin(create_url, created.headers["location"])
+    offset = 0
+    started = time.perf_counter()
+    while offset < size:
+        n = min(chunk, size - offset)
+        response = await client.patch(url, content=body(offset, n), headers={
+            **TUS, "Content-Type": "application/offset+octet-stream", "Upload-Offset": str(offset),
+            "Content-Length": str(n)})
+        assert response.status_code == 204, (response.status_code, response.text)
+        offset = int(response.headers["upload-offset"])
+    return url, time.perf_counter() - started
+
+
+class RssSampler:
+    """Peak RSS of a process, sampled every 0.1 s on a thread, above its RSS at the start."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.base = rss_kib(pid)
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self.peak = max(self.peak, rss_kib(self.pid))
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        return {"rss_base_mib": self.base / 1024, "rss_growth_mib": (self.peak - self.base) / 1024}
+
+
+def measured(pid: int, pids: dict[str, int], run) -> dict:
+    sampler = RssSampler(pid)
+    before = cpu_sample(pids)
+    started = time.monotonic()
+    url, seconds = asyncio.run(run())
+    wall = time.monotonic() - started
+    figures = {"seconds": seconds, **sampler.stop()}
+    figures.update({f"cpu_{k}_pct": v for k, v in cpu_percent(before, cpu_sample(pids), wall).items()})
+    return figures
+
+
+def part_throughput(bench: BenchRun, args: argparse.Namespace) -> dict:
+    cache = args.tus_cache.resolve()
+    if not (cache / "node_modules/@tus/server").exists():
+        raise SystemExit(f"no @tus/server in {cache}: run `npm install @tus/server @tus/file-store` there")
+    system = LocalSystem(bench.tmp / "system", extra_env={"DURACHAT_UPLOAD_MAX_SIZE": str(args.size * 2)})
+    bench.on_exit(system.stop, system.logs)
+    system.start()
+    script = bench.tmp / "tus-server.mjs"
+    script.write_text(NODE_SERVER % {"cache": cache})
+    port = free_port("127.0.0.1")
+    files = bench.tmp / "tus-files"
+    files.mkdir()
+    node = subprocess.Popen(["node", str(script), str(port), str(files)], stdout=subprocess.PIPE, text=True)
+    bench.on_exit(lambda: (node.terminate(), node.wait(10)))
+    assert node.stdout is not None and node.stdout.readline().strip() == "listening"
+    assert system.gateway is not None and system.upload is not None and system.nats is not None
+    services = {"gateway": system.gateway.pid, "upload": system.upload.pid, "nats": system.nats.process.pid}
+
+    async def durachat():
+        async with httpx.AsyncClient(timeout=300) as client:
+            return await tus_upload(client, system.base_url + "/api/uploads", args.size, args.chunk)
+
+    async def tusd():
+        async with httpx.AsyncClient(timeout=300) as client:
+            return await tus_upload(client, f"http://127.0.0.1:{port}/files", args.size, args.chunk)
+
+    runs: dict[str, list[dict]] = {"durachat": [], "tus-node": []}
+    for _ in range(args.rounds):
+        runs["tus-node"].append(measured(node.pid, {"tus-node": node.pid}, tusd))
+        runs["durachat"].append(measured(system.gateway.pid, services, durachat))
+    best = {name: min(r["seconds"] for r in rs) for name, rs in runs.items()}
+    mbs = {name: args.size / MIB / s for name, s in best.items()}
+    growth = max(r["rss_growth_mib"] for r in runs["durachat"])
+    rows = [[name, fmt(mbs[name], 1), fmt(best[name], 2),
+             fmt(max(r["rss_growth_mib"] for r in runs[name]), 1),
+             ", ".join(f"{k[4:-4]} {fmt(v, 0)}%" for k, v in runs[name][-1].items() if k.startswith("cpu_"))]
+            for name in runs]
+    print(f"\n[1] upload of {args.size / MIB:.0f} MiB in PATCHes of {args.chunk / MIB:.0f} MiB, best of {args.rounds}")
+    print(table(rows, ["server", "MB/s", "seconds", "RSS growth MiB", "CPU (of one core)"]))
+    ratio = mbs["durachat"] / mbs["tus-node"]
+    print(f"  durachat / tus-node: {ratio:.2f}x (target >= {TARGET_RATIO}x) {verdict(ratio >= TARGET_RATIO)}; "
+          f"gateway RSS growth {growth:.1f} MiB (target <= {TARGET_RSS_MIB}) {verdict(growth <= TARGET_RSS_MIB)}")
+    system.stop()
+    return {"mb_per_s": mbs, "ratio": ratio, "gateway_rss_growth_mib": growth, "runs": runs}
+
+
+def part_handoff(bench: BenchRun, args: argparse.Namespace) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from contracts.upload import GetUpload, UploadClient, UploadView
+    from tests.fakes.gemini import FakeGemini
+
+    fake = FakeGemini().start()
+    bench.on_exit(fake.stop)
+    fake.files.processing_seconds = args.processing
+    env = {"GEMINI_API_KEY": "bench-key", "DURACHAT_GEMINI_BASE_URL": fake.base_url}
+    system = LocalSystem(bench.tmp / "handoff", extra_env=env)
+    bench.on_exit(system.stop, system.logs)
+    system.start()
+
+    async def run() -> list[float]:
+        import nats
+
+        assert system.nats is not None
+        nc = await nats.connect(system.nats.url)
+        uploads = UploadClient(nc, timeout=10)
+        times = []
+        try:
+            async with httpx.AsyncClient(timeout=120) as client:
+                for _ in range(args.handoffs):
+                    url, _ = await tus_upload(client, system.base_url + "/api/uploads", args.handoff_size, 8 * MIB)
+                    last_byte = time.perf_counter()
+                    upload_id = url.rsplit("/", 1)[1]
+                    while True:
+                        view = await uploads.send(upload_id, GetUpload())
+                        if isinstance(view, UploadView) and view.gemini_state in ("ACTIVE", "FAILED"):
+                            assert view.gemini_state == "ACTIVE", view.gemini_reason
+                            break
+                        await asyncio.sleep(0.01)
+                    times.append(time.perf_counter() - last_byte)
+        finally:
+            await nc.close()
+        return times
+
+    times = asyncio.run(run())
+    stats = percentiles(times)
+    print(f"\n[2] last byte to Gemini ACTIVE (fake, processing {args.processing} s), "
+          f"{args.handoffs} uploads of {args.handoff_size / MIB:.0f} MiB")
+    print(f"  p50 {fmt(stats['p50'], 2)} s, p99 {fmt(stats['p99'], 2)} s, max {fmt(stats['max'], 2)} s")
+    return {"seconds_to_active": stats}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    parts = set(args.parts.split(","))
+    targets = {"throughput_ratio": TARGET_RATIO, "gateway_rss_growth_mib": TARGET_RSS_MIB}
+    with BenchRun(args, "durachat-upload-bench-", targets) as bench:
+        if "1" in parts:
+            bench.report["throughput"] = part_throughput(bench, args)
+        if "2" in parts:
+            bench.report["handoff"] = part_handoff(bench, args)
+    return bench.status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

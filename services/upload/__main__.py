@@ -1,0 +1,3 @@
+from services.upload.main import main
+
+main()
