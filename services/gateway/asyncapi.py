@@ -23,6 +23,7 @@ from pydantic import BaseModel, TypeAdapter
 from contracts.context import ContextCommand, ContextReply
 from contracts.ratelimit import LimiterReply, QuotaCommand, QuotaReply, TakeToken
 from contracts.room import RoomCommand, RoomReply, RoomUpdate
+from contracts.upload import UPLOAD, UploadCommand, UploadReply
 
 DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.json"
 REF = "#/components/schemas/{model}"
@@ -153,6 +154,8 @@ def build() -> dict[str, Any]:
     request_reply("context", "user's AI context", ContextCommand, ContextReply)
     request_reply("limiter", "per-IP rate limiter", TakeToken, LimiterReply)
     request_reply("quota", "user's AI quota", QuotaCommand, QuotaReply)
+    request_reply(UPLOAD, "upload (a file's bytes in the object store, its Gemini copy)",
+                  UploadCommand, UploadReply)
 
     channels["roomUpdates"] = {
         "address": "out.room.{key}",

@@ -39,7 +39,7 @@ from services.runtime.alarms import alarm_stream, schedule_subject
 from services.runtime.eventstore import SNAPSHOT_SEQUENCE, ObjectEventStore, direct_get
 from services.runtime.leases import MEMBERS, PARTITIONS, lease_bucket
 
-KNOWN_KINDS = ("room", "context", "limiter", "quota")
+KNOWN_KINDS = ("room", "context", "limiter", "quota", "upload")
 
 
 def nats_partition(token: str, partitions: int) -> int:

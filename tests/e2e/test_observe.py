@@ -45,7 +45,7 @@ def replay(system: LocalSystem, *args: str) -> subprocess.CompletedProcess:
 
 async def test_every_process_serves_metrics_that_follow_the_traffic(system: LocalSystem, room_name):
     urls = system.metrics_urls()
-    assert set(urls) == {"gateway", "projector", "context", "ratelimit", "room-0"}
+    assert set(urls) == {"gateway", "projector", "context", "ratelimit", "upload", "room-0"}
     before = {name: scrape(url)[1] for name, url in urls.items()}
     for name, url in urls.items():
         text, samples = scrape(url)
@@ -128,7 +128,7 @@ async def test_live_view_cli(system: LocalSystem, room_name):
     room_rows = [r for r in rows if r["kind"] == "room"]
     assert sorted(r["partition"] for r in room_rows) == list(range(system.partitions))
     assert all(r["owner"] and r["revision"] > 0 for r in room_rows)
-    assert {r["kind"] for r in rows} == {"room", "context", "limiter", "quota"}
+    assert {r["kind"] for r in rows} == {"room", "context", "limiter", "quota", "upload"}
 
     objects = replay(system, "objects", "room", "--json")
     assert objects.returncode == 0, objects.stderr

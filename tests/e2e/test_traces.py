@@ -39,7 +39,7 @@ async def test_a_chat_message_is_one_trace_across_the_processes(tmp_path):
             def post_trace() -> list[SpanRecord] | None:
                 spans = sink.snapshot()
                 sends = [s for s in spans if s.name == "send cmd.room.{key}"
-                         and s.attributes.get("durachat.command") == "PostMessage"]
+                         and s.attributes.get("durachat.command") == "PostMessages"]
                 if not sends:
                     return None
                 trace = [s for s in spans if s.trace_id == sends[0].trace_id]
@@ -81,7 +81,7 @@ async def test_a_chat_message_is_one_trace_across_the_processes(tmp_path):
                 for ask in asks:
                     trace = [s for s in spans if s.trace_id == ask.trace_id]
                     commands = {s.attributes.get("durachat.command") for s in trace}
-                    if {"PostMessage", "Ask", "StartAiReply", "AppendAiReply", "CompleteAiReply"} <= commands \
+                    if {"PostMessages", "Ask", "StartAiReply", "AppendAiReply", "CompleteAiReply"} <= commands \
                             and any(s.name.startswith("chat ") for s in trace):
                         return {s.service for s in trace}
                 return None
