@@ -4,7 +4,8 @@ Off, at no cost beyond a flag check, until an OTLP endpoint is configured
 (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTLP over HTTP/protobuf;
 the other OTEL_* variables apply as usual). Then every process exports its spans:
 
-    receive ws.frame                 gateway, one per client frame (not per socket)
+    receive ws.frame                 gateway, per command answering a socket's frames (a join
+                                     or a batch of posts), a root: not one trace per socket
       send cmd.room.{key}            the typed client's request (retries are events)
         process cmd.room.{key}       the owner: receive -> reply through the output gate
           durachat.commit room       one per group commit, linked to every command in it;
