@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) -m bench.limits_bench
 	$(PY) -m bench.ai_bench
 	$(PY) -m bench.cluster_bench
+	$(PY) -m bench.observe_bench
 
 # Fails, saying what to set, without DURACHAT_TOKEN_SECRET (as `docker compose up` does).
 compose-config:

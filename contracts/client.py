@@ -12,6 +12,7 @@ from typing import ClassVar, Generic, TypeVar
 
 import nats.errors
 from nats.aio.client import Client as NATS
+from opentelemetry import propagate, trace
 from pydantic import TypeAdapter, ValidationError
 
 from contracts.common import Command, ErrorCode, ErrorReply
@@ -20,6 +21,12 @@ from contracts.subjects import command_subject
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
+_tracer = trace.get_tracer("durachat")
+
+
+def tracing() -> bool:
+    """Whether a tracer provider is installed (services/runtime/tracing.py sets one up)."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 def unavailable(kind: str) -> ErrorReply:
@@ -45,6 +52,19 @@ class ObjectClient(Generic[R]):
 
     async def send(self, key: str, command: Command, timeout: float | None = None) -> R | ErrorReply:
         """The object's reply to `command`, retried until `timeout` (the client's default)."""
+        if not tracing():
+            return await self._send(key, command, timeout)
+        with _tracer.start_as_current_span(
+            f"send cmd.{self.kind}.{{key}}", kind=trace.SpanKind.PRODUCER,
+            attributes={"messaging.system": "nats", "messaging.destination.template":
+                        f"cmd.{self.kind}.{{key}}", "durachat.command": type(command).__name__},
+        ) as span:
+            reply = await self._send(key, command, timeout)
+            if isinstance(reply, ErrorReply):
+                span.set_attribute("durachat.error", str(reply.code))
+            return reply
+
+    async def _send(self, key: str, command: Command, timeout: float | None) -> R | ErrorReply:
         subject = command_subject(self.kind, key)
         data = command.model_dump_json().encode()
         loop = asyncio.get_running_loop()
@@ -58,6 +78,8 @@ class ObjectClient(Generic[R]):
                 return reply
             if loop.time() + backoff >= deadline:
                 return reply
+            if tracing():  # a retry is an event of the one send span, not a new span
+                trace.get_current_span().add_event("retry", {"error": str(reply.code)})
             await asyncio.sleep(backoff)  # back off before sending the same command id again
             backoff = min(backoff * 2, 0.5)
 
@@ -67,8 +89,12 @@ class ObjectClient(Generic[R]):
         return await self._attempt(key, command_subject(self.kind, key), data, timeout)
 
     async def _attempt(self, key: str, subject: str, data: bytes, timeout: float) -> R | ErrorReply:
+        headers: dict[str, str] | None = None
+        if tracing():
+            headers = {}
+            propagate.inject(headers)
         try:
-            msg = await self.nc.request(subject, data, timeout=max(0.001, timeout))
+            msg = await self.nc.request(subject, data, timeout=max(0.001, timeout), headers=headers)
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
             return self.unavailable
         try:

@@ -39,9 +39,9 @@ class ErrorCode(StrEnum):
 class ErrorReply(Contract):
     """An object refused a command; `message` says why in words a user can read."""
 
-    type: Literal["error"] = "error"
-    code: ErrorCode
-    message: str = Field(examples=["Message too long."])
+    type: Literal["error"] = Field("error", description="the reply's kind: a refusal", examples=['error'])
+    code: ErrorCode = Field(description='a stable word for the kind of refusal', examples=['too_long'])
+    message: str = Field(examples=["Message too long."], description='why, in words a user can read')
 
     @property
     def retryable(self) -> bool:

@@ -63,17 +63,17 @@ def guest_user(name: str) -> str:
 class ContextSettings(Contract):
     """A user's AI settings; an unset field takes the service's default."""
 
-    model: ModelName | None = None
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    system_prompt: str | None = Field(None, max_length=MAX_SYSTEM_PROMPT)
-    language: Language | None = Field(None, description="Answer in this language (BCP 47).")
+    model: ModelName | None = Field(None, description="the model to answer with (unset: the service's default)", examples=['gemini-2.5-flash'])
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="sampling temperature, 0 to 2 (unset: the provider's default)", examples=[0.7])
+    system_prompt: str | None = Field(None, max_length=MAX_SYSTEM_PROMPT, description='instructions the AI gets before every question', examples=['Answer briefly.'])
+    language: Language | None = Field(None, description="Answer in this language (BCP 47).", examples=['en'])
 
 
 class Exchange(Contract):
-    reply_id: str
-    room: str
-    question: str
-    answer: str
+    reply_id: str = Field(description="the AI reply's id", examples=['9b2d1c3e-77aa-4f10-8c55-6e0f1a2b3c4d'])
+    room: str = Field(description='the room it was asked in', examples=['lobby'])
+    question: str = Field(description='the question asked', examples=['what is a durable object?'])
+    answer: str = Field(description="the AI's answer", examples=['A durable object is a single-threaded object with its own storage.'])
 
 
 # --- commands: -> cmd.context.<user id> ------------------------------------------------------
@@ -125,11 +125,11 @@ context_command = TypeAdapter(ContextCommand)
 class ContextView(Contract):
     """The user's context: settings as stored (unset: the service's default) and recent exchanges."""
 
-    type: Literal["context"] = "context"
-    user_id: str
-    version: int
-    settings: ContextSettings
-    exchanges: list[Exchange] = Field(description="Oldest first.")
+    type: Literal["context"] = Field("context", description="the reply's kind: a user's context", examples=['context'])
+    user_id: str = Field(description="the user's id", examples=['guest:Q2hhdEd1ZXN0MDAwMDAwMA'])
+    version: int = Field(description="the context's version (its events so far)", examples=[3])
+    settings: ContextSettings = Field(description="the user's settings as stored", examples=[{'model': 'gemini-2.5-flash', 'temperature': 0.7, 'system_prompt': None, 'language': 'en'}])
+    exchanges: list[Exchange] = Field(description="Oldest first.", examples=[[]])
 
 
 class AskAccepted(Contract):

@@ -136,26 +136,27 @@ AiFailure = Literal[
 
 
 class ChatMessage(Contract):
-    id: str = Field(description="The id of the command that posted it (of an AI reply: its id).")
-    name: str = Field(examples=["alice"])
-    message: str = Field(examples=["hello"])
-    timestamp: int = Field(description="ms since the epoch, strictly increasing per room")
-    kind: MessageKind = "user"
+    id: str = Field(description="The id of the command that posted it (of an AI reply: its id).", examples=['5f0e7c1a-9d51-4b8e-a3f2-0c1d2e3f4a5b'])
+    name: str = Field(examples=["alice"], description="the author's name (AI for AI replies, system for the room's notices)")
+    message: str = Field(examples=["hello"], description='the text')
+    timestamp: int = Field(description="ms since the epoch, strictly increasing per room", examples=[1764547200000])
+    kind: MessageKind = Field("user", description='who wrote it: a user, the AI, or the room itself', examples=['user'])
     attachments: list[AttachmentId] = Field(
-        default_factory=list, max_length=MAX_ATTACHMENTS, description="upload ids (/api/uploads/<id>)"
+        default_factory=list, max_length=MAX_ATTACHMENTS, description="upload ids (/api/uploads/<id>)",
+        examples=[[]],
     )
 
 
 class AiReplyView(Contract):
     """An AI reply the room has not finished: waiting in the room's queue, or streaming."""
 
-    id: str
-    asker: str
-    question: str
-    status: Literal["queued", "dispatched", "streaming"]
-    model: str | None = None
-    label: str | None = Field(None, description="Who answers, e.g. 'Gemini' or 'offline AI'.")
-    text: str = Field("", description="What was streamed so far (every chunk is stored).")
+    id: str = Field(description="the reply's id", examples=['9b2d1c3e-77aa-4f10-8c55-6e0f1a2b3c4d'])
+    asker: str = Field(description='who asked', examples=['alice'])
+    question: str = Field(description='the question', examples=['what is a durable object?'])
+    status: Literal["queued", "dispatched", "streaming"] = Field(description='where the reply is: queued, dispatched to the AI service, or streaming', examples=['streaming'])
+    model: str | None = Field(None, description='the model answering, once started', examples=['gemini-2.5-flash'])
+    label: str | None = Field(None, description="Who answers, e.g. 'Gemini' or 'offline AI'.", examples=['Gemini'])
+    text: str = Field("", description="What was streamed so far (every chunk is stored).", examples=['A durable object is'])
 
 
 # --- commands: gateway -> cmd.room.<name> -------------------------------------------------
@@ -306,14 +307,14 @@ room_command = TypeAdapter(RoomCommand)
 class RoomState(Contract):
     """Reply to GetRoom: the room as of `version`."""
 
-    type: Literal["state"] = "state"
-    version: int = Field(description="The room's version; broadcasts above it are newer.")
-    private: bool
-    members: list[str] = Field(description="Names of the members present, in joining order.")
-    messages: list[ChatMessage] = Field(
+    type: Literal["state"] = Field("state", description="the reply's kind: the room's state", examples=['state'])
+    version: int = Field(description="The room's version; broadcasts above it are newer.", examples=[42])
+    private: bool = Field(description='whether the room is private (a 64-hex id, never listed)', examples=[False])
+    members: list[str] = Field(description="Names of the members present, in joining order.", examples=[['alice', 'bob']])
+    messages: list[ChatMessage] = Field(examples=[[{'id': '5f0e7c1a-9d51-4b8e-a3f2-0c1d2e3f4a5b', 'name': 'alice', 'message': 'hello', 'timestamp': 1764547200000, 'kind': 'user'}]],
         description=f"The last {HISTORY_LENGTH} (at most {HISTORY_CHARS:,} characters), oldest first."
     )
-    ai: list[AiReplyView] = Field(
+    ai: list[AiReplyView] = Field(examples=[[]],
         default_factory=list, description="AI replies not finished yet, in queue order."
     )
 
@@ -357,60 +358,60 @@ class RoomClient(ObjectClient[RoomReply]):
 
 
 class MemberJoined(Contract):
-    type: Literal["joined"] = "joined"
-    version: int
-    name: str
+    type: Literal["joined"] = Field("joined", description="the update's kind: someone joined", examples=['joined'])
+    version: int = Field(description="the room's version after this update", examples=[7])
+    name: str = Field(description="the member's name", examples=['alice'])
 
 
 class MessagePosted(Contract):
-    type: Literal["message"] = "message"
-    version: int
-    message: ChatMessage
+    type: Literal["message"] = Field("message", description="the update's kind: a message was posted", examples=['message'])
+    version: int = Field(description="the room's version after this update", examples=[8])
+    message: ChatMessage = Field(description='the message posted', examples=[{'id': '5f0e7c1a-9d51-4b8e-a3f2-0c1d2e3f4a5b', 'name': 'alice', 'message': 'hello', 'timestamp': 1764547200000, 'kind': 'user'}])
 
 
 class MemberQuit(Contract):
-    type: Literal["quit"] = "quit"
-    version: int
-    name: str
+    type: Literal["quit"] = Field("quit", description="the update's kind: someone left", examples=['quit'])
+    version: int = Field(description="the room's version after this update", examples=[9])
+    name: str = Field(description="the member's name", examples=['alice'])
 
 
 class AiQueued(Contract):
     """Someone asked the AI; the reply waits its turn in the room's queue."""
 
-    type: Literal["ai_queued"] = "ai_queued"
-    version: int
-    id: str
-    asker: str
-    question: str
+    type: Literal["ai_queued"] = Field("ai_queued", description="the update's kind: an AI question waits its turn", examples=['ai_queued'])
+    version: int = Field(description="the room's version after this update", examples=[10])
+    id: str = Field(description="the reply's id", examples=['9b2d1c3e-77aa-4f10-8c55-6e0f1a2b3c4d'])
+    asker: str = Field(description='who asked', examples=['alice'])
+    question: str = Field(description='the question, without the @ai prefix', examples=['what is a durable object?'])
 
 
 class AiStarted(Contract):
-    type: Literal["ai_started"] = "ai_started"
-    version: int
-    id: str
-    asker: str
-    model: str
-    label: str
+    type: Literal["ai_started"] = Field("ai_started", description="the update's kind: the AI reply starts streaming", examples=['ai_started'])
+    version: int = Field(description="the room's version after this update", examples=[11])
+    id: str = Field(description="the reply's id", examples=['9b2d1c3e-77aa-4f10-8c55-6e0f1a2b3c4d'])
+    asker: str = Field(description='who asked', examples=['alice'])
+    model: str = Field(description='the model answering', examples=['gemini-2.5-flash'])
+    label: str = Field(description='who answers, as shown to people', examples=['Gemini'])
 
 
 class AiChunk(Contract):
     """Text of a streaming reply, starting at character `offset` (chunks never overlap)."""
 
-    type: Literal["ai_chunk"] = "ai_chunk"
-    version: int
-    id: str
-    offset: int
-    text: str
+    type: Literal["ai_chunk"] = Field("ai_chunk", description="the update's kind: more text of a streaming reply", examples=['ai_chunk'])
+    version: int = Field(description="the room's version after this update", examples=[12])
+    id: str = Field(description="the reply's id", examples=['9b2d1c3e-77aa-4f10-8c55-6e0f1a2b3c4d'])
+    offset: int = Field(description='the character offset of `text` in the reply', examples=[0])
+    text: str = Field(description='the text streamed', examples=['A durable object is'])
 
 
 class AiFailed(Contract):
     """The reply ended without finishing; what was streamed follows as an incomplete message."""
 
-    type: Literal["ai_failed"] = "ai_failed"
-    version: int
-    id: str
-    reason: AiFailure
-    message: ChatMessage | None = Field(None, description="The partial reply, marked incomplete.")
+    type: Literal["ai_failed"] = Field("ai_failed", description="the update's kind: the reply ended unfinished", examples=['ai_failed'])
+    version: int = Field(description="the room's version after this update", examples=[13])
+    id: str = Field(description="the reply's id", examples=['9b2d1c3e-77aa-4f10-8c55-6e0f1a2b3c4d'])
+    reason: AiFailure = Field(description='why it ended', examples=['timeout'])
+    message: ChatMessage | None = Field(None, description="The partial reply, marked incomplete.", examples=[{'id': '5f0e7c1a-9d51-4b8e-a3f2-0c1d2e3f4a5b', 'name': 'AI', 'message': 'A durable object is [incomplete]', 'timestamp': 1764547200000, 'kind': 'ai'}])
 
 
 RoomUpdate = Annotated[

@@ -118,6 +118,7 @@ class ServiceProcess:
         self.log_path = log_path
         self.pass_fds = tuple(pass_fds)
         self.process: subprocess.Popen | None = None
+        self.metrics_url: str | None = None  # where it serves Prometheus metrics
         self.starts = 0
         self.started_at = 0.0
 
@@ -296,8 +297,21 @@ class LocalSystem:
         return self
 
     def service(self, module: str, name: str) -> ServiceProcess:
-        return ServiceProcess(module, self.env(), self.log_dir / f"{name}.log", name,
-                              pass_fds=self.pass_fds)
+        env = self.env()
+        if module == "services.gateway":
+            metrics_url = f"{self.base_url}/metrics"  # on the gateway's own port
+        else:  # its own port, kept across restarts (the env is the process's)
+            env.setdefault("DURACHAT_METRICS_PORT", str(free_port(self.host)))
+            env.setdefault("DURACHAT_METRICS_HOST", self.host)
+            metrics_url = f"http://{self.host}:{env['DURACHAT_METRICS_PORT']}/metrics"
+        process = ServiceProcess(module, env, self.log_dir / f"{name}.log", name,
+                                 pass_fds=self.pass_fds)
+        process.metrics_url = metrics_url
+        return process
+
+    def metrics_urls(self) -> dict[str, str]:
+        """{process name: the URL it serves Prometheus metrics at}."""
+        return {s.name: s.metrics_url for s in self.services() if s.metrics_url}
 
     def start_room(self) -> ServiceProcess:
         room = self.service("services.room", f"room-{self.rooms_started}")

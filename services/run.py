@@ -355,6 +355,7 @@ def run_system(settings: LauncherSettings, data_dir: Path, lock: IO[str]) -> int
             "nats_monitoring_url": ",".join(n.monitoring_url for n in system.nats_servers),
             "read_db": str(system.read_db),
             "pids": system.pids(),
+            "metrics": system.metrics_urls(),
             "given_up": supervisor.given_up(),
         })
 
@@ -379,6 +380,8 @@ def run_system(settings: LauncherSettings, data_dir: Path, lock: IO[str]) -> int
                 describe()
                 log.info("durachat is up in %.1fs: %s  (logs in %s; Ctrl-C stops it)",
                          time.monotonic() - started, system.base_url, system.log_dir)
+                log.info("metrics (Prometheus text): %s", "  ".join(
+                    f"{name} {url}" for name, url in system.metrics_urls().items()))
             time.sleep(0.1)  # a supervisor's poll: notice a signal or a process that exited
         log.info("%s: stopping", signal.Signals(stop["signal"]).name)
     finally:

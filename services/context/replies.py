@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ from services.context.attachments import attached_files, with_files
 from services.context.provider import Provider, ProviderError, Usage
 from services.context.window import fit_window, generation_for
 from services.ratelimit.client import QuotaRefused, charge_ai_request, charge_ai_tokens
+from services.runtime import metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +124,7 @@ class ReplyStreamer:
     async def answer(
         self, user_id: str, ask: Ask, settings: ContextSettings, exchanges: list[Exchange]
     ) -> None:
+        metrics.AI_IN_FLIGHT.inc()
         try:
             await self._answer(user_id, ask, settings, exchanges)
         except asyncio.CancelledError:
@@ -129,6 +132,8 @@ class ReplyStreamer:
         except Exception:
             log.exception("reply %s in room %s failed", ask.reply_id, ask.room)
             await self._fail(ask, "server", "the AI service had an internal error.")
+        finally:
+            metrics.AI_IN_FLIGHT.dec()
 
     async def _answer(
         self, user_id: str, ask: Ask, settings: ContextSettings, exchanges: list[Exchange]
@@ -156,10 +161,13 @@ class ReplyStreamer:
         if isinstance(started, ErrorReply):
             log.warning("room %s will not take reply %s: %s", ask.room, ask.reply_id, started.message)
             return
+        chat = tracing.ChatSpan(generation.model, provider.label)
         sender = ChunkSender(self.rooms, ask.room, ask.reply_id)
         cancelled = False
         usage: Usage | None = None
         failure: tuple[str, str] | None = None
+        asked = time.perf_counter()
+        first_chunk = True
         try:
             async with (
                 asyncio.timeout(self.config.max_duration),
@@ -173,6 +181,11 @@ class ReplyStreamer:
                         failure = ("too_long", f"the reply passed {MAX_AI_REPLY_LENGTH:,} characters.")
                         break
                     if text:
+                        if first_chunk:
+                            first_chunk = False
+                            metrics.AI_FIRST_CHUNK_SECONDS.labels(generation.model).observe(
+                                time.perf_counter() - asked
+                            )
                         sender.push(text)
                     if sender.refused is not None:
                         break
@@ -193,9 +206,14 @@ class ReplyStreamer:
         output_tokens = (
             usage.output_tokens if usage and usage.output_tokens else (sender.sent + 3) // 4
         )
+        metrics.AI_REPLY_SECONDS.labels(generation.model).observe(time.perf_counter() - asked)
+        chat.end(prompt_tokens, output_tokens, failure[0] if failure else None)
+        metrics.AI_TOKENS.labels("input", generation.model).inc(prompt_tokens)
+        metrics.AI_TOKENS.labels("output", generation.model).inc(output_tokens)
         try:
             if sender.refused is not None:
                 # The room gave up on the reply (its deadline passed) and told the room so.
+                metrics.AI_REPLIES.labels("refused", "room").inc()
                 log.warning("room %s refused more of reply %s: %s", ask.room, ask.reply_id,
                             sender.refused.message)
             elif failure is not None:
@@ -205,6 +223,7 @@ class ReplyStreamer:
                 if cancelled:
                     raise asyncio.CancelledError
             else:
+                metrics.AI_REPLIES.labels("completed", "").inc()
                 await self._complete(user_id, ask, sender, prompt_tokens, output_tokens)
         finally:
             # The tokens were spent whatever became of the reply; charged after the room is
@@ -246,6 +265,7 @@ class ReplyStreamer:
     async def _fail(
         self, ask: Ask, reason: str, message: str, prompt_tokens: int = 0, output_tokens: int = 0
     ) -> None:
+        metrics.AI_REPLIES.labels("failed", reason).inc()
         reply = await self.rooms.send(
             ask.room,
             FailAiReply(

@@ -10,20 +10,38 @@ from pathlib import Path
 import nats.errors
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from contracts.context import ContextClient
-from services.gateway import api, contexts, errors, readmodels, session, uploads, websocket
+from services.gateway import api, contexts, docs, errors, readmodels, session, uploads, websocket
 from services.gateway.deps import GatewayState
 from services.gateway.liveness import GatewayPresence
 from services.gateway.ratelimit import IpRateLimiter
 from services.gateway.rooms import GatewayRoomClient, RoomFanouts
 from services.gateway.settings import GatewaySettings
 from services.gateway.sockets import RawSendCapture
+from services.runtime import logs, metrics, tracing
 from services.runtime.service import announce, connect
 
 STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("services.gateway")
+
+# The demo's own plain-text answers on the socket's route, before any upgrade.
+WEBSOCKET_RESPONSES: dict[int | str, dict] = {
+    200: {"description": "never: the route only upgrades"},
+    400: {"description": "not a WebSocket upgrade",
+          "content": {"text/plain": {"example": "expected websocket"}}},
+    401: {"description": "a token was shown and refused (the upgrade is denied)",
+          "content": {"text/plain": {"example": "Invalid token: expired."}}},
+    404: {"description": "the room name is too long",
+          "content": {"text/plain": {"example": "Name too long"}}},
+    429: {"description": "too many sockets from this IP",
+          "content": {"text/plain": {"example": "Too many connections from your IP."}}},
+    503: {"description": "the identity keys cannot be fetched",
+          "content": {"text/plain": {"example": "Identity keys unavailable."}}},
+}
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -47,6 +65,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         presence = GatewayPresence(nc, settings.gateway_ttl, replicas=settings.stream_replicas)
         await presence.start()
         fanouts[0].presence = presence
+        logs.set_replica(presence.gateway_id)
+        metrics.watch_connection(nc)
         app.state.gateway = GatewayState(
             settings=settings,
             nc=nc,
@@ -58,7 +78,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             ),
             sockets_per_ip=Counter(),
         )
-        micro = await announce(nc, "gateway", gateway=presence.gateway_id)  # answers $SRV.PING
+        micro = await announce(  # answers $SRV.PING
+            nc, "gateway", gateway=presence.gateway_id,
+            metrics=f"http://{settings.host}:{settings.port}/metrics",
+        )
+        log.info("gateway %s is up", presence.gateway_id)
         try:
             yield
         finally:
@@ -70,16 +94,24 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         title="durachat gateway",
         summary="Durable-Objects-style chat rooms on NATS; the workers-chat-demo protocol.",
         lifespan=lifespan,
+        docs_url=None,  # served by docs.install, without a CDN
+        redoc_url=None,
     )
     app.add_middleware(RawSendCapture)
     errors.install(app)
     app.include_router(api.router)
-    app.include_router(websocket.router)
+    app.include_router(websocket.router, responses=WEBSOCKET_RESPONSES)
     app.include_router(readmodels.router, responses=errors.described(404, 422, 503))
     app.include_router(contexts.router, responses=errors.described(401, 403, 413, 415, 422, 503))
     app.include_router(session.router, responses=errors.described(401, 422, 503))
     app.include_router(uploads.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    docs.install(app)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        """This process's metrics, Prometheus text format."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
@@ -94,7 +126,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
 def main() -> None:
     settings = GatewaySettings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    tracing.setup("gateway")  # only with an OTLP endpoint configured
+    logs.configure("gateway")
     uvicorn.run(
         create_app(settings),
         host=settings.host,

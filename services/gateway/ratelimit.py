@@ -27,6 +27,7 @@ from nats.aio.client import Client as NATS
 from contracts.common import ErrorCode
 from contracts.ratelimit import ChargeFrame, LimiterClient, RateDecision
 from services.ratelimit.domainmodel import Limiter
+from services.runtime import metrics
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class IpRateLimiter:
         reply = await self.limiters.send_once(address, ChargeFrame(), self.timeout)
         if isinstance(reply, RateDecision):
             return reply.cooldown
+        metrics.RATELIMIT_FALLBACK.inc()
         if reply.code == ErrorCode.UNAVAILABLE:  # no answer in time, or no owner
             log.debug("ratelimit service did not answer for %s; charging locally", address)
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from services.gateway.liveness import GatewayPresence
 from services.gateway.protocol import update_frames
 from services.gateway.sockets import OutFrame
 from services.room.handlers import broadcast as room_broadcast
+from services.runtime import metrics, tracing
 from services.runtime.eventstore import DirectGetError, ObjectEventStore
 from services.runtime.host import COMMIT_HEADER, PREVIOUS_HEADER
 
@@ -103,13 +105,20 @@ class RoomFanout:
             await self._repair(through=commit)
             if update.version <= self.version:
                 return
-        self._deliver(update, commit)
+        self._deliver(update, commit, headers)
 
-    def _deliver(self, update: RoomUpdate, commit: int | None) -> None:
+    def _deliver(self, update: RoomUpdate, commit: int | None, headers: dict[str, str] | None = None) -> None:
+        started = time.perf_counter()
+        listeners = list(self.listeners.values())
+        span = (tracing.start_consumer("process out.room.{key}", headers)
+                if tracing.ENABLED and headers else None)
         for text in update_frames(update):
             frame = OutFrame(text)
-            for deliver in list(self.listeners.values()):
+            for deliver in listeners:
                 deliver(update.version, frame)
+        metrics.BROADCAST_WRITE_SECONDS.observe(time.perf_counter() - started)
+        metrics.BROADCAST_SOCKETS.observe(len(listeners))
+        tracing.end(span, **{"durachat.sockets": len(listeners), "durachat.version": update.version})
         self.version = update.version
         if commit is not None:
             self.commit = commit

@@ -23,6 +23,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.frames import Close, Frame, Opcode
 
+from services.runtime import metrics
+
 log = logging.getLogger(__name__)
 
 RAW_SEND = "durachat.raw_send"
@@ -100,6 +102,8 @@ class TransportWriter:
             self.transport.get_write_buffer_size(),
         )
         self.closing = True
+        metrics.SLOW_READER_CLOSES.inc()
+        metrics.WS_CLOSES.labels(str(CLOSE_TOO_SLOW)).inc()
         close = Close(CLOSE_TOO_SLOW, TOO_SLOW).serialize()
         self.transport.write(Frame(Opcode.CLOSE, close).serialize(mask=False, extensions=[]))
         asyncio.get_running_loop().call_later(CLOSE_GRACE, self.transport.abort)
@@ -107,6 +111,7 @@ class TransportWriter:
     def close(self, code: int, reason: str) -> None:
         if not self.closing:
             self.closing = True
+            metrics.WS_CLOSES.labels(str(code)).inc()
             self._closer = asyncio.create_task(_close(self.ws, code, reason))
 
     async def finished(self, timeout: float) -> None:
@@ -133,11 +138,13 @@ class QueueWriter:
             self.queue.put_nowait(frame)
         except asyncio.QueueFull:
             log.warning("closing a socket that does not read (%d frames unsent)", self.queue.qsize())
+            metrics.SLOW_READER_CLOSES.inc()
             self._close_now(CLOSE_TOO_SLOW, TOO_SLOW)
 
     def close(self, code: int, reason: str) -> None:
         if self.closing:
             return
+        metrics.WS_CLOSES.labels(str(code)).inc()
         try:
             self.queue.put_nowait((code, reason))
             self.closing = True

@@ -40,6 +40,7 @@ from services.gateway.ratelimit import SocketLimit, client_address
 from services.gateway.rooms import RoomFanout
 from services.gateway.sockets import OutFrame, SocketWriter, open_writer
 from services.gateway.uploads import attachable
+from services.runtime import metrics, tracing
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["rooms"])
@@ -152,11 +153,15 @@ class ChatSession:
         if self.limit is not None:
             wait = self.limit.admit()
             if wait is not None:
+                metrics.WS_FRAMES.labels("ratelimited").inc()
+                metrics.RATELIMIT_REFUSALS.labels("gate").inc()
                 self._refuse(RATE_LIMITED, wait)
                 return
         if self.unanswered >= self.max_unanswered:
+            metrics.WS_FRAMES.labels("overloaded").inc()
             self._refuse(OVERLOADED.format(bound=self.max_unanswered), None)
             return
+        metrics.WS_FRAMES.labels("ok").inc()
         self.unanswered += 1
         self.inbox.append(Frame(text, data))
         self.wake.set()
@@ -249,10 +254,12 @@ async def chat_socket(ws: WebSocket, name: str, gateway: Gateway) -> None:
         )
         return
     gateway.sockets_per_ip[address] += 1
+    metrics.WS_CONNECTIONS.inc()
     try:
         await ws.accept()
         await chat(ws, name, address, identity, gateway)
     finally:
+        metrics.WS_CONNECTIONS.dec()
         gateway.sockets_per_ip[address] -= 1
         if gateway.sockets_per_ip[address] <= 0:
             del gateway.sockets_per_ip[address]
@@ -358,9 +365,11 @@ async def answer_frames(session: ChatSession, gateway: Gateway, fanout: RoomFano
             await session.refuse(head, fanout)
         elif session.name is None:
             inbox.popleft()
-            await join(session, gateway, fanout, head)
+            with tracing.frame_span(session.room):
+                await join(session, gateway, fanout, head)
         else:
-            await post_batch(session, gateway, fanout)
+            with tracing.frame_span(session.room):  # the frames one command answers
+                await post_batch(session, gateway, fanout)
 
 
 async def join(session: ChatSession, gateway: Gateway, fanout: RoomFanout, frame: Frame) -> None:

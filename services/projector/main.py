@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from pydantic import Field
 from services.readstore.projection import ROOM_STREAM, position, project_commit, record_position
 from services.readstore.store import open_read_store, transaction
 from services.readstore.uploads import UPLOAD_STREAM, project_upload_commit
+from services.runtime import logs, metrics, tracing
+from services.runtime.metrics import serve_metrics
 from services.runtime.service import announce, connect
 from services.runtime.settings import RuntimeSettings
 from services.settings import ReadStore
@@ -127,16 +130,31 @@ class Projector:
             contiguous.append(msg)
         applied = 0
         if contiguous:
-            with transaction(self.conn) as conn:
+            links = ([link for m in contiguous if (link := tracing.link_of(m.headers))]
+                     if tracing.ENABLED else [])
+            with tracing.span(f"durachat.project {self.stream}", links=links, attributes={
+                "messaging.batch.message_count": len(contiguous), "messaging.operation.type": "process",
+            }), transaction(self.conn) as conn:
                 for msg in contiguous:
                     sequence = msg.metadata.sequence.stream
                     if sequence <= self.position:
                         continue  # delivered again after a crash: already in the store
-                    self.project(conn, self.stream, msg.subject, sequence, msg.data)
+                    dead = self.project(conn, self.stream, msg.subject, sequence, msg.data)
+                    if dead:
+                        metrics.PROJECTOR_DEAD_LETTERS.labels(self.stream).inc(dead)
                     self.position = sequence
                     applied += 1
                 record_position(conn, self.stream, self.position)
             await contiguous[-1].ack()  # AckPolicy.ALL: acknowledges up to this one
+            last = contiguous[-1].metadata
+            metrics.PROJECTOR_APPLIED.labels(self.stream).inc(applied)
+            metrics.PROJECTOR_LAG_MESSAGES.labels(self.stream).set(last.num_pending or 0)
+            if not last.num_pending:
+                metrics.PROJECTOR_LAG_SECONDS.labels(self.stream).set(0.0)  # caught up
+            elif last.timestamp is not None:
+                metrics.PROJECTOR_LAG_SECONDS.labels(self.stream).set(
+                    max(0.0, time.time() - last.timestamp.timestamp())
+                )
         if len(contiguous) < len(msgs):
             log.warning("projecting %s: deliveries after %d never arrived; reading again from "
                         "sequence %d", self.stream, self._delivered, self.position + 1)
@@ -166,8 +184,12 @@ class Projector:
 
 
 async def serve(settings: ProjectorSettings) -> None:
+    url = serve_metrics("projector")
+    tracing.setup("projector")  # only with an OTLP endpoint configured
     nc = await connect(settings, "durachat-projector")
-    micro = await announce(nc, "projector")  # answers $SRV.PING like every service
+    metrics.watch_connection(nc)
+    # answers $SRV.PING like every service
+    micro = await announce(nc, "projector", **({"metrics": url} if url else {}))
     projector = Projector(nc, settings.read_db, batch=settings.batch)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -179,12 +201,13 @@ async def serve(settings: ProjectorSettings) -> None:
     # Nothing to flush: positions live in the read store, and an ack lost here only means a
     # redelivery that the position check skips. (A drain waited on the pending pull.)
     await nc.close()
+    tracing.shutdown()
 
 
 def main() -> None:
     import uvloop
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.configure("projector")
     uvloop.run(serve(ProjectorSettings()))
 
 

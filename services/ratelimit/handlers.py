@@ -29,6 +29,7 @@ from services.ratelimit.domainmodel import (
     charge_upload_bytes,
     utc_day,
 )
+from services.runtime import metrics
 from services.runtime.kind import ObjectContext, ObjectKind, Outcome
 
 
@@ -92,6 +93,11 @@ def charge_quota(command: ChargeQuota, state: Quota | None, ctx: Ctx) -> Outcome
         state, ctx.key, str(command.command_id), utc_day(ctx.now()), command.requests,
         command.tokens, ctx.deps.limits,
     )
+    if command.requests and not outcome.allowed and outcome.reason:
+        metrics.QUOTA_REFUSALS.labels(
+            "month" if outcome.reason.startswith("Monthly") else "day",
+            "tokens" if "token" in outcome.reason else "requests",
+        ).inc()
     return Outcome(state, usage_reply(outcome))
 
 

@@ -489,3 +489,8 @@ def upload_command(
             emit_json(row)
     else:
         emit_json(uploads.upload_state(messages, seq))
+
+
+from services.replay import live  # noqa: E402 (its commands need the app above)
+
+live.register(app)

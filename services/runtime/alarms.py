@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import math
+import time
 from datetime import UTC, datetime
 
 import nats.errors
@@ -31,6 +32,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from contracts.common import ErrorReply
 from contracts.keys import InvalidKey, key_from_token, subject_token
 from contracts.subjects import command_subject
+from services.runtime import metrics
 from services.runtime.eventstore import ensure_stream
 
 log = logging.getLogger(__name__)
@@ -144,6 +146,7 @@ class AlarmRunner:
             await msg.term()
             return
         attempt = msg.metadata.num_delivered
+        metrics.ALARM_LAG_SECONDS.labels(self.kind).observe(max(0.0, time.time() - at))
         failed: ErrorReply | Exception | None
         try:
             reply = await self.nc.request(
@@ -160,9 +163,11 @@ class AlarmRunner:
             await msg.ack()
             return
         if attempt > len(RETRY_DELAYS):
+            metrics.ALARMS_GIVEN_UP.labels(self.kind).inc()
             log.error("alarm of %s %s failed %d times; giving up: %s", self.kind, key, attempt, failed)
             await msg.term()
             return
         delay = RETRY_DELAYS[attempt - 1]
+        metrics.ALARM_RETRIES.labels(self.kind).inc()
         log.warning("alarm of %s %s failed (%s); retrying in %d s", self.kind, key, failed, delay)
         await msg.nak(delay=delay)

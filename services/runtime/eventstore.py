@@ -62,6 +62,7 @@ class LoadedObject:
     # broadcast, so this is the one commit whose broadcast may be owed.
     last_events: list[Any] = field(default_factory=list)
     events_after_snapshot: int = 0
+    from_snapshot: bool = False  # built from a snapshot (not from the first commit)
 
 
 @dataclass(frozen=True)
@@ -276,7 +277,7 @@ class ObjectEventStore:
     async def load(self, key: str) -> LoadedObject:
         """Rebuild object `key` from its latest snapshot plus the commits after it."""
         aggregate, sequence = await self.load_snapshot(key)
-        loaded = LoadedObject(aggregate, sequence)
+        loaded = LoadedObject(aggregate, sequence, from_snapshot=aggregate is not None)
         for commit in await self.read(key, after=sequence):
             for domain_event in commit.events:
                 loaded.aggregate = domain_event.mutate(loaded.aggregate)
@@ -307,13 +308,18 @@ class ObjectEventStore:
 
     # --- appending -------------------------------------------------------------------------------
 
-    async def append(self, key: str, events: Sequence[Any], expected: int, commit_id: str) -> int:
+    async def append(
+        self, key: str, events: Sequence[Any], expected: int, commit_id: str,
+        headers: dict[str, str] | None = None,
+    ) -> int:
         """Append `events` as one commit after subject sequence `expected`; returns its sequence.
+        `headers` are stored with it (the commit span's `traceparent`, when tracing is on).
 
         Raises AppendConflict when the subject has moved on (another writer got there first).
         """
         subject = event_subject(self.kind, key)
-        headers = {"Nats-Expected-Last-Subject-Sequence": str(expected), MSG_ID: commit_id}
+        headers = {**(headers or {}),
+                   "Nats-Expected-Last-Subject-Sequence": str(expected), MSG_ID: commit_id}
         try:
             ack = await self.js.publish(subject, self.encode(events), headers=headers)
         except nats.js.errors.BadRequestError as exc:

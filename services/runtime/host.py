@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, cast
@@ -30,6 +31,7 @@ from nats.aio.subscription import Subscription
 from contracts.common import ErrorCode, ErrorReply
 from contracts.keys import InvalidKey, key_from_token
 from contracts.subjects import out_subject, partition_filter
+from services.runtime import logs, metrics, tracing
 from services.runtime.alarms import ALARM_HEADER, AlarmSchedule
 from services.runtime.eventstore import AppendConflict, ObjectEventStore
 from services.runtime.kind import (
@@ -56,6 +58,17 @@ def error_bytes(code: ErrorCode, message: str) -> bytes:
 
 
 TRY_AGAIN = error_bytes(ErrorCode.UNAVAILABLE, "Try again.")
+RECEIVED = "_durachat_received"  # set on a command's Msg when it arrives (perf_counter)
+SPAN = "_durachat_span"  # the command's `process` span, when tracing is on
+_ERROR_PREFIX = b'{"type":"error","code":"'
+
+
+def reply_outcome(data: bytes) -> str:
+    """`ok`, or the error code of an ErrorReply (a bounded set), for the command metric."""
+    if not data.startswith(_ERROR_PREFIX):
+        return "ok"
+    end = data.find(b'"', len(_ERROR_PREFIX))
+    return data[len(_ERROR_PREFIX):end].decode() if end > 0 else "error"
 
 
 @dataclass
@@ -102,16 +115,20 @@ class ObjectMailbox(Generic[S]):
         self.alarm: float | None = None  # the alarm time the object had after the last commit
         self.loaded = False
         self.last_broadcast: int | None = None  # version of our last broadcast (None: unknown)
+        self.last_active = time.monotonic()  # when its last batch ended (for the live view)
+        self.last_commit_at: float | None = None  # wall clock of its last commit
         self.task = asyncio.create_task(self._run(), name=f"mailbox {self.kind.name}/{key}")
 
     async def _run(self) -> None:
         host = self.host
+        logs.object_context(self.kind.name, self.key)  # this task's log lines name the object
         while True:
             try:
                 first = await asyncio.wait_for(self.queue.get(), timeout=host.idle_after)
             except TimeoutError:
                 if self.queue.empty():  # no await between this check and the removal
                     host._mailboxes.pop(self.key, None)
+                    metrics.OBJECT_EVICTIONS.labels(self.kind.name, "idle").inc()
                     return
                 continue
             batch = [first]
@@ -122,10 +139,12 @@ class ObjectMailbox(Generic[S]):
             except Exception:
                 # Loading or storing failed (the bus, not the command): answer "try again".
                 log.exception("mailbox %s/%s failed a batch", self.kind.name, self.key)
+                metrics.COMMIT_ERRORS.labels(self.kind.name).inc()
                 self._forget()
                 for msg in batch:
                     await host.reply(msg, TRY_AGAIN)
             finally:
+                self.last_active = time.monotonic()
                 for _ in batch:
                     self.queue.task_done()
 
@@ -150,7 +169,10 @@ class ObjectMailbox(Generic[S]):
         if batch.broken:
             self._forget()
         await self._release(batch)
-        await self._react([Committed(d.command, d.events) for d in batch.decided if d.events])
+        for d in batch.decided:
+            if d.events:  # under the command's span: what a reaction sends joins its trace
+                with tracing.using(getattr(d.msg, SPAN, None)):
+                    await self._react([Committed(d.command, d.events)])
         await self._snapshot(len(events))
 
     # --- the stages of a batch, in order --------------------------------------------------------
@@ -160,7 +182,11 @@ class ObjectMailbox(Generic[S]):
         self.loaded = True
         if not self.kind.durable:
             return  # in memory only: nothing stored to read, nothing owed
+        started = time.perf_counter()
         loaded = await self.host.store.load(self.key)
+        source = "snapshot" if loaded.from_snapshot else "replay" if loaded.sequence else "new"
+        metrics.OBJECT_LOADS.labels(self.kind.name, source).inc()
+        metrics.OBJECT_LOAD_SECONDS.labels(self.kind.name, source).observe(time.perf_counter() - started)
         self.state, self.sequence = cast(S, loaded.aggregate), loaded.sequence
         self.unsnapshotted = loaded.events_after_snapshot
         self.alarm = self._wake_at()
@@ -234,26 +260,44 @@ class ObjectMailbox(Generic[S]):
             # Scheduled before the commit that records it: an alarm the object knows of is
             # always scheduled; if the commit fails, the object ignores the stray wake-up.
             await host.alarms.schedule(self.key, alarm)
+        started = time.perf_counter()
         try:
-            self.sequence = await host.store.append(
-                self.key, events, expected=self.sequence, commit_id=batch.commit_id()
-            )
+            with self._commit_span(batch, len(events)) as span:
+                self.sequence = await host.store.append(
+                    self.key, events, expected=self.sequence, commit_id=batch.commit_id(),
+                    headers=tracing.headers_of(span),
+                )
         except AppendConflict:
+            metrics.COMMIT_CONFLICTS.labels(self.kind.name).inc()
             log.warning("%s/%s: stale copy, rebuilding", self.kind.name, self.key)
             self._forget()
             conflict = error_bytes(ErrorCode.CONFLICT, "The object moved on; try again.")
             for decided in batch.decided:
                 await host.reply(decided.msg, conflict)
             return False
+        metrics.COMMIT_SECONDS.labels(self.kind.name).observe(time.perf_counter() - started)
+        metrics.COMMIT_BATCH.labels(self.kind.name).observe(len(batch.decided))
+        self.last_commit_at = time.time()
         if alarm is None and self.alarm is not None:
             await host.alarms.cancel(self.key)
         self.alarm = alarm
         return True
 
+    def _commit_span(self, batch: Batch, events: int):
+        """`durachat.commit <kind>`: a child of the batch's first traced command, linked to
+        every command of the batch (semconv's batch shape)."""
+        spans = [s for d in batch.decided if (s := getattr(d.msg, SPAN, None)) is not None]
+        return tracing.span(
+            f"durachat.commit {self.kind.name}", parent=spans[0] if spans else None,
+            links=[tracing.Link(s.get_span_context()) for s in spans],
+            attributes={"messaging.batch.message_count": len(batch.decided), "durachat.events": events},
+        )
+
     async def _release(self, batch: Batch) -> None:
         """The output gate opens: broadcasts and replies, in command order."""
         for decided in batch.decided:
-            await self._broadcast(decided.events)
+            span = getattr(decided.msg, SPAN, None)
+            await self._broadcast(decided.events, tracing.headers_of(span) if span else None)
             await self.host.reply(decided.msg, decided.reply)
 
     async def _react(self, commits: list[Committed]) -> None:
@@ -277,7 +321,7 @@ class ObjectMailbox(Generic[S]):
         wake_at = self.kind.wake_at
         return wake_at(self.state) if wake_at is not None and self.state is not None else None
 
-    async def _broadcast(self, events: list[Any]) -> None:
+    async def _broadcast(self, events: list[Any], headers: dict[str, str] | None = None) -> None:
         broadcast = self.kind.broadcast
         if broadcast is None:
             return
@@ -286,11 +330,11 @@ class ObjectMailbox(Generic[S]):
             if update is not None:
                 # No "previous" after a load: whether the one before went out is not known
                 # here (the last owner may have died before), so a watcher checks the stream.
-                headers = {COMMIT_HEADER: str(self.sequence)}
+                sent = {**(headers or {}), COMMIT_HEADER: str(self.sequence)}
                 if self.last_broadcast is not None:
-                    headers[PREVIOUS_HEADER] = str(self.last_broadcast)
+                    sent[PREVIOUS_HEADER] = str(self.last_broadcast)
                 await self.host.nc.publish(
-                    self.out_subject, update.model_dump_json().encode(), headers=headers
+                    self.out_subject, update.model_dump_json().encode(), headers=sent
                 )
                 self.last_broadcast = getattr(update, "version", None)
 
@@ -329,6 +373,9 @@ class ObjectHost(Generic[S, D]):
         self._subscriptions: dict[int, Subscription] = {}
         self._mailboxes: dict[str, ObjectMailbox[S]] = {}
         self._background: set[asyncio.Task] = set()
+        metrics.OBJECTS_RESIDENT.labels(kind.name).set_function(lambda: len(self._mailboxes))
+        self._depth = metrics.MAILBOX_DEPTH.labels(kind.name)
+        self._command_seconds: dict[str, Any] = {}
 
     @property
     def partitions(self) -> set[int]:
@@ -371,13 +418,13 @@ class ObjectHost(Generic[S, D]):
         sub = self._subscriptions.pop(partition, None)
         if sub is not None:
             await sub.drain()  # delivers what the server already sent us, then unsubscribes
-        await self._retire([m for m in self._mailboxes.values() if m.partition == partition])
+        await self._retire([m for m in self._mailboxes.values() if m.partition == partition], "handover")
 
     async def evict(self, key: str) -> bool:
         """Hibernate object `key` now, as if it had been idle (after its queued commands)."""
         mailbox = self._mailboxes.get(key)
         if mailbox is not None:
-            await self._retire([mailbox])
+            await self._retire([mailbox], "evicted")
         return mailbox is not None
 
     def lease_lapsed(self, partition: int) -> None:
@@ -388,25 +435,38 @@ class ObjectHost(Generic[S, D]):
         """Release every partition, finish in-flight work, drop all objects."""
         for partition in list(self._subscriptions):
             await self._subscriptions.pop(partition).drain()
-        await self._retire(list(self._mailboxes.values()))
+        await self._retire(list(self._mailboxes.values()), "stopped")
         for task in list(self._background):
             task.cancel()
         if self._background:
             await asyncio.wait(list(self._background), timeout=5)
 
-    async def _retire(self, mailboxes: list[ObjectMailbox[S]]) -> None:
+    async def _retire(self, mailboxes: list[ObjectMailbox[S]], reason: str) -> None:
         """Let each mailbox finish what it holds, then drop it with its object."""
         await asyncio.gather(*(m.queue.join() for m in mailboxes))
         for mailbox in mailboxes:
             mailbox.task.cancel()
             if self._mailboxes.get(mailbox.key) is mailbox:
                 del self._mailboxes[mailbox.key]
+                metrics.OBJECT_EVICTIONS.labels(self.kind.name, reason).inc()
 
     async def reply(self, msg: Msg, data: bytes) -> None:
+        received = getattr(msg, RECEIVED, None)
+        if received is not None:
+            outcome = reply_outcome(data)
+            histogram = self._command_seconds.get(outcome)
+            if histogram is None:
+                histogram = self._command_seconds[outcome] = metrics.COMMAND_SECONDS.labels(
+                    self.kind.name, outcome
+                )
+            histogram.observe(time.perf_counter() - received)
+            if tracing.ENABLED:
+                tracing.end(getattr(msg, SPAN, None), **{"durachat.outcome": outcome})
         if msg.reply:
             await self.nc.publish(msg.reply, data)
 
     async def _on_command(self, msg: Msg) -> None:
+        setattr(msg, RECEIVED, time.perf_counter())
         _, _, partition, token = msg.subject.split(".", 3)
         try:
             key = key_from_token(token)
@@ -416,9 +476,17 @@ class ObjectHost(Generic[S, D]):
         mailbox = self._mailboxes.get(key)
         if mailbox is None:
             mailbox = self._mailboxes[key] = ObjectMailbox(self, key, int(partition))
+        self._depth.observe(mailbox.queue.qsize())
+        if tracing.ENABLED:
+            setattr(msg, SPAN, tracing.start_consumer(
+                f"process cmd.{self.kind.name}.{{key}}", msg.headers,
+                **{"messaging.destination.partition.id": partition,
+                   "durachat.mailbox_depth": mailbox.queue.qsize()},
+            ))
         try:
             mailbox.queue.put_nowait(msg)
         except asyncio.QueueFull:
+            metrics.MAILBOX_OVERLOADED.labels(self.kind.name).inc()
             await self.reply(
                 msg, error_bytes(ErrorCode.OVERLOADED, f"{self.kind.name} {key} is overloaded.")
             )

@@ -46,6 +46,7 @@ from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
+from services.runtime import metrics
 from services.runtime.eventstore import DirectGetError, direct_get
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,8 @@ class PartitionLeases:
         self._failures = 0
         self._failing_since: float | None = None
         self.stats = LeaseStats()
+        metrics.PARTITIONS_OWNED.labels(kind, self.replica_id).set_function(lambda: len(self.held))
+        self._moves = metrics.LEASE_MOVES
 
     # --- public ----------------------------------------------------------------------------
 
@@ -196,6 +199,7 @@ class PartitionLeases:
         async with self._lock:
             if partition in self.held and not self.valid(partition):  # not claimed again since
                 del self.held[partition]
+                self._moves.labels(self.kind, "lapsed").inc()
                 log.warning("%s: lease on partition %d lapsed; stepping down", self.replica_id, partition)
                 await self.on_released(partition)
 
@@ -310,6 +314,7 @@ class PartitionLeases:
                 await self._guarded(self._recover(f"lease bucket missing ({exc!r})", recreate=False))
             except (TimeoutError, nats.errors.Error) as exc:
                 self._failures += 1
+                metrics.LEASE_RENEW_FAILURES.labels(self.kind).inc()
                 now = time.monotonic()
                 self._failing_since = self._failing_since or now
                 log.warning("%s: lease cycle failed (%r); retrying", self.replica_id, exc)
@@ -377,6 +382,7 @@ class PartitionLeases:
         if self._member_revision is None:
             self._membership += 1  # the first heartbeat of a membership
         self._member_revision = revision
+        metrics.LEASE_RENEW_SECONDS.labels(self.kind).observe(time.monotonic() - sent)
         self._deadline = sent + self.ttl
         self._heartbeat_due = sent + self.renew_every
         if self._unseen is None:
@@ -397,6 +403,7 @@ class PartitionLeases:
         if again:
             log.info("%s: claimed partition %d again (token %d)", self.replica_id, partition, revision)
             return
+        self._moves.labels(self.kind, "acquired").inc()
         log.info("%s: owns partition %d (token %d)", self.replica_id, partition, revision)
         await self.on_acquired(partition)
 
@@ -418,10 +425,12 @@ class PartitionLeases:
             await self._bucket().delete(PARTITIONS + str(partition), last=lease.revision)
         except (nats.errors.Error, TimeoutError):
             pass  # taken meanwhile; nothing to release
+        self._moves.labels(self.kind, "handed_over").inc()
         log.info("%s: handed partition %d over", self.replica_id, partition)
 
     async def _step_down(self, partition: int) -> None:
         if self.held.pop(partition, None) is not None:
+            self._moves.labels(self.kind, "stepped_down").inc()
             log.warning("%s: lost partition %d; stepping down", self.replica_id, partition)
             await self.on_released(partition)
 

@@ -28,10 +28,13 @@ from nats.aio.client import Client as NATS
 from nats.micro.service import Service as MicroService
 from pydantic import Field
 
+from services.runtime import logs, metrics, tracing
+from services.runtime.admin import AdminResponder
 from services.runtime.alarms import AlarmRunner
 from services.runtime.host import ObjectHost
 from services.runtime.kind import SYSTEM_CLOCK, Clock, ObjectKind
 from services.runtime.leases import PartitionLeases, new_replica_id
+from services.runtime.metrics import serve_metrics
 from services.runtime.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
@@ -208,33 +211,42 @@ async def running_service(
     clock: Clock = SYSTEM_CLOCK,
     lease: bool = True,
     nc: NATS | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> AsyncIterator[RunningService]:
     """`service` built and running in this process until the block ends.
 
     With `lease=False` (tests) it owns every partition at once, without leases: no other
-    replica of the service may run against the same server."""
+    replica of the service may run against the same server. `metadata` goes into its
+    `$SRV.INFO` (e.g. where it serves metrics)."""
     own_connection = nc is None
     nc = nc or await connect(settings, f"durachat-{service.name}")
     try:
         parts = await service.build(nc, settings, clock)
         running = RunningService(nc, settings, clock, lease)
+        metrics.watch_connection(nc)
+        logs.set_replica(running.replica_id)
         micro: MicroService | None = None
+        admin = AdminResponder(nc, running.replica_id, running.kinds)
         try:
             await running.start(parts.hostings)
+            await admin.start()  # read-only views of its objects (durachat-replay objects)
             micro = await announce(
-                nc, service.name, replica=running.replica_id, kinds=",".join(running.kinds)
+                nc, service.name, replica=running.replica_id, kinds=",".join(running.kinds),
+                **(metadata or {}),
             )
             log.info("%s replica %s is up", service.name, running.replica_id)
             yield running
         finally:
             if micro is not None:
                 await micro.stop()
+            await admin.stop()
             log.info("%s service stopping: handing partitions over", service.name)
             for stop in parts.stopping:
                 await stop()
             await running.stop()
             for close in parts.closing:
                 await close()
+            metrics.unwatch_connection(nc)
     finally:
         if own_connection:
             # Flush and close rather than drain: a drain waited forever on the lease
@@ -249,15 +261,20 @@ async def serve(service: ObjectService[T], settings: T) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    async with running_service(service, settings):
-        await stopping.wait()
+    url = serve_metrics(service.name)
+    tracing.setup(service.name)  # only with an OTLP endpoint configured
+    try:
+        async with running_service(service, settings, metadata={"metrics": url} if url else None):
+            await stopping.wait()
+    finally:
+        tracing.shutdown()  # exports the spans still queued
 
 
-def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+def configure_logging(name: str = "") -> None:
+    logs.configure(name)  # JSON lines off a terminal (services/runtime/logs.py)
 
 
 def run(service: ObjectService[Any]) -> None:
     """The process entry point of an object service."""
-    configure_logging()
+    configure_logging(service.name)
     uvloop.run(serve(service, service.settings()))  # as the gateway runs under uvicorn

@@ -1,0 +1,164 @@
+"""durachat benchmark: what observability costs on the chat path, A/B in one command.
+
+    python -m bench.observe_bench            # 3 modes x 2 rounds, ~2 min
+    python -m bench.observe_bench --quick    # 3 modes x 1 round, short phases
+    python -m bench.observe_bench --json out.json
+
+Modes, each on a fresh LocalSystem (processes on free ports, temp dir), in alternating
+rounds (A B C A B C) so that drift in the machine's load spreads over all of them:
+
+- off:     DURACHAT_METRICS=off (every metric a no-op), no tracing;
+- metrics: the default (prometheus-client metrics recorded; /metrics served);
+- traces:  metrics + traces, every process exporting OTLP/HTTP to a collector in this
+           process (bench/otlp_sink.py), with the SDK's batch processor.
+
+Each run is chat_bench's latency phase: one sender at --rate messages/s into a room with
+--listeners sockets, end-to-end latency per delivered frame, and the CPU of the gateway,
+room, ratelimit and projector processes per message sent (core-µs per message).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import secrets
+import sys
+
+from bench import chat_bench
+from bench.measure import BenchRun, arguments, fmt, table, wait_quiet
+from bench.otlp_sink import OtlpSink
+
+MODES = ("off", "metrics", "traces")
+SERVICES = ("gateway", "room", "ratelimit", "projector")
+TARGET_CPU_OVERHEAD = 0.05  # metrics: at most 5% more CPU per message than off
+
+
+def parse_args(argv: list[str] | None):
+    p = arguments("bench.observe_bench", __doc__, quick="one round, 3 s phases")
+    p.add_argument("--rounds", type=int, help="rounds of the three modes (default 2, quick 1)")
+    p.add_argument("--duration", type=float, help="seconds measured per run (default 8, quick 3)")
+    p.add_argument("--warmup", type=float, help="seconds of warm-up (default 1, quick 0.5)")
+    p.add_argument("--rate", type=float, default=200.0, help="messages/s sent by the one sender")
+    p.add_argument("--listeners", type=int, default=20, help="listener sockets in the room")
+    p.add_argument("--partitions", type=int, default=16)
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of off,metrics,traces")
+    args = p.parse_args(argv)
+    args.rounds = args.rounds or (1 if args.quick else 2)
+    args.duration = args.duration or (3.0 if args.quick else 8.0)
+    args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
+    args.modes = [m for m in args.modes.split(",") if m]
+    # what chat_bench.latency_run reads
+    args.latency_procs = 1
+    return args
+
+
+def mode_env(mode: str, sink: OtlpSink) -> dict[str, str]:
+    env = {"DURACHAT_RATE_INTERVAL": "0.000001", "DURACHAT_MAX_SOCKETS_PER_IP": "100000"}
+    if mode == "off":
+        env["DURACHAT_METRICS"] = "off"
+    if mode == "traces":
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.endpoint
+    return env
+
+
+def one_run(run: BenchRun, args, mode: str, sink: OtlpSink, index: int) -> dict:
+    from services.localsystem import LocalSystem
+
+    system = LocalSystem(run.tmp / f"{mode}-{index}", partitions=args.partitions,
+                         extra_env=mode_env(mode, sink))
+    run.on_exit(system.stop, logs=system.logs)
+    system.start()
+    spans_before = sink.count
+    try:
+        pids = {"gateway": system.gateway.pid, "room": system.rooms[0].pid,
+                "ratelimit": system.ratelimit.pid, "projector": system.projector.pid,
+                "nats": system.nats.process.pid}
+        base = {
+            "host": system.host, "port": system.port, "pids": pids, "compression": "none",
+            "uvloop": True, "connect_concurrency": 50, "open_timeout": 30.0,
+            "barrier_timeout": 120.0, "drain_timeout": 10.0,
+        }
+        wait_quiet([pids["gateway"], pids["room"]])
+        result = chat_bench.latency_run(base, args, args.listeners, f"o{secrets.token_hex(3)}")
+    finally:
+        system.stop()  # the processes flush the spans they still hold as they stop
+    cpu = result["cpu_percent"]
+    core_seconds = {name: cpu.get(name, 0.0) / 100 * args.duration for name in SERVICES}
+    sent_in_window = max(1, round(args.rate * args.duration))
+    per_message_us = {n: 1e6 * s / sent_in_window for n, s in core_seconds.items()}
+    return {
+        "mode": mode,
+        "latency_ms": result["latency_ms"],
+        "lost": result["lost"],
+        "cpu_percent": {n: cpu.get(n) for n in (*SERVICES, "nats", "machine")},
+        "cpu_us_per_message": per_message_us,
+        "cpu_us_per_message_total": sum(per_message_us.values()),
+        # every span of the run (startup, joins and warm-up included)
+        "spans_exported": sink.count - spans_before,
+        "sent": result["sent"],
+    }
+
+
+def summarize(runs: list[dict]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for mode in MODES:
+        mine = [r for r in runs if r["mode"] == mode]
+        if not mine:
+            continue
+        out[mode] = {
+            "cpu_us_per_message": sum(r["cpu_us_per_message_total"] for r in mine) / len(mine),
+            "p50_ms": sum(r["latency_ms"]["p50"] for r in mine) / len(mine),
+            "p99_ms": sum(r["latency_ms"]["p99"] for r in mine) / len(mine),
+            "p99_ms_runs": [r["latency_ms"]["p99"] for r in mine],
+            "lost": sum(r["lost"] for r in mine),
+            # warm-up and joins included: an upper bound of the spans one message costs
+            "spans_per_message": sum(r["spans_exported"] for r in mine) / max(1, sum(r["sent"] for r in mine)),
+        }
+    base = out.get("off")
+    for figures in out.values():
+        if base:
+            figures["cpu_overhead"] = figures["cpu_us_per_message"] / base["cpu_us_per_message"] - 1
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    with BenchRun(args, "durachat-observe-bench-", {"metrics_cpu_overhead": TARGET_CPU_OVERHEAD}) as run, \
+            OtlpSink(keep=False) as sink:
+        print(f"durachat observability overhead: {os.cpu_count()} CPUs, Python "
+              f"{platform.python_version()}; {args.rate:g} msg/s into a room of {args.listeners} "
+              f"listeners, {args.duration:g} s per run, {args.rounds} round(s) of {', '.join(args.modes)}",
+              flush=True)
+        runs = []
+        for index in range(args.rounds):
+            for mode in args.modes:
+                r = one_run(run, args, mode, sink, index)
+                runs.append(r)
+                print(f"  round {index + 1} {mode:8} cpu/msg {r['cpu_us_per_message_total']:7.1f} core-µs "
+                      f"p50 {fmt(r['latency_ms']['p50'])} ms p99 {fmt(r['latency_ms']['p99'])} ms "
+                      f"lost {r['lost']} spans {r['spans_exported']}", flush=True)
+        summary = summarize(runs)
+        run.report["runs"] = runs
+        run.report["summary"] = summary
+        rows = []
+        for mode, s in summary.items():
+            rows.append([mode, f"{s['cpu_us_per_message']:.1f}",
+                         f"{100 * s.get('cpu_overhead', 0):+.1f}%", fmt(s["p50_ms"]), fmt(s["p99_ms"]),
+                         " ".join(fmt(v) for v in s["p99_ms_runs"]), str(s["lost"]),
+                         f"{s['spans_per_message']:.1f}"])
+        print()
+        print(table(rows, ["mode", "core-µs/msg", "vs off", "p50 ms", "p99 ms", "p99 per run",
+                           "lost", "spans/msg"]))
+        if "metrics" in summary and "off" in summary:
+            overhead = summary["metrics"]["cpu_overhead"]
+            verdict = "meets" if overhead <= TARGET_CPU_OVERHEAD else "misses"
+            print(f"\nmetrics: {100 * overhead:+.1f}% CPU per message ({verdict} the ≤ "
+                  f"{100 * TARGET_CPU_OVERHEAD:.0f}% target; figures are noisy on a shared machine)")
+        if "traces" in summary and "off" in summary:
+            print(f"traces: {100 * summary['traces']['cpu_overhead']:+.1f}% CPU per message, "
+                  f"p99 {fmt(summary['traces']['p99_ms'])} ms vs {fmt(summary['off']['p99_ms'])} ms off")
+    return run.status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
