@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -276,8 +277,22 @@ def project_commit(
     conn: sqlite3.Connection, stream: str, subject: str, sequence: int, data: bytes
 ) -> int:
     """Apply one stored commit of the room stream; returns how many events were dead-lettered."""
+    return project_object_commit(
+        conn, stream, subject, sequence, data, room_of, apply_room_event,
+        (UnknownEvent, ValidationError, ValueError, TypeError, KeyError),
+    )
+
+
+def project_object_commit(
+    conn: sqlite3.Connection, stream: str, subject: str, sequence: int, data: bytes,
+    key_of: Callable[[str], str], apply: Callable[[sqlite3.Connection, str, Any], None],
+    refused: tuple[type[Exception], ...],
+) -> int:
+    """Apply one stored commit of an object (its key read from the subject by `key_of`)
+    event by event with `apply`; a commit that cannot be read, or an event `apply` refuses
+    with one of `refused`, is dead-lettered. Returns how many were."""
     try:
-        room = room_of(subject)
+        key = key_of(subject)
         events = decode_commit(data)
     except (CommitUnreadable, InvalidKey, IndexError) as exc:
         dead_letter(conn, stream, sequence, -1, subject, str(exc), data)
@@ -287,8 +302,8 @@ def project_commit(
         try:
             if isinstance(event, Exception):
                 raise event
-            apply_room_event(conn, room, event)
-        except (UnknownEvent, ValidationError, ValueError, TypeError, KeyError) as exc:
+            apply(conn, key, event)
+        except refused as exc:
             dead_letter(conn, stream, sequence, index, subject, f"{type(exc).__name__}: {exc}", data)
             failed += 1
     return failed

@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from contracts.keys import InvalidKey, key_from_token
-from services.readstore.projection import CommitUnreadable, StoredEvent, dead_letter, decode_commit
+from contracts.keys import key_from_token
+from services.readstore.projection import StoredEvent, project_object_commit
 
 UPLOAD_STREAM = "EVT_UPLOAD"
 STATES = {"Rejected": "rejected", "Expired": "expired", "Deleted": "deleted"}
@@ -71,19 +71,7 @@ def project_upload_commit(
     conn: sqlite3.Connection, stream: str, subject: str, sequence: int, data: bytes
 ) -> int:
     """Apply one stored commit of an upload; returns how many events were dead-lettered."""
-    try:
-        upload_id = key_from_token(subject.rsplit(".", 1)[1])
-        events = decode_commit(data)
-    except (CommitUnreadable, InvalidKey, IndexError) as exc:
-        dead_letter(conn, stream, sequence, -1, subject, str(exc), data)
-        return 1
-    failed = 0
-    for index, event in enumerate(events):
-        try:
-            if isinstance(event, Exception):
-                raise event
-            apply_upload_event(conn, upload_id, event)
-        except (UnknownUploadEvent, ValueError, TypeError, KeyError) as exc:
-            dead_letter(conn, stream, sequence, index, subject, f"{type(exc).__name__}: {exc}", data)
-            failed += 1
-    return failed
+    return project_object_commit(
+        conn, stream, subject, sequence, data, lambda s: key_from_token(s.rsplit(".", 1)[1]),
+        apply_upload_event, (UnknownUploadEvent, ValueError, TypeError, KeyError),
+    )
