@@ -1,12 +1,16 @@
 """Third-party tus 1.0 clients work unchanged against `/api/uploads`: tuspy (the tus project's
 Python client), with its checksum option and its URL storage resuming an upload after the
-process that started it went away."""
+process that started it went away; and tus-js-client (what Uppy uses) under Node, from npm
+outside the repo (`.ci/run` installs it), stopped after a chunk and resumed by URL."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,3 +90,31 @@ def test_tuspy_resumes_from_its_stored_url_in_a_new_process(system: LocalSystem,
     assert sent == [PIECE_SIZE, 2 * PIECE_SIZE]
     got = read_back(system, url)
     assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+
+
+TUS_JS = Path(os.environ.get("DURACHAT_TUS_JS_DIR", Path.home() / ".cache/durachat/tusjs")) / "node_modules"
+TUS_JS_SCRIPT = Path(__file__).parent / "clients" / "tus_js_upload.js"
+
+
+@pytest.mark.skipif(
+    shutil.which("node") is None or not (TUS_JS / "tus-js-client").is_dir(),
+    reason="tus-js-client (npm, installed outside the repo: `npm install --prefix "
+           "~/.cache/durachat/tusjs tus-js-client@4.3.1`, as .ci/run does; or DURACHAT_TUS_JS_DIR) "
+           "or node is not here",
+)
+def test_tus_js_client_uploads_and_resumes_by_url(system: LocalSystem, tmp_path: Path) -> None:
+    """tus-js-client (what Uppy uses) in Node: stopped after its first chunk, then resumed by a
+    second upload given the first one's URL, which asks the server's offset with HEAD."""
+    data = png(2 * PIECE_SIZE + 5)
+    path = tmp_path / "clip.png"
+    path.write_bytes(data)
+    done = subprocess.run(
+        ["node", str(TUS_JS_SCRIPT), system.base_url + "/api/uploads", str(path), str(PIECE_SIZE)],
+        env={**os.environ, "NODE_PATH": str(TUS_JS)}, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["first"]["ended"] == [PIECE_SIZE]
+    assert report["second"]["url"] == report["first"]["url"]
+    assert report["second"]["ended"] == [2 * PIECE_SIZE, len(data)]
+    assert read_back(system, report["second"]["url"]) == data
