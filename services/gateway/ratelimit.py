@@ -62,7 +62,9 @@ class IpRateLimiter:
 
     async def charge(self, address: str) -> float:
         """Charge one frame from `address`; the cooldown its limiter announced."""
+        started = time.perf_counter()
         reply = await self.limiters.send_once(address, ChargeFrame(), self.timeout)
+        metrics.RATELIMIT_CHARGE_SECONDS.observe(time.perf_counter() - started)
         if isinstance(reply, RateDecision):
             return reply.cooldown
         metrics.RATELIMIT_FALLBACK.inc()

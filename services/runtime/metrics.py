@@ -129,6 +129,11 @@ RATELIMIT_REFUSALS = Counter(
 QUOTA_REFUSALS = Counter(
     "durachat_quota_refusals_total", "AI requests refused by a user's quota", ["period", "unit"]
 )
+RATELIMIT_CHARGE_SECONDS = Histogram(
+    "durachat_ratelimit_charge_seconds",
+    "Round trip of one frame's charge to the ratelimit service (the demo gate is shut meanwhile)",
+    buckets=FAST,
+)
 RATELIMIT_FALLBACK = Counter(
     "durachat_ratelimit_fallback_total", "Decisions the gateway made itself (service silent)"
 )
