@@ -27,7 +27,7 @@ from nats.aio.client import Client as NATS
 from contracts.common import ErrorCode
 from contracts.ratelimit import ChargeFrame, LimiterClient, RateDecision
 from services.ratelimit.domainmodel import Limiter
-from services.runtime import metrics
+from services.runtime import metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,9 @@ class SocketLimit:
         return self.gate.retry_after(now)
 
     def _start(self, asked_at: float) -> None:
-        self._charging = asyncio.create_task(self._charge(asked_at))
+        # A trace of its own: the socket's connection span lives for hours and must not
+        # collect a span per frame (services/runtime/tracing.py).
+        self._charging = asyncio.create_task(self._charge(asked_at), context=tracing.detached())
 
     async def _charge(self, asked_at: float) -> None:
         try:
