@@ -66,8 +66,10 @@ class IpRateLimiter:
         reply = await self.limiters.send_once(address, ChargeFrame(), self.timeout)
         metrics.RATELIMIT_CHARGE_SECONDS.observe(time.perf_counter() - started)
         if isinstance(reply, RateDecision):
+            metrics.RATELIMIT_FALLBACK_ACTIVE.set(0)
             return reply.cooldown
         metrics.RATELIMIT_FALLBACK.inc()
+        metrics.RATELIMIT_FALLBACK_ACTIVE.set(1)
         if reply.code == ErrorCode.UNAVAILABLE:  # no answer in time, or no owner
             log.debug("ratelimit service did not answer for %s; charging locally", address)
         else:
@@ -128,6 +130,7 @@ class SocketLimit:
             # the charge is off the frame's path, as in the demo.
             asyncio.get_running_loop().call_soon(self._start, now)
             return None
+        metrics.RATELIMIT_REFUSALS.labels("in_flight" if self.gate.awaiting else "cooldown").inc()
         return self.gate.retry_after(now)
 
     def _start(self, asked_at: float) -> None:
