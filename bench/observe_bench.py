@@ -86,15 +86,18 @@ def charge_round_trips(url: str) -> dict | None:
         text = urllib.request.urlopen(url, timeout=5).read().decode()
     except OSError:
         return None
+    found: dict = {}
     for family in text_string_to_metric_families(text):
         if family.name == "durachat_ratelimit_charge_seconds":
             buckets = {s.labels["le"]: s.value for s in family.samples if s.name.endswith("_bucket")}
             total = buckets.get("+Inf", 0.0)
-            if not total:
-                return None
-            return {"charges": int(total), "over_5ms": int(total - buckets["0.005"]),
-                    "over_10ms": int(total - buckets["0.01"])}
-    return None
+            if total:
+                found |= {"charges": int(total), "over_5ms": int(total - buckets["0.005"]),
+                          "over_10ms": int(total - buckets["0.01"])}
+        if family.name == "durachat_ratelimit_refusals":
+            found["refusals"] = {s.labels["source"]: int(s.value) for s in family.samples
+                                 if s.name.endswith("_total")}
+    return found or None
 
 
 def one_run(run: BenchRun, args, mode: str, sink: OtlpSink, index: int) -> dict:
@@ -155,8 +158,9 @@ def explain(r: dict) -> str:
     return (f"lost {r['lost']} (= {r['not_accepted']} msgs refused x listeners "
             f"{r['not_accepted_deliveries']} + accepted-not-delivered {r['lost_accepted']}; "
             f"error frames: {kinds}; late {r['late']}, closed {r['closed_early']})"
-            + (f" charges >5ms {r['charges']['over_5ms']}/{r['charges']['charges']}"
-               f" >10ms {r['charges']['over_10ms']}" if r.get("charges") else ""))
+            + (f" charges >5ms {r['charges'].get('over_5ms')}/{r['charges'].get('charges')}"
+               f" >10ms {r['charges'].get('over_10ms')}; gateway refusals by source "
+               f"{r['charges'].get('refusals')}" if r.get("charges") else ""))
 
 
 def spread(values: list[float]) -> str:
