@@ -132,6 +132,14 @@ def latency_run(base: dict, args, listeners: int, room: str) -> dict:
     # process 0 measured itself over the send window; the others over barrier-to-end
     load_cpu = head["server_cpu"]["load"] + sum(r["load_cpu"] for r in results[1:])
     health = [r["health"] for r in results]
+    # Why deliveries are short of sent x listeners: messages the room never took (refused at
+    # the gateway: error frames to the sender), or taken and not delivered to a listener.
+    echoed = set(head.get("echoed", ()))
+    lost_accepted = sum(len(echoed - set(seen)) for r in results for seen in r.get("seen", ()))
+    error_kinds: dict[str, int] = {}
+    for h in health:
+        for kind, n in h.get("error_kinds", {}).items():
+            error_kinds[kind] = error_kinds.get(kind, 0) + n
     return {
         "listeners": listeners,
         "load_processes": procs,
@@ -141,6 +149,12 @@ def latency_run(base: dict, args, listeners: int, room: str) -> dict:
         "expected": expected,
         "delivered": delivered,
         "lost": expected - delivered,
+        "not_accepted": head.get("not_accepted", 0),
+        "not_accepted_deliveries": head.get("not_accepted", 0) * listeners,
+        "lost_accepted": lost_accepted,
+        "late": sum(r.get("late", 0) for r in results),
+        "listeners_not_drained": sum(r["listeners"] for r in results) + 1
+                                 - sum(r.get("ended", 0) + r.get("ended_late", 0) for r in results),
         "duplicates": sum(r["duplicates"] for r in results),
         "latency_ms": percentiles(lat, 1e6),
         "sender_echo_ms": percentiles(ns(head["echo_ns"]), 1e6),
@@ -154,6 +168,7 @@ def latency_run(base: dict, args, listeners: int, room: str) -> dict:
         "frames_per_s_into_load": (delivered + head["sent"]) / args.duration,
         "cpu_percent": head["server_cpu"] | {"load": load_cpu},
         "error_frames": sum(h["error_frames"] for h in health),
+        "error_kinds": error_kinds,
         "first_error": next((h["first_error"] for h in health if h["first_error"]), None),
         "closed_early": sum(h["closed_early"] for h in health),
         "deflate": all(h["deflate"] for h in health),

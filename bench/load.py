@@ -57,6 +57,7 @@ class Socket(asyncio.Protocol):
         self.texts = 0
         self.errors = 0
         self.first_error: bytes | None = None
+        self.error_kinds: dict[str, int] = {}  # error_kind() -> count
         self.deflate = False
         self.named = True
 
@@ -107,6 +108,8 @@ class Socket(asyncio.Protocol):
             self.texts += 1
             if data.startswith(ERROR_PREFIX):
                 self.errors += 1
+                kind = error_kind(data)
+                self.error_kinds[kind] = self.error_kinds.get(kind, 0) + 1
                 if self.first_error is None:
                     self.first_error = data
                 if not self.ready.done():
@@ -147,6 +150,16 @@ class Socket(asyncio.Protocol):
         except TimeoutError:
             if self.transport is not None:
                 self.transport.abort()
+
+
+def error_kind(data: bytes) -> str:
+    """Which refusal an error frame is: `ratelimited` (the demo gate or the IP limiter),
+    `overloaded` (DURACHAT_MAX_UNANSWERED_FRAMES) or `other`."""
+    if b"rate-limited" in data:
+        return "ratelimited"
+    if b"Too many frames waiting" in data:
+        return "overloaded"
+    return "other"
 
 
 def _done(future: asyncio.Future) -> None:
@@ -214,8 +227,13 @@ async def close_all(sockets: list[Socket], timeout: float = 10.0) -> None:
 def socket_health(sockets: list[Socket]) -> dict:
     errors = sum(s.errors for s in sockets)
     first = next((s.first_error for s in sockets if s.first_error), None)
+    kinds: dict[str, int] = {}
+    for s in sockets:
+        for kind, n in s.error_kinds.items():
+            kinds[kind] = kinds.get(kind, 0) + n
     return {
         "error_frames": errors,
+        "error_kinds": kinds,
         "first_error": first.decode(errors="replace")[:200] if first else None,
         "closed_early": sum(1 for s in sockets if not s.open),
         "deflate": all(s.deflate for s in sockets) if sockets else False,
@@ -316,50 +334,74 @@ async def latency(cfg: dict, index: int, procs: int, barrier) -> dict:
             1 for seq, t in enumerate(sent_at) if t - (t0 + seq * period) > 0.002
         )
     # Drain: every listener sees "end" (each socket gets frames in room order), or give up.
+    # Past that deadline, up to cfg["late_timeout"] more seconds: what still arrives is late
+    # (delivered, counted apart), so a shortfall says whether it is lateness or loss.
     deadline = cfg["drain_timeout"] + (0 if sender is not None else warmup + duration)
     waiting = ended + ([sender_end] if sender is not None else [])
     _, pending = await asyncio.wait(waiting, timeout=deadline)
     out["ended"] = len(waiting) - len(pending)
+    drained_ns = now_ns()
+    if pending and cfg.get("late_timeout"):
+        _, pending = await asyncio.wait(pending, timeout=cfg["late_timeout"])
+    out["ended_late"] = len(waiting) - len(pending) - out["ended"]
     out["load_cpu"] = own.stop()["load"]
     out["health"] = socket_health(sockets + ([sender] if sender else []))
     await close_all(sockets + ([sender] if sender else []))
 
     # Parse after the run: only the sender's messages past the warm-up count.
     prefix = b'{"name":"sender","message":"'
+
+    def measured_seq(data: bytes) -> tuple[int, int] | None:
+        """(seq past the warm-up, send time) of a message of the sender's, else None."""
+        if not data.startswith(prefix):
+            return None
+        text = json.loads(data)["message"]
+        if text == "end":
+            return None
+        seq_s, sent_ns = text.split(":")
+        seq = int(seq_s)
+        return None if seq < warm else (seq, int(sent_ns))
+
     lat = array("q")
     seqs = array("q")
-    delivered = duplicates = frames = 0
+    delivered = duplicates = frames = late = 0
+    seen_by: list[set[int]] = []
     for rec in records:
-        seen = set()
+        seen: set[int] = set()
         frames += len(rec)
         for rx, data in rec:
-            if not data.startswith(prefix):
+            got = measured_seq(data)
+            if got is None:
                 continue
-            text = json.loads(data)["message"]
-            if text == "end":
-                continue
-            seq_s, sent_ns = text.split(":")
-            seq = int(seq_s)
-            if seq < warm:
-                continue
+            seq, sent_ns = got
             if seq in seen:
                 duplicates += 1
                 continue
             seen.add(seq)
-            lat.append(rx - int(sent_ns))
+            late += rx > drained_ns
+            lat.append(rx - sent_ns)
             seqs.append(seq - warm)
         delivered += len(seen)
-    out.update(delivered=delivered, duplicates=duplicates, frames_received=frames)
+        seen_by.append(seen)
+    out.update(delivered=delivered, duplicates=duplicates, frames_received=frames, late=late)
     out["latency_ns"] = lat.tobytes()
     out["seq"] = seqs.tobytes()
     if sender is not None:
         echo = array("q")
+        echoed: set[int] = set()
         for rx, data in sender_rec:
-            if data.startswith(prefix):
-                text = json.loads(data)["message"]
-                if text != "end" and int(text.split(":")[0]) >= warm:
-                    echo.append(rx - int(text.split(":")[1]))
+            got = measured_seq(data)
+            if got is not None:
+                echo.append(rx - got[1])
+                echoed.add(got[0])
         out["echo_ns"] = echo.tobytes()
+        # The room took exactly the messages echoed to their sender (the sender's own socket
+        # gets every broadcast in order); the rest were refused (error frames) or lost on the
+        # sender's side of the path.
+        out["accepted"] = len(echoed)
+        out["not_accepted"] = out["sent"] - len(echoed)
+        out["echoed"] = sorted(echoed)
+    out["seen"] = [sorted(seen) for seen in seen_by]
     return out
 
 

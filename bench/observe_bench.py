@@ -28,7 +28,9 @@ from bench import chat_bench
 from bench.measure import BenchRun, arguments, fmt, table, wait_quiet
 from bench.otlp_sink import OtlpSink
 
-MODES = ("off", "metrics", "traces")
+MODES = ("off", "metrics", "traces", "sampled")
+DEFAULT_MODES = ("off", "metrics", "traces")
+SAMPLE_RATIO = "0.1"  # mode "sampled": parentbased_traceidratio, one trace in ten
 SERVICES = ("gateway", "room", "ratelimit", "projector")
 TARGET_CPU_OVERHEAD = 0.05  # metrics: at most 5% more CPU per message than off
 
@@ -41,34 +43,72 @@ def parse_args(argv: list[str] | None):
     p.add_argument("--rate", type=float, default=200.0, help="messages/s sent by the one sender")
     p.add_argument("--listeners", type=int, default=20, help="listener sockets in the room")
     p.add_argument("--partitions", type=int, default=16)
-    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of off,metrics,traces")
+    p.add_argument("--modes", default=",".join(DEFAULT_MODES),
+                   help="comma-separated subset of off,metrics,traces,sampled")
+    p.add_argument("--trace-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra environment of the traces/sampled modes (e.g. OTEL_BSP_* settings)")
     args = p.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 2)
     args.duration = args.duration or (3.0 if args.quick else 8.0)
     args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
     args.modes = [m for m in args.modes.split(",") if m]
+    if unknown := set(args.modes) - set(MODES):
+        p.error(f"unknown mode(s): {', '.join(sorted(unknown))}")
     # what chat_bench.latency_run reads
     args.latency_procs = 1
     return args
 
 
-def mode_env(mode: str, sink: OtlpSink) -> dict[str, str]:
+def mode_env(mode: str, sink: OtlpSink, trace_env: list[str] | None = None) -> dict[str, str]:
     env = {"DURACHAT_RATE_INTERVAL": "0.000001", "DURACHAT_MAX_SOCKETS_PER_IP": "100000"}
     if mode == "off":
         env["DURACHAT_METRICS"] = "off"
-    if mode == "traces":
+    if mode in ("traces", "sampled"):
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.endpoint
+        for item in trace_env or ():
+            name, _, value = item.partition("=")
+            env[name] = value
+    if mode == "sampled":
+        env["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
+        env["OTEL_TRACES_SAMPLER_ARG"] = SAMPLE_RATIO
     return env
+
+
+def charge_round_trips(url: str) -> dict | None:
+    """The gateway's limiter charges so far: count, and how many took over 5 ms (the sender's
+    period at 200 msg/s: a frame arriving while its predecessor's charge is in flight is
+    refused by the demo gate). None when metrics are off."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+    except OSError:
+        return None
+    found: dict = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "durachat_ratelimit_charge_seconds":
+            buckets = {s.labels["le"]: s.value for s in family.samples if s.name.endswith("_bucket")}
+            total = buckets.get("+Inf", 0.0)
+            if total:
+                found |= {"charges": int(total), "over_5ms": int(total - buckets["0.005"]),
+                          "over_10ms": int(total - buckets["0.01"])}
+        if family.name == "durachat_ratelimit_refusals":
+            found["refusals"] = {s.labels["source"]: int(s.value) for s in family.samples
+                                 if s.name.endswith("_total")}
+    return found or None
 
 
 def one_run(run: BenchRun, args, mode: str, sink: OtlpSink, index: int) -> dict:
     from services.localsystem import LocalSystem
 
     system = LocalSystem(run.tmp / f"{mode}-{index}", partitions=args.partitions,
-                         extra_env=mode_env(mode, sink))
+                         extra_env=mode_env(mode, sink, args.trace_env))
     run.on_exit(system.stop, logs=system.logs)
     system.start()
     spans_before = sink.count
+    names_before = sink.names.copy()
     try:
         pids = {"gateway": system.gateway.pid, "room": system.rooms[0].pid,
                 "ratelimit": system.ratelimit.pid, "projector": system.projector.pid,
@@ -76,10 +116,11 @@ def one_run(run: BenchRun, args, mode: str, sink: OtlpSink, index: int) -> dict:
         base = {
             "host": system.host, "port": system.port, "pids": pids, "compression": "none",
             "uvloop": True, "connect_concurrency": 50, "open_timeout": 30.0,
-            "barrier_timeout": 120.0, "drain_timeout": 10.0,
+            "barrier_timeout": 120.0, "drain_timeout": 10.0, "late_timeout": 30.0,
         }
         wait_quiet([pids["gateway"], pids["room"]])
         result = chat_bench.latency_run(base, args, args.listeners, f"o{secrets.token_hex(3)}")
+        charges = charge_round_trips(f"{system.base_url}/metrics") if mode != "off" else None
     finally:
         system.stop()  # the processes flush the spans they still hold as they stop
     cpu = result["cpu_percent"]
@@ -90,13 +131,41 @@ def one_run(run: BenchRun, args, mode: str, sink: OtlpSink, index: int) -> dict:
         "mode": mode,
         "latency_ms": result["latency_ms"],
         "lost": result["lost"],
+        # the shortfall, explained: lost = not_accepted_deliveries + lost_accepted
+        "not_accepted": result["not_accepted"],
+        "not_accepted_deliveries": result["not_accepted_deliveries"],
+        "lost_accepted": result["lost_accepted"],
+        "late": result["late"],
+        "listeners_not_drained": result["listeners_not_drained"],
+        "error_frames": result["error_frames"],
+        "error_kinds": result["error_kinds"],
+        "first_error": result["first_error"],
+        "closed_early": result["closed_early"],
         "cpu_percent": {n: cpu.get(n) for n in (*SERVICES, "nats", "machine")},
         "cpu_us_per_message": per_message_us,
         "cpu_us_per_message_total": sum(per_message_us.values()),
         # every span of the run (startup, joins and warm-up included)
         "spans_exported": sink.count - spans_before,
+        "spans_by_name": {f"{svc} {name}": n for (svc, name), n in (sink.names - names_before).items()},
         "sent": result["sent"],
+        "charges": charges,
     }
+
+
+def explain(r: dict) -> str:
+    """Where the deliveries short of sent x listeners went."""
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(r["error_kinds"].items())) or "none"
+    return (f"lost {r['lost']} (= {r['not_accepted']} msgs refused x listeners "
+            f"{r['not_accepted_deliveries']} + accepted-not-delivered {r['lost_accepted']}; "
+            f"error frames: {kinds}; late {r['late']}, closed {r['closed_early']})"
+            + (f" charges >5ms {r['charges'].get('over_5ms')}/{r['charges'].get('charges')}"
+               f" >10ms {r['charges'].get('over_10ms')}; gateway refusals by source "
+               f"{r['charges'].get('refusals')}" if r.get("charges") else ""))
+
+
+def spread(values: list[float]) -> str:
+    """`mean [min–max]` of the runs of one mode."""
+    return f"{sum(values) / len(values):.1f} [{min(values):.1f}–{max(values):.1f}]"
 
 
 def summarize(runs: list[dict]) -> dict[str, dict]:
@@ -107,10 +176,17 @@ def summarize(runs: list[dict]) -> dict[str, dict]:
             continue
         out[mode] = {
             "cpu_us_per_message": sum(r["cpu_us_per_message_total"] for r in mine) / len(mine),
+            "cpu_us_per_message_runs": [r["cpu_us_per_message_total"] for r in mine],
             "p50_ms": sum(r["latency_ms"]["p50"] for r in mine) / len(mine),
             "p99_ms": sum(r["latency_ms"]["p99"] for r in mine) / len(mine),
             "p99_ms_runs": [r["latency_ms"]["p99"] for r in mine],
-            "lost": sum(r["lost"] for r in mine),
+            "machine_percent_runs": [r["cpu_percent"]["machine"] for r in mine],
+            # deliveries short of sent x listeners, and why
+            "short": sum(r["lost"] for r in mine),
+            "refused_messages": sum(r["not_accepted"] for r in mine),
+            "lost": sum(r["lost_accepted"] for r in mine),  # accepted, never delivered
+            "late": sum(r["late"] for r in mine),
+            "closed": sum(r["closed_early"] for r in mine),
             # warm-up and joins included: an upper bound of the spans one message costs
             "spans_per_message": sum(r["spans_exported"] for r in mine) / max(1, sum(r["sent"] for r in mine)),
         }
@@ -136,19 +212,25 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(r)
                 print(f"  round {index + 1} {mode:8} cpu/msg {r['cpu_us_per_message_total']:7.1f} core-µs "
                       f"p50 {fmt(r['latency_ms']['p50'])} ms p99 {fmt(r['latency_ms']['p99'])} ms "
-                      f"lost {r['lost']} spans {r['spans_exported']}", flush=True)
+                      f"{explain(r)} spans {r['spans_exported']}", flush=True)
         summary = summarize(runs)
         run.report["runs"] = runs
         run.report["summary"] = summary
         rows = []
         for mode, s in summary.items():
-            rows.append([mode, f"{s['cpu_us_per_message']:.1f}",
-                         f"{100 * s.get('cpu_overhead', 0):+.1f}%", fmt(s["p50_ms"]), fmt(s["p99_ms"]),
-                         " ".join(fmt(v) for v in s["p99_ms_runs"]), str(s["lost"]),
+            rows.append([mode, spread(s["cpu_us_per_message_runs"]),
+                         f"{100 * s.get('cpu_overhead', 0):+.1f}%", fmt(s["p50_ms"]),
+                         spread(s["p99_ms_runs"]), spread(s["machine_percent_runs"]),
+                         f"{s['refused_messages']} / {s['lost']} / {s['late']}",
                          f"{s['spans_per_message']:.1f}"])
         print()
-        print(table(rows, ["mode", "core-µs/msg", "vs off", "p50 ms", "p99 ms", "p99 per run",
-                           "lost", "spans/msg"]))
+        print(table(rows, ["mode", "core-µs/msg mean [min–max]", "vs off", "p50 ms",
+                           "p99 ms mean [min–max]", "machine % [min–max]",
+                           "refused / lost / late", "spans/msg"]))
+        print("refused: messages the gateway's demo gate refused (an error frame to the sender: "
+              "it arrived while the previous frame's limiter charge was in flight); lost: "
+              "accepted (echoed to the sender) but not delivered to a listener; late: delivered "
+              "after the drain")
         if "metrics" in summary and "off" in summary:
             overhead = summary["metrics"]["cpu_overhead"]
             verdict = "meets" if overhead <= TARGET_CPU_OVERHEAD else "misses"

@@ -4,6 +4,7 @@ spans. Tests read them; benchmarks count them (the traces' cost includes real ex
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -38,6 +39,7 @@ class OtlpSink:
         self.keep = keep
         self.spans: list[SpanRecord] = []
         self.count = 0
+        self.names: Counter[tuple[str, str]] = Counter()  # (service, span name) -> spans
         self.lock = threading.Lock()
         sink = self
 
@@ -77,6 +79,7 @@ class OtlpSink:
                     ))
         with self.lock:
             self.count += len(got)
+            self.names.update((s.service, s.name) for s in got)
             if self.keep:
                 self.spans.extend(got)
 

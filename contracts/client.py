@@ -12,6 +12,7 @@ from typing import ClassVar, Generic, TypeVar
 
 import nats.errors
 from nats.aio.client import Client as NATS
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from pydantic import TypeAdapter, ValidationError
 
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 _tracer = trace.get_tracer("durachat")
+# In a context, the span whose sends need no `send` span of their own (it is their sender).
+SENDS_ITSELF = otel_context.create_key("durachat.sends-itself")
 
 
 def tracing() -> bool:
@@ -54,6 +57,15 @@ class ObjectClient(Generic[R]):
         """The object's reply to `command`, retried until `timeout` (the client's default)."""
         if not tracing():
             return await self._send(key, command, timeout)
+        current = trace.get_current_span()
+        if otel_context.get_value(SENDS_ITSELF) is current:
+            # A span that stands for its commands (the gateway's `receive ws.frame`): no
+            # `send` span of its own; the command's name (and a refusal) go on that span.
+            current.set_attribute("durachat.command", type(command).__name__)
+            reply = await self._send(key, command, timeout)
+            if isinstance(reply, ErrorReply):
+                current.set_attribute("durachat.error", str(reply.code))
+            return reply
         with _tracer.start_as_current_span(
             f"send cmd.{self.kind}.{{key}}", kind=trace.SpanKind.PRODUCER,
             attributes={"messaging.system": "nats", "messaging.destination.template":

@@ -31,7 +31,7 @@ from services.context.attachments import attached_files, with_files
 from services.context.provider import Provider, ProviderError, Usage
 from services.context.window import fit_window, generation_for
 from services.ratelimit.client import QuotaRefused, charge_ai_request, charge_ai_tokens
-from services.runtime import metrics, tracing
+from services.runtime import logs, metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,26 @@ class ChunkSender:
             await asyncio.shield(self._task)
 
 
+class QuestionPhase:
+    """A question in `durachat_ai_questions`: `waiting` from its acceptance (quota, window,
+    the room's StartAiReply), `streaming` once the room took its start, until it ends."""
+
+    def __init__(self) -> None:
+        self.state: str | None = "waiting"
+        metrics.AI_QUESTIONS.labels("waiting", logs.replica()).inc()
+
+    def streaming(self) -> None:
+        if self.state == "waiting":
+            metrics.AI_QUESTIONS.labels("waiting", logs.replica()).dec()
+            self.state = "streaming"
+            metrics.AI_QUESTIONS.labels("streaming", logs.replica()).inc()
+
+    def end(self) -> None:
+        if self.state is not None:
+            metrics.AI_QUESTIONS.labels(self.state, logs.replica()).dec()
+            self.state = None
+
+
 class ReplyStreamer:
     """Runs the replies this context service was asked for, each as a task."""
 
@@ -125,18 +145,21 @@ class ReplyStreamer:
         self, user_id: str, ask: Ask, settings: ContextSettings, exchanges: list[Exchange]
     ) -> None:
         metrics.AI_IN_FLIGHT.inc()
+        phase = QuestionPhase()
         try:
-            await self._answer(user_id, ask, settings, exchanges)
+            await self._answer(user_id, ask, settings, exchanges, phase)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("reply %s in room %s failed", ask.reply_id, ask.room)
             await self._fail(ask, "server", "the AI service had an internal error.")
         finally:
+            phase.end()
             metrics.AI_IN_FLIGHT.dec()
 
     async def _answer(
-        self, user_id: str, ask: Ask, settings: ContextSettings, exchanges: list[Exchange]
+        self, user_id: str, ask: Ask, settings: ContextSettings, exchanges: list[Exchange],
+        phase: QuestionPhase,
     ) -> None:
         provider = self.provider
         try:
@@ -161,6 +184,7 @@ class ReplyStreamer:
         if isinstance(started, ErrorReply):
             log.warning("room %s will not take reply %s: %s", ask.room, ask.reply_id, started.message)
             return
+        phase.streaming()
         chat = tracing.ChatSpan(generation.model, provider.label)
         sender = ChunkSender(self.rooms, ask.room, ask.reply_id)
         cancelled = False

@@ -19,7 +19,7 @@ from services.gateway import api, contexts, docs, errors, readmodels, session, u
 from services.gateway.deps import GatewayState
 from services.gateway.liveness import GatewayPresence
 from services.gateway.ratelimit import IpRateLimiter
-from services.gateway.rooms import GatewayRoomClient, RoomFanouts
+from services.gateway.rooms import FANOUT_COUNTS, GatewayRoomClient, RoomFanouts
 from services.gateway.settings import GatewaySettings
 from services.gateway.sockets import RawSendCapture
 from services.runtime import logs, metrics, tracing
@@ -78,8 +78,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             ),
             sockets_per_ip=Counter(),
         )
-        micro = await announce(  # answers $SRV.PING
-            nc, "gateway", gateway=presence.gateway_id,
+        micro = await announce(  # answers $SRV.PING, INFO and STATS (its fan-out counted)
+            nc, "gateway", [FANOUT_COUNTS], gateway=presence.gateway_id,
             metrics=f"http://{settings.host}:{settings.port}/metrics",
         )
         log.info("gateway %s is up", presence.gateway_id)

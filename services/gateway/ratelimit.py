@@ -27,7 +27,7 @@ from nats.aio.client import Client as NATS
 from contracts.common import ErrorCode
 from contracts.ratelimit import ChargeFrame, LimiterClient, RateDecision
 from services.ratelimit.domainmodel import Limiter
-from services.runtime import metrics
+from services.runtime import metrics, tracing
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +62,14 @@ class IpRateLimiter:
 
     async def charge(self, address: str) -> float:
         """Charge one frame from `address`; the cooldown its limiter announced."""
+        started = time.perf_counter()
         reply = await self.limiters.send_once(address, ChargeFrame(), self.timeout)
+        metrics.RATELIMIT_CHARGE_SECONDS.observe(time.perf_counter() - started)
         if isinstance(reply, RateDecision):
+            metrics.RATELIMIT_FALLBACK_ACTIVE.set(0)
             return reply.cooldown
         metrics.RATELIMIT_FALLBACK.inc()
+        metrics.RATELIMIT_FALLBACK_ACTIVE.set(1)
         if reply.code == ErrorCode.UNAVAILABLE:  # no answer in time, or no owner
             log.debug("ratelimit service did not answer for %s; charging locally", address)
         else:
@@ -126,10 +130,13 @@ class SocketLimit:
             # the charge is off the frame's path, as in the demo.
             asyncio.get_running_loop().call_soon(self._start, now)
             return None
+        metrics.RATELIMIT_REFUSALS.labels("in_flight" if self.gate.awaiting else "cooldown").inc()
         return self.gate.retry_after(now)
 
     def _start(self, asked_at: float) -> None:
-        self._charging = asyncio.create_task(self._charge(asked_at))
+        # A trace of its own: the socket's connection span lives for hours and must not
+        # collect a span per frame (services/runtime/tracing.py).
+        self._charging = asyncio.create_task(self._charge(asked_at), context=tracing.detached())
 
     async def _charge(self, asked_at: float) -> None:
         try:

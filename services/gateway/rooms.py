@@ -25,8 +25,12 @@ from services.room.handlers import broadcast as room_broadcast
 from services.runtime import metrics, tracing
 from services.runtime.eventstore import DirectGetError, ObjectEventStore
 from services.runtime.host import COMMIT_HEADER, PREVIOUS_HEADER
+from services.runtime.micro import EndpointCounts
 
 log = logging.getLogger(__name__)
+
+# the broadcasts this process wrote to its sockets, in `$SRV.STATS` (services/runtime/micro.py)
+FANOUT_COUNTS = EndpointCounts("fanout", f"out.{ROOM}.*")
 
 
 class RoomFanout:
@@ -116,7 +120,9 @@ class RoomFanout:
             frame = OutFrame(text)
             for deliver in listeners:
                 deliver(update.version, frame)
-        metrics.BROADCAST_WRITE_SECONDS.observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        metrics.BROADCAST_WRITE_SECONDS.observe(elapsed)
+        FANOUT_COUNTS.record(int(elapsed * 1e9))
         metrics.BROADCAST_SOCKETS.observe(len(listeners))
         tracing.end(span, **{"durachat.sockets": len(listeners), "durachat.version": update.version})
         self.version = update.version

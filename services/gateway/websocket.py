@@ -153,8 +153,7 @@ class ChatSession:
         if self.limit is not None:
             wait = self.limit.admit()
             if wait is not None:
-                metrics.WS_FRAMES.labels("ratelimited").inc()
-                metrics.RATELIMIT_REFUSALS.labels("gate").inc()
+                metrics.WS_FRAMES.labels("ratelimited").inc()  # and RATELIMIT_REFUSALS by source
                 self._refuse(RATE_LIMITED, wait)
                 return
         if self.unanswered >= self.max_unanswered:

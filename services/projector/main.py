@@ -29,6 +29,7 @@ from services.readstore.store import open_read_store, transaction
 from services.readstore.uploads import UPLOAD_STREAM, project_upload_commit
 from services.runtime import logs, metrics, tracing
 from services.runtime.metrics import serve_metrics
+from services.runtime.micro import EndpointCounts
 from services.runtime.service import announce, connect
 from services.runtime.settings import RuntimeSettings
 from services.settings import ReadStore
@@ -59,6 +60,8 @@ class Projector:
         self.js = nc.jetstream()
         self.db_path = Path(db_path)
         self.stream = stream
+        # the commits it projects, in `$SRV.STATS` (services/runtime/micro.py)
+        self.counts = EndpointCounts(f"project-{stream}", stream)
         self.batch = batch
         self.durable = f"{name}-{stream}"  # another name, e.g. for a replay, is another consumer
         self.conn: sqlite3.Connection | None = None
@@ -130,6 +133,7 @@ class Projector:
             contiguous.append(msg)
         applied = 0
         if contiguous:
+            started = time.perf_counter_ns()
             links = ([link for m in contiguous if (link := tracing.link_of(m.headers))]
                      if tracing.ENABLED else [])
             with tracing.span(f"durachat.project {self.stream}", links=links, attributes={
@@ -146,6 +150,7 @@ class Projector:
                     applied += 1
                 record_position(conn, self.stream, self.position)
             await contiguous[-1].ack()  # AckPolicy.ALL: acknowledges up to this one
+            self.counts.record_many(len(contiguous), time.perf_counter_ns() - started)
             last = contiguous[-1].metadata
             metrics.PROJECTOR_APPLIED.labels(self.stream).inc(applied)
             metrics.PROJECTOR_LAG_MESSAGES.labels(self.stream).set(last.num_pending or 0)
@@ -189,13 +194,14 @@ async def serve(settings: ProjectorSettings) -> None:
     nc = await connect(settings, "durachat-projector")
     metrics.watch_connection(nc)
     # answers $SRV.PING like every service
-    micro = await announce(nc, "projector", **({"metrics": url} if url else {}))
     projector = Projector(nc, settings.read_db, batch=settings.batch)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     uploads = Projector(nc, settings.read_db, UPLOAD_STREAM, settings.batch, project=project_upload_commit)
+    micro = await announce(nc, "projector", [projector.counts, uploads.counts],
+                           **({"metrics": url} if url else {}))
     await asyncio.gather(projector.run(stopping), uploads.run(stopping))
     await micro.stop()
     # Nothing to flush: positions live in the read store, and an ack lost here only means a

@@ -30,6 +30,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from contracts.keys import InvalidKey, subject_token
 from contracts.subjects import event_stream, event_subject, snapshot_stream, snapshot_subject
@@ -185,6 +186,16 @@ class _StoreHost:
 
     def __init__(self, store: ObjectEventStore) -> None:
         self.store = store
+
+
+def inspect_view(kind: str, key: str, view: dict[str, Any]) -> Group:
+    """`inspect`'s table of fields, then the state as indented JSON."""
+    table = Table("field", "value", title=f"{escape(kind)} {escape(key)}")
+    for name, value in view.items():
+        if name != "state":
+            table.add_row(name, escape(json.dumps(jsonable(value), ensure_ascii=False)))
+    state = escape(json.dumps(view.get("state"), ensure_ascii=False, indent=2))
+    return Group(table, Text.from_markup(f"state: {state}"))
 
 
 # --- top -------------------------------------------------------------------------------------
@@ -343,29 +354,59 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         kind: Annotated[str, typer.Argument(help="room, context, limiter or quota.")],
         key: Annotated[str, typer.Argument(help="The object's key (a room's name, a user id).")],
-        as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="One JSON object (per refresh).")] = False,
         partitions: Annotated[int, typer.Option(
             min=0, help="P of the partition mapping (0: DURACHAT_PARTITIONS).")] = 0,
+        watch: Annotated[bool, typer.Option(
+            "--watch", help="Refresh until Ctrl-C, like top (with --json: a line per refresh).")] = False,
+        interval: Annotated[float, typer.Option(min=0.1, help="Seconds between refreshes (--watch).")] = 2.0,
+        count: Annotated[int, typer.Option(
+            min=0, help="With --watch: stop after this many views (0: until Ctrl-C).")] = 0,
     ) -> None:
         """One object: partition, owner, resident or not, last commit, snapshot, alarm, state."""
         from services.replay.main import ReplaySettings
         opts: Options = ctx.obj
         p = partitions or ReplaySettings().partitions
 
-        async def work() -> dict[str, Any]:
-            async with connected(opts.nats, opts.nats_from) as nc:
-                return await inspect_object(nc, kind, key, p)
+        if not watch:
+            async def once() -> dict[str, Any]:
+                async with connected(opts.nats, opts.nats_from) as nc:
+                    return await inspect_object(nc, kind, key, p)
 
-        view = run(work)
-        if as_json:
-            emit_json(view)
+            view = run(once)
+            if as_json:
+                emit_json(view)
+            else:
+                out.print(inspect_view(kind, key, view))
             return
-        table = Table("field", "value", title=f"{escape(kind)} {escape(key)}")
-        for name, value in view.items():
-            if name != "state":
-                table.add_row(name, escape(json.dumps(jsonable(value), ensure_ascii=False)))
-        out.print(table)
-        out.print("state:", escape(json.dumps(view.get("state"), ensure_ascii=False, indent=2)))
+
+        async def watching() -> None:
+            async with connected(opts.nats, opts.nats_from) as nc:
+                shown = 0
+                live: Live | None = None
+                try:
+                    while True:
+                        view = await inspect_object(nc, kind, key, p)
+                        shown += 1
+                        if as_json:
+                            emit_json(view)
+                        elif out.is_terminal:
+                            if live is None:
+                                live = Live(inspect_view(kind, key, view), console=out, auto_refresh=False)
+                                live.start()
+                            else:
+                                live.update(inspect_view(kind, key, view), refresh=True)
+                        else:  # a pipe or a file: one view after another, each stamped
+                            out.print(f"--- {datetime.now(UTC).isoformat(timespec='seconds')}")
+                            out.print(inspect_view(kind, key, view))
+                        if count and shown >= count:
+                            return
+                        await asyncio.sleep(interval)
+                finally:
+                    if live is not None:
+                        live.stop()
+
+        run(watching)
 
     @app.command("top")
     def top_command(

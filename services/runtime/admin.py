@@ -33,6 +33,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from contracts.keys import InvalidKey, subject_token
+from services.runtime.micro import EndpointCounts
 
 if TYPE_CHECKING:
     from services.runtime.service import HostedKind
@@ -83,9 +84,11 @@ class AdminResponder:
         self.replica_id = replica_id
         self.kinds = kinds
         self._subs: list[Subscription] = []
+        self.counts: dict[str, EndpointCounts] = {}  # each kind's admin requests, in `$SRV.STATS`
 
     async def start(self) -> None:
         for name in self.kinds:
+            self.counts[name] = EndpointCounts(f"admin-{name}", admin_subject(name))
             self._subs.append(await self.nc.subscribe(admin_subject(name), cb=self._on_request))
 
     async def stop(self) -> None:
@@ -97,6 +100,7 @@ class AdminResponder:
         self._subs.clear()
 
     async def _on_request(self, msg: Msg) -> None:
+        started = time.perf_counter_ns()
         kind = msg.subject.rsplit(".", 1)[1]
         try:
             request = json.loads(msg.data or b"{}")
@@ -115,6 +119,9 @@ class AdminResponder:
         answer.update(replica=self.replica_id, kind=kind)
         if msg.reply:
             await self.nc.publish(msg.reply, json.dumps(answer, default=str).encode())
+        if counts := self.counts.get(kind):
+            error = answer.get("error")
+            counts.record(time.perf_counter_ns() - started, str(error) if error else None)
 
     def objects(self, kind: str) -> list[dict[str, Any]]:
         host = self.kinds[kind].host

@@ -45,6 +45,7 @@ from services.runtime.kind import (
     ObjectKind,
     S,
 )
+from services.runtime.micro import EndpointCounts
 
 log = logging.getLogger(__name__)
 
@@ -376,6 +377,8 @@ class ObjectHost(Generic[S, D]):
         metrics.OBJECTS_RESIDENT.labels(kind.name).set_function(lambda: len(self._mailboxes))
         self._depth = metrics.MAILBOX_DEPTH.labels(kind.name)
         self._command_seconds: dict[str, Any] = {}
+        # its commands in `$SRV.STATS` (services/runtime/micro.py)
+        self.counts = EndpointCounts(kind.name, f"cmd.{kind.name}.*")
 
     @property
     def partitions(self) -> set[int]:
@@ -453,6 +456,7 @@ class ObjectHost(Generic[S, D]):
     async def reply(self, msg: Msg, data: bytes) -> None:
         received = getattr(msg, RECEIVED, None)
         if received is not None:
+            self.counts.record_reply(int((time.perf_counter() - received) * 1e9), data)
             outcome = reply_outcome(data)
             histogram = self._command_seconds.get(outcome)
             if histogram is None:

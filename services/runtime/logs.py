@@ -39,6 +39,11 @@ def set_replica(replica: str) -> None:
     _process["replica"] = replica
 
 
+def replica() -> str:
+    """This process's replica id (set when its service starts), or ''."""
+    return _process["replica"]
+
+
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     obj = OBJECT.get()

@@ -124,13 +124,25 @@ SLOW_READER_CLOSES = Counter(
     "durachat_slow_reader_closes_total", "Sockets closed because they did not read"
 )
 RATELIMIT_REFUSALS = Counter(
-    "durachat_ratelimit_refusals_total", "Frames refused by the IP limiter", ["source"]
+    "durachat_ratelimit_refusals_total",
+    "Frames refused by the demo gate: source in_flight (the previous frame's charge was still "
+    "in flight) or cooldown (the cooldown the IP's limiter announced)",
+    ["source"],
 )
 QUOTA_REFUSALS = Counter(
     "durachat_quota_refusals_total", "AI requests refused by a user's quota", ["period", "unit"]
 )
+RATELIMIT_CHARGE_SECONDS = Histogram(
+    "durachat_ratelimit_charge_seconds",
+    "Round trip of one frame's charge to the ratelimit service (the demo gate is shut meanwhile)",
+    buckets=FAST,
+)
 RATELIMIT_FALLBACK = Counter(
     "durachat_ratelimit_fallback_total", "Decisions the gateway made itself (service silent)"
+)
+RATELIMIT_FALLBACK_ACTIVE = Gauge(
+    "durachat_ratelimit_fallback_active",
+    "1 while the gateway limits by itself (the ratelimit service's last charge went unanswered)",
 )
 
 # --- the projector ----------------------------------------------------------------------------
@@ -159,7 +171,13 @@ AI_REPLY_SECONDS = Histogram(
 AI_TOKENS = Counter(
     "durachat_ai_tokens_total", "Tokens (gen_ai.client.token.usage)", ["direction", "model"]
 )
-AI_IN_FLIGHT = Gauge("durachat_ai_replies_in_flight", "AI replies streaming now")
+AI_IN_FLIGHT = Gauge("durachat_ai_replies_in_flight", "AI questions being answered now (waiting or streaming)")
+AI_QUESTIONS = Gauge(
+    "durachat_ai_questions",
+    "AI questions this context replica holds: waiting (quota, window, the room's start) or "
+    "streaming (the provider's reply into the room)",
+    ["state", "replica"],
+)
 
 
 class _Connections:

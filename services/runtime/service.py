@@ -22,19 +22,19 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import nats
-import nats.micro
 import uvloop
 from nats.aio.client import Client as NATS
 from nats.micro.service import Service as MicroService
 from pydantic import Field
 
-from services.runtime import logs, metrics, tracing
+from services.runtime import logs, metrics, micro, tracing
 from services.runtime.admin import AdminResponder
 from services.runtime.alarms import AlarmRunner
 from services.runtime.host import ObjectHost
 from services.runtime.kind import SYSTEM_CLOCK, Clock, ObjectKind
 from services.runtime.leases import PartitionLeases, new_replica_id
 from services.runtime.metrics import serve_metrics
+from services.runtime.micro import EndpointCounts
 from services.runtime.settings import RuntimeSettings
 
 log = logging.getLogger(__name__)
@@ -113,12 +113,16 @@ def version() -> str:
         return "0.0.0"
 
 
-async def announce(nc: NATS, name: str, **metadata: str) -> MicroService:
+async def announce(
+    nc: NATS, name: str, endpoints: Sequence[EndpointCounts] = (), **metadata: str
+) -> MicroService:
     """Answer the NATS micro service protocol as `durachat-<name>`: `$SRV.PING`, `$SRV.INFO`
     and `$SRV.STATS` (also per name, `$SRV.PING.durachat-room`, and per instance id), so
-    `nats micro ls` or any client can see which services are up. Stop it before closing."""
-    return await nats.micro.add_service(
+    `nats micro ls` or any client can see which services are up. `endpoints` are listed in
+    INFO and STATS with their counts (services/runtime/micro.py). Stop it before closing."""
+    return await micro.add_service(
         nc,
+        list(endpoints),
         name=f"durachat-{name}",
         version=version(),
         description=f"durachat {name} service",
@@ -225,20 +229,21 @@ async def running_service(
         running = RunningService(nc, settings, clock, lease)
         metrics.watch_connection(nc)
         logs.set_replica(running.replica_id)
-        micro: MicroService | None = None
+        announced: MicroService | None = None
         admin = AdminResponder(nc, running.replica_id, running.kinds)
         try:
             await running.start(parts.hostings)
             await admin.start()  # read-only views of its objects (durachat-replay objects)
-            micro = await announce(
-                nc, service.name, replica=running.replica_id, kinds=",".join(running.kinds),
-                **(metadata or {}),
+            announced = await announce(
+                nc, service.name,
+                [*(hosted.host.counts for hosted in running.kinds.values()), *admin.counts.values()],
+                replica=running.replica_id, kinds=",".join(running.kinds), **(metadata or {}),
             )
             log.info("%s replica %s is up", service.name, running.replica_id)
             yield running
         finally:
-            if micro is not None:
-                await micro.stop()
+            if announced is not None:
+                await announced.stop()
             await admin.stop()
             log.info("%s service stopping: handing partitions over", service.name)
             for stop in parts.stopping:

@@ -5,14 +5,19 @@ Off, at no cost beyond a flag check, until an OTLP endpoint is configured
 the other OTEL_* variables apply as usual). Then every process exports its spans:
 
     receive ws.frame                 gateway, per command answering a socket's frames (a join
-                                     or a batch of posts), a root: not one trace per socket
-      send cmd.room.{key}            the typed client's request (retries are events)
-        process cmd.room.{key}       the owner: receive -> reply through the output gate
-          durachat.commit room       one per group commit, linked to every command in it;
+                                     or a batch of posts), a root: not one trace per socket;
+                                     it is the command's sender (`durachat.command`; retries
+                                     are its events), with no `send` span of its own
+      process cmd.room.{key}         the owner: receive -> reply through the output gate
+        durachat.commit room         one per group commit, linked to every command in it;
                                      its context is stored in the commit's headers
-        (out.room.{key} carries the command's context)
-          process out.room.{key}     each gateway's fan-out (sockets, write time)
+      (out.room.{key} carries the command's context)
+        process out.room.{key}       each gateway's fan-out (sockets, write time)
     durachat.project EVT_ROOM        the projector, per batch, linked to each stored commit
+    process cmd.limiter.{key}        each frame's limiter charge: a trace of its own (the charge
+                                     is off the frame's path; never a child of the socket)
+
+Other callers' commands get a `send cmd.<kind>.{key}` span (PRODUCER) around the request.
 
 An AI reply is one trace: the room's reaction asks the context service under the message's
 span, whose reply task runs `chat {model}` and sends its appends as children of it.
@@ -20,6 +25,7 @@ span, whose reply task runs `chat {model}` and sends its appends as children of 
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -29,6 +35,8 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, Span, SpanKind
+
+from contracts.client import SENDS_ITSELF
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +104,16 @@ def link_of(headers: Mapping[str, str] | None) -> Link | None:
         return None
     span_context = trace.get_current_span(context_of(headers)).get_span_context()
     return Link(span_context) if span_context.is_valid else None
+
+
+def detached() -> contextvars.Context:
+    """A copy of the current context without its span: a task created in it
+    (`asyncio.create_task(..., context=detached())`) starts traces of its own instead of
+    joining the current one (e.g. a socket's limiter charges, not children of the socket)."""
+    ctx = contextvars.copy_context()
+    if ENABLED:
+        ctx.run(otel_context.attach, otel_context.Context())
+    return ctx
 
 
 # --- spans -----------------------------------------------------------------------------------
@@ -186,4 +204,9 @@ def frame_span(room: str) -> Iterator[Span | None]:
         links=[Link(connection)] if connection.is_valid else None,
         attributes={"durachat.room": room},
     ) as current:
-        yield current
+        # It stands for the commands it sends (no `send` span each: contracts/client.py).
+        token = otel_context.attach(otel_context.set_value(SENDS_ITSELF, current))
+        try:
+            yield current
+        finally:
+            otel_context.detach(token)

@@ -118,6 +118,80 @@ async def test_the_micro_protocol_says_where_metrics_are(system: LocalSystem):
     assert set(system.metrics_urls().values()) <= urls
 
 
+async def srv(nc, subject: str) -> list[dict]:
+    """Every answer to a `$SRV` request within half a second."""
+    import nats
+
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    await nc.publish(subject, b"", reply=inbox)
+    answers = []
+    try:
+        while True:
+            answers.append(json.loads((await sub.next_msg(timeout=0.5)).data))
+    except nats.errors.TimeoutError:
+        pass
+    await sub.unsubscribe()
+    return answers
+
+
+def endpoint(answers: list[dict], name: str) -> dict:
+    """`name`'s statistics summed over the replicas that answered."""
+    found = [e for a in answers for e in a["endpoints"] if e["name"] == name]
+    assert found, f"no endpoint {name} in {[e['name'] for a in answers for e in a['endpoints']]}"
+    return {k: sum(e[k] for e in found) for k in ("num_requests", "num_errors", "processing_time")} \
+        | {"last_error": found[-1]["last_error"], "average": found[-1]["average_processing_time"]}
+
+
+async def test_srv_stats_counts_the_commands_each_service_answered(system: LocalSystem, room_name):
+    """`$SRV.STATS` as `nats micro stats` reads it: per endpoint (a kind's commands, its admin
+    views, the gateway's fan-out, the projector's streams) the requests, errors and
+    processing time (ns) of the traffic since the process started."""
+    import nats
+
+    from contracts.subjects import command_subject
+
+    nc = await nats.connect(system.nats.url)
+    try:
+        before_room = await srv(nc, "$SRV.STATS.durachat-room")
+        before_gateway = await srv(nc, "$SRV.STATS.durachat-gateway")
+        before_projector = await srv(nc, "$SRV.STATS.durachat-projector")
+        alice, bob = await joined(system, room_name, "alice", "bob")
+        for i in range(5):
+            await alice.say(f"counted {i}")
+        await bob.recv_until(lambda f: f.get("message") == "counted 4")
+        # One command the room refuses (not JSON of any command), and one admin view.
+        refused = await nc.request(command_subject("room", room_name), b"not a command", timeout=5)
+        assert b'"bad_request"' in refused.data
+        await nc.request("durachat.admin.room", json.dumps({"op": "objects"}).encode(), timeout=5)
+
+        after_room = await srv(nc, "$SRV.STATS.durachat-room")
+        room, was = endpoint(after_room, "room"), endpoint(before_room, "room")
+        # GetRoom and JoinRoom for each socket, five PostMessages, the refused one.
+        assert room["num_requests"] - was["num_requests"] >= 10
+        assert room["num_errors"] - was["num_errors"] == 1
+        assert room["last_error"].startswith("bad_request: ")
+        assert room["processing_time"] > was["processing_time"]
+        assert 0 < room["average"] <= room["processing_time"]
+        admin, was = endpoint(after_room, "admin-room"), endpoint(before_room, "admin-room")
+        assert admin["num_requests"] - was["num_requests"] == 1 and admin["num_errors"] == was["num_errors"]
+        (info,) = await srv(nc, "$SRV.INFO.durachat-room")
+        assert {"room", "admin-room"} <= {e["name"] for e in info["endpoints"]}
+        assert {"cmd.room.*", "durachat.admin.room"} <= {e["subject"] for e in info["endpoints"]}
+
+        fanout = endpoint(await srv(nc, "$SRV.STATS.durachat-gateway"), "fanout")
+        assert fanout["num_requests"] - endpoint(before_gateway, "fanout")["num_requests"] >= 7
+
+        async def projected() -> bool:
+            now = endpoint(await srv(nc, "$SRV.STATS.durachat-projector"), "project-EVT_ROOM")
+            return now["num_requests"] - endpoint(before_projector, "project-EVT_ROOM")["num_requests"] >= 7
+        await eventually(projected, 10, "the projector counts the commits it projected")
+        for client in (alice, bob):
+            await client.close()
+    finally:
+        await nc.close()
+
+
 async def test_live_view_cli(system: LocalSystem, room_name):
     (alice,) = await joined(system, room_name, "alice")
     await alice.say("look inside")
@@ -153,6 +227,48 @@ async def test_live_view_cli(system: LocalSystem, room_name):
     top = replay(system, "top", "--once")
     assert top.returncode == 0, top.stderr
     assert "room" in top.stdout and "gateway" in top.stdout and "projector" in top.stdout
+    await alice.close()
+
+
+async def test_inspect_watch_refreshes_until_stopped(system: LocalSystem, room_name):
+    """`inspect --watch` reads the object again each interval (a message posted meanwhile
+    shows in a later view) until Ctrl-C; `--count N` stops after N views."""
+    import asyncio
+    import signal
+
+    (alice,) = await joined(system, room_name, "alice")
+    await alice.say("before watching")
+    env = {**os.environ, "DURACHAT_NATS_URL": system.nats.url, "DURACHAT_READ_DB": str(system.read_db)}
+    watcher = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.replay", "inspect", "room", room_name, "--watch", "--json",
+        "--interval", "0.2", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert watcher.stdout is not None
+        first = json.loads(await asyncio.wait_for(watcher.stdout.readline(), 30))
+        assert first["resident"] and "before watching" in json.dumps(first["state"])
+        await alice.say("while watching")
+        views = 1
+        while True:
+            view = json.loads(await asyncio.wait_for(watcher.stdout.readline(), 10))
+            views += 1
+            if "while watching" in json.dumps(view["state"]):
+                break
+            assert views < 100, "the post never showed in a refreshed view"
+        assert view["version"] > first["version"]
+        watcher.send_signal(signal.SIGINT)  # Ctrl-C
+        assert await asyncio.wait_for(watcher.wait(), 10) == 130
+    finally:
+        if watcher.returncode is None:
+            watcher.kill()
+            await watcher.wait()
+
+    bounded = replay(system, "inspect", "room", room_name, "--watch", "--count", "2",
+                     "--interval", "0.1", "--json")
+    assert bounded.returncode == 0, bounded.stderr
+    assert [json.loads(line)["key"] for line in bounded.stdout.splitlines()] == [room_name] * 2
+    table = replay(system, "inspect", "room", room_name, "--watch", "--count", "2", "--interval", "0.1")
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.count(f"room {room_name}\n") == 2 and table.stdout.count("\n--- ") == 1
     await alice.close()
 
 

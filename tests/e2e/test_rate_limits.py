@@ -4,6 +4,7 @@ X-Forwarded-For believed only from a trusted proxy."""
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 
@@ -13,6 +14,7 @@ import websockets
 from contracts.ratelimit import RATE_LIMITED
 from services.localsystem import LocalSystem
 from tests.e2e.chat_clients import ChatClient
+from tests.e2e.test_observe import scrape, value
 from tests.support import eventually
 
 pytestmark = pytest.mark.e2e
@@ -70,8 +72,16 @@ async def use_up_the_burst(client: ChatClient) -> float:
     return wait
 
 
+def refusals(system) -> dict[str, float]:
+    """The gateway's `durachat_ratelimit_refusals_total` by source."""
+    samples = scrape(f"{system.base_url}/metrics")[1]
+    return {source: value(samples, "durachat_ratelimit_refusals_total", source=source)
+            for source in ("in_flight", "cooldown")}
+
+
 async def test_a_burst_of_five_passes_then_the_demo_refusal_frame(limited):
     room = f"rl-{uuid.uuid4().hex[:8]}"
+    before = refusals(limited)
     client = await connect(limited, room, "198.51.100.10")
     # The name frame and four messages pass (five frames), the sixth frame is refused.
     await client.join("burst")
@@ -88,6 +98,24 @@ async def test_a_burst_of_five_passes_then_the_demo_refusal_frame(limited):
     await eventually(lambda: time.monotonic() - refused_at > wait, what="the announced wait")
     assert (await client.say("later"))["message"] == "later"
     assert "still five" not in client.messages()
+    # Both refusals were the announced cooldown's, none a charge in flight.
+    after = refusals(limited)
+    assert (after["cooldown"] - before["cooldown"], after["in_flight"] - before["in_flight"]) == (2, 0)
+    await client.close()
+
+
+async def test_a_frame_right_behind_another_is_refused_while_its_charge_is_in_flight(limited):
+    room = f"rl-{uuid.uuid4().hex[:8]}"
+    client = await connect(limited, room, "198.51.100.11")
+    await client.join("eager")
+    await spaced()
+    before = refusals(limited)
+    await client.send({"message": "first"})
+    await client.send({"message": "right behind"})  # before the first's charge is answered
+    assert (await client.recv_until(lambda f: "message" in f or "error" in f))[-1]["message"] == "first"
+    assert (await client.recv())["error"] == RATE_LIMITED
+    after = refusals(limited)
+    assert (after["in_flight"] - before["in_flight"], after["cooldown"] - before["cooldown"]) == (1, 0)
     await client.close()
 
 
@@ -133,5 +161,15 @@ async def test_with_the_ratelimit_service_down_the_gateway_limits_locally(limite
         await client.join("fallback")
         await use_up_the_burst(client)
         await client.close()
+        samples = scrape(f"{limited.base_url}/metrics")[1]
+        assert value(samples, "durachat_ratelimit_fallback_active") == 1
     finally:
         limited.start_ratelimit()
+
+    # Once the service answers a charge again, the gateway no longer limits by itself.
+    async def answered_again() -> bool:
+        client = await connect(limited, f"rl-{uuid.uuid4().hex[:8]}", f"198.51.100.{random.randint(50, 250)}")
+        await client.join("back")
+        await client.close()
+        return value(scrape(f"{limited.base_url}/metrics")[1], "durachat_ratelimit_fallback_active") == 0
+    await eventually(answered_again, 20, "the fallback to end")

@@ -38,13 +38,13 @@ async def test_a_chat_message_is_one_trace_across_the_processes(tmp_path):
 
             def post_trace() -> list[SpanRecord] | None:
                 spans = sink.snapshot()
-                sends = [s for s in spans if s.name == "send cmd.room.{key}"
+                sends = [s for s in spans if s.name == "receive ws.frame"
                          and s.attributes.get("durachat.command") == "PostMessages"]
                 if not sends:
                     return None
                 trace = [s for s in spans if s.trace_id == sends[0].trace_id]
                 names = {s.name for s in trace}
-                wanted = {"receive ws.frame", "send cmd.room.{key}", "process cmd.room.{key}",
+                wanted = {"receive ws.frame", "process cmd.room.{key}",
                           "durachat.commit room", "process out.room.{key}"}
                 return trace if wanted <= names else None
 
@@ -57,7 +57,9 @@ async def test_a_chat_message_is_one_trace_across_the_processes(tmp_path):
             assert frame.attributes["durachat.room"] == "traced"
             (process,) = [s for s in trace if s.name == "process cmd.room.{key}"]
             assert process.service == "durachat-room"
-            assert [a.name for a in ancestors(process, index)] == ["send cmd.room.{key}", "receive ws.frame"]
+            # The frame's span sends the command itself: no `send` span between them.
+            assert [a.name for a in ancestors(process, index)] == ["receive ws.frame"]
+            assert not [s for s in trace if s.name == "send cmd.room.{key}"]
             assert process.attributes["durachat.outcome"] == "ok"
             (commit,) = [s for s in trace if s.name == "durachat.commit room"]
             assert (process.trace_id, process.span_id) in commit.links
@@ -89,6 +91,27 @@ async def test_a_chat_message_is_one_trace_across_the_processes(tmp_path):
             assert {"durachat-gateway", "durachat-room", "durachat-context"} <= (ai_trace() or set())
             for client in (alice, bob):
                 await client.close()
+
+
+async def test_limiter_charges_are_not_children_of_the_socket(tmp_path):
+    """A socket lives for hours: its frames' limiter charges must not all hang under its
+    connection span (one trace per socket, thousands of spans). Each charge is a trace of
+    its own, so a sampler keeps or drops it on its own."""
+    with OtlpSink() as sink:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100",
+               "DURACHAT_RATE_LIMIT": "true"}  # the suite turns the limit off
+        with running(LocalSystem(tmp_path, partitions=PARTITIONS, extra_env=env)) as system:
+            (alice,) = await joined(system, "charged", "alice")
+            for i in range(3):
+                await alice.say(f"charge {i}")  # say() waits for the echo: each frame passes
+
+            def charges() -> list[SpanRecord]:
+                found = [s for s in sink.snapshot() if s.name == "process cmd.limiter.{key}"]
+                return found if len(found) >= 4 else []  # the name frame and three messages
+            found = await eventually(charges, 20, lambda: f"{[s.name for s in sink.snapshot()]}")
+            assert all(s.parent_id == "" for s in found), [(s.name, s.parent_id) for s in found]
+            assert len({s.trace_id for s in found}) == len(found)
+            await alice.close()
 
 
 async def test_no_endpoint_no_spans(system: LocalSystem):

@@ -152,3 +152,42 @@ async def test_a_stopping_context_service_fails_its_replies_with_the_text_kept(n
         assert failed.message.message == "kept " + INCOMPLETE_MARK
         assert "restarted" in room.notices()[0]
         gemini.release(1)  # let the fake finish the held step
+
+
+def ai_questions(state: str) -> float:
+    """`durachat_ai_questions{state}` of this process, summed over its replica labels."""
+    from prometheus_client import REGISTRY
+
+    return sum(s.value for family in REGISTRY.collect() if family.name == "durachat_ai_questions"
+               for s in family.samples if s.labels.get("state") == state)
+
+
+async def test_ai_questions_gauge_counts_waiting_then_streaming(nats_server, gemini):
+    """Questions a context replica holds, by state: `waiting` until the room took the reply's
+    start (here: the quota service is down, so the question waits for it, then fails),
+    `streaming` while the provider's text goes into the room, and none once it ended."""
+    waiting, streaming = ai_questions("waiting"), ai_questions("streaming")
+    async with AsyncExitStack() as stack:  # room and context, no ratelimit (quota) service
+        await stack.enter_async_context(hosted(nats_server, ROOM_SERVICE))
+        await stack.enter_async_context(hosted(
+            nats_server, CONTEXT_SERVICE, gemini_api_key="test-key",
+            gemini_base_url=gemini.base_url, request_timeout=5))
+        nc = await nats.connect(nats_server.url)
+        stack.push_async_callback(nc.drain)
+        room = await Watcher(nc, new_room()).start()
+        await room.say("@ai is anyone counting?")
+        await eventually(lambda: ai_questions("waiting") == waiting + 1, 5, "the question waits")
+        assert ai_questions("streaming") == streaming
+        await eventually(lambda: room.of("ai_failed"), 15, "the quota's refusal")
+        await eventually(lambda: ai_questions("waiting") == waiting, 5, "no longer waiting")
+
+    async with ai_stack(nats_server, gemini) as (nc, _):
+        room = await Watcher(nc, new_room()).start()
+        gemini.script(Held(["held ", "then done"]))
+        await room.say("@ai stream slowly")
+        gemini.release(1)
+        await eventually(lambda: room.of("ai_chunk"), 10, "the first chunk")
+        assert (ai_questions("waiting"), ai_questions("streaming")) == (waiting, streaming + 1)
+        gemini.release(1)
+        await eventually(lambda: any(u.message.kind == "ai" for u in room.of("message")), 10)
+        await eventually(lambda: ai_questions("streaming") == streaming, 5, "the reply ended")
