@@ -41,6 +41,12 @@ class ProjectorSettings(RuntimeSettings, ReadStore):
     batch: int = Field(
         1000, ge=1, le=10_000, description="stored commits (JetStream messages) per transaction"
     )
+    projector_nice: int = Field(
+        10, ge=0, le=19,
+        description="CPU niceness the projector adds to its own: read models are background "
+        "work, so on a busy host the rooms and gateways that carry live messages run first "
+        "(0: the same priority as the other services)",
+    )
 
 
 class Projector:
@@ -188,7 +194,19 @@ class Projector:
                 await asyncio.sleep(0.5)
 
 
+def lower_priority(nice: int) -> None:
+    """Yield the CPU to the live path. A commit reaches this consumer at the moment its room
+    gets the append's ack and broadcasts it; on a host with few cores the projector's SQLite
+    write competed with that broadcast (bench/socket_bench.py's member phase)."""
+    if nice:
+        try:
+            os.nice(nice)
+        except OSError as exc:  # not allowed here: run at the usual priority
+            log.warning("projector: could not lower its CPU priority by %d (%s)", nice, exc)
+
+
 async def serve(settings: ProjectorSettings) -> None:
+    lower_priority(settings.projector_nice)
     url = serve_metrics("projector")
     tracing.setup("projector")  # only with an OTLP endpoint configured
     nc = await connect(settings, "durachat-projector")
