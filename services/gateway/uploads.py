@@ -124,6 +124,11 @@ class Uploads:
     identities: Identities
     trusted_proxies: frozenset[str]
     sessions: OrderedDict[str, WriteSession] = field(default_factory=OrderedDict)
+    # The ranges' sha256 is computed off the event loop (hashlib lets go of the GIL for large
+    # buffers), on one thread: each range's pieces are hashed in the order they were
+    # acknowledged, and its digest read after them.
+    hasher: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-sha256"))
 
 
 async def uploads_of(request: Request) -> Uploads:
@@ -406,9 +411,7 @@ class Receiver:
         self.writer: PieceWriter | None = None
         self._claiming: asyncio.Future[int] | None = None
         self.offset = session.offset  # where the next piece sent goes
-        # The ranges' sha256 is computed off the event loop (hashlib lets go of the GIL), on
-        # one thread so the pieces are hashed in the order they were acknowledged.
-        self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-sha256")
+        self.hasher = uploads.hasher
         self._start_range()
 
     @property
@@ -500,7 +503,6 @@ class Receiver:
             self._claiming.cancel()
         if self.writer is not None:
             await self.writer.__aexit__(None, None, None)
-        self.hasher.shutdown(wait=False)
 
     async def _refused(self, exc: Exception) -> None:
         await self.record(wait=True)  # what was acknowledged before the refusal is the file's
