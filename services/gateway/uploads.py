@@ -23,7 +23,7 @@ import secrets
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -32,6 +32,10 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
 from contracts.common import Command, ErrorCode, ErrorReply
@@ -45,11 +49,13 @@ from contracts.upload import (
     RejectUpload,
     TerminateUpload,
     UploadClient,
+    UploadProgress,
     UploadView,
     is_upload_id,
+    progress_subject,
 )
 from services.gateway.identity import SESSION_COOKIE, Identities, InvalidToken, KeysUnavailable
-from services.gateway.protocol import FrameError
+from services.gateway.protocol import FrameError, encode
 from services.gateway.ratelimit import client_address
 from services.readstore import queries
 from services.readstore.store import ReadStoreError, open_read_store
@@ -83,6 +89,7 @@ TUS_EXTENSIONS = "creation,creation-with-upload,expiration,checksum,termination"
 OFFSET_STREAM = "application/offset+octet-stream"
 RECORD_EVERY = 16  # pieces per recorded range: ~16 MiB per command to the upload object
 READ_AHEAD = 2  # pieces of a body read while the one before is being stored
+PROGRESS_EVERY = 0.25  # seconds: at most one progress frame per upload this often
 SPOOL_IN_MEMORY = 8 * 1024 * 1024  # a checksummed body beyond this is spooled to disk
 
 
@@ -276,6 +283,74 @@ def gone_reason(view: UploadView) -> str:
     return f"The upload was {view.status}."
 
 
+# --- progress to the room ------------------------------------------------------------------
+
+
+async def announce(nc: NATS, view: UploadView) -> None:
+    """Tell the sockets of the upload's room how far it got (best effort: core NATS)."""
+    assert view.room is not None
+    progress = UploadProgress(
+        id=view.id, room=view.room, name=view.name, mime=view.mime, received=view.offset,
+        total=view.length, status="stored" if view.offset == view.length else "receiving",
+    )
+    try:
+        await nc.publish(progress_subject(view.room), progress.model_dump_json().encode())
+    except Exception as exc:  # progress is not worth failing an upload for
+        log.info("progress of upload %s not sent: %r", view.id[:12], exc)
+
+
+def progress_frame(progress: UploadProgress) -> str:
+    """`{"upload": {...}}`: no name, message or timestamp, so the demo's client (and any
+    client that only knows the demo's frames) ignores it."""
+    return encode({"upload": {
+        "id": progress.id, "name": progress.name, "type": progress.mime,
+        "received": progress.received, "total": progress.total, "status": progress.status,
+    }})
+
+
+class ProgressFanout:
+    """Hands the upload progress of a room to this gateway's sockets in it: one
+    subscription per room while a socket is in it."""
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self.rooms: dict[str, dict[int, Callable[[str], None]]] = {}
+        self.subscriptions: dict[str, Subscription] = {}
+
+    async def attach(self, room: str, listener_id: int, deliver: Callable[[str], None]) -> None:
+        listeners = self.rooms.get(room)
+        if listeners is not None:
+            listeners[listener_id] = deliver
+            return
+        listeners = self.rooms[room] = {listener_id: deliver}
+
+        async def on_message(msg: Msg) -> None:
+            try:
+                frame = progress_frame(UploadProgress.model_validate_json(msg.data))
+            except ValidationError as exc:
+                log.error("dropped upload progress of room %s outside the contract: %s", room, exc)
+                return
+            for each in list(listeners.values()):
+                each(frame)
+
+        subscription = await self.nc.subscribe(progress_subject(room), cb=on_message)
+        if self.rooms.get(room) is listeners and listeners:
+            self.subscriptions[room] = subscription
+        else:  # every socket left while subscribing
+            await subscription.unsubscribe()
+
+    async def detach(self, room: str, listener_id: int) -> None:
+        listeners = self.rooms.get(room)
+        if listeners is None:
+            return
+        listeners.pop(listener_id, None)
+        if not listeners:
+            del self.rooms[room]
+            subscription = self.subscriptions.pop(room, None)
+            if subscription is not None:
+                await subscription.unsubscribe()
+
+
 # --- the pieces of a body -------------------------------------------------------------------
 
 
@@ -336,6 +411,7 @@ class WriteSession:
     recording: asyncio.Future[UploadView] | None = None
     busy: bool = False
     used: float = 0.0
+    reported: float = float("-inf")  # when the room last heard of its progress (monotonic)
 
     @classmethod
     def of(cls, view: UploadView) -> WriteSession:
@@ -430,6 +506,12 @@ class Receiver:
         self.hasher.submit(self.range_digest.update, piece.data)
         self.session.offset = piece.offset + len(piece.data)
         self.session.last_seq = piece.seq
+        now = time.monotonic()
+        if self.view.room is not None and now - self.session.reported >= PROGRESS_EVERY \
+                and self.session.offset < self.view.length:
+            self.session.reported = now
+            done = asyncio.ensure_future(announce(self.uploads.bucket.nc, self.session.current()))
+            done.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
 
     def claim_early(self) -> None:
         """Claim the write epoch while the body's first piece is still on its way."""
@@ -496,7 +578,10 @@ class Receiver:
                 await self.writer.drain()
             except (StaleWriter, PieceStoreError) as exc:
                 await self._refused(exc)
-        return await self.record(wait=self.session.offset == self.view.length)
+        view = await self.record(wait=self.session.offset == self.view.length)
+        if view.room is not None and view.offset == view.length and self.range_offset > self.view.offset:
+            await announce(self.uploads.bucket.nc, view)  # every byte is stored
+        return view
 
     async def close(self) -> None:
         if self._claiming is not None and not self._claiming.done():
