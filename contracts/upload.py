@@ -223,6 +223,7 @@ class UploadView(Contract):
     gemini_uri: str | None = None
     gemini_expires_at: float | None = None
     gemini_reason: str | None = None
+    gemini_started_at: float | None = Field(None, description="when the hand-off of this copy began")
 
 
 UploadReply = Annotated[UploadView | ErrorReply, Field(discriminator="type")]

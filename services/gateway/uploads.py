@@ -59,6 +59,7 @@ from services.gateway.protocol import FrameError, encode
 from services.gateway.ratelimit import client_address
 from services.readstore import queries
 from services.readstore.store import ReadStoreError, open_read_store
+from services.runtime import metrics
 from services.settings import UploadRules
 from services.upload.checks import (
     CHECKSUM_ALGORITHMS,
@@ -230,6 +231,7 @@ def tus_headers(view: UploadView | None = None, **extra: Any) -> dict[str, str]:
 
 
 def refusal(exc: TusError) -> Response:
+    metrics.UPLOAD_REFUSALS.labels(status=str(exc.status)).inc()
     headers = {"Tus-Resumable": TUS_VERSION, **exc.headers}
     return Response(str(exc) + "\n", status_code=exc.status, headers=headers, media_type="text/plain")
 
@@ -506,6 +508,8 @@ class Receiver:
         self.hasher.submit(self.range_digest.update, piece.data)
         self.session.offset = piece.offset + len(piece.data)
         self.session.last_seq = piece.seq
+        metrics.UPLOAD_BYTES.inc(len(piece.data))
+        metrics.UPLOAD_PIECES.inc()
         now = time.monotonic()
         if self.view.room is not None and now - self.session.reported >= PROGRESS_EVERY \
                 and self.session.offset < self.view.length:
@@ -889,16 +893,20 @@ async def head_upload(upload_id: str, request: Request) -> Response:
             headers["Upload-Metadata"] = encode_metadata(view.metadata)
         return Response(status_code=200, headers=headers)
     except TusError as exc:
+        metrics.UPLOAD_REFUSALS.labels(status=str(exc.status)).inc()
         return Response(status_code=exc.status, headers={"Tus-Resumable": TUS_VERSION, **exc.headers})
 
 
 @router.patch("/api/uploads/{upload_id}", summary="tus: bytes at the upload's offset")
 async def patch_upload(upload_id: str, request: Request) -> Response:
     uploads = await uploads_of(request)
+    started = time.perf_counter()
     try:
         return await patch(upload_id, request, uploads)
     except TusError as exc:
         return refusal(exc)
+    finally:
+        metrics.UPLOAD_PATCH_SECONDS.observe(time.perf_counter() - started)
 
 
 async def patch(upload_id: str, request: Request, uploads: Uploads) -> Response:
