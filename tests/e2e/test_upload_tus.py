@@ -424,3 +424,41 @@ def test_upload_metrics_count_the_traffic(client: httpx.Client) -> None:
     names = {label for (name, labels) in after if name.startswith("durachat_upload") for label, _ in labels}
     assert names <= {"status", "le"}, names
     assert not any(upload_id in value for (_, labels) in after for _, value in labels)
+
+
+def test_replay_check_compares_and_rebuild_remakes_the_uploads_table(system: LocalSystem, client: httpx.Client) -> None:
+    import sqlite3
+    import subprocess
+    import sys
+
+    data = png(4000)
+    url = new_upload(client, len(data))
+    assert patch(client, url, 0, data).status_code == 204
+    upload_id = url.rsplit("/", 1)[1]
+
+    def row() -> tuple | None:
+        conn = sqlite3.connect(f"file:{system.read_db}?mode=ro", uri=True)
+        try:
+            return conn.execute("SELECT state, size, sha256 FROM uploads WHERE id = ?", (upload_id,)).fetchone()
+        finally:
+            conn.close()
+
+    eventually_blocking(lambda: (row() or ("",))[0] == "complete", what="the upload projected as complete")
+
+    def replay(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "services.replay", "--nats", nats_url(system),
+                               "--db", str(system.read_db), *args], capture_output=True, text=True, timeout=120)
+
+    healthy = replay("check")
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    conn = sqlite3.connect(system.read_db, timeout=10)
+    with conn:
+        conn.execute("UPDATE uploads SET state = 'rejected' WHERE id = ?", (upload_id,))
+    conn.close()
+    tampered = replay("check")
+    assert tampered.returncode == 1, tampered.stdout + tampered.stderr
+    assert "uploads" in tampered.stdout and "'rejected' / 'complete'" in tampered.stdout, tampered.stdout
+    rebuilt = replay("rebuild")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert row() == ("complete", len(data), hashlib.sha256(data).hexdigest())
+    assert replay("check").returncode == 0
