@@ -9,7 +9,11 @@ nothing. The upload object (services/upload) is told which ranges are stored and
 everything else; there are no locks: a request claims a write epoch before its first piece,
 which fences every earlier writer (its next piece is refused by the bucket: 409), and pieces
 a dead request stored without reporting them are found and recorded by the next HEAD or
-PATCH.
+PATCH. A gateway keeps a write session per upload it writes (`WriteSession`), so the next
+PATCH at the offset it reached goes on in the same epoch asking no one, and a PATCH answers
+once its pieces are acknowledged while their record is on its way (see the class).
+While a room's upload is stored, its progress goes to the room's sockets (`announce`,
+`ProgressFanout`).
 """
 
 from __future__ import annotations
