@@ -9,8 +9,10 @@ Node tus server, and the time from an upload's last byte to its Gemini copy bein
     body streamed from one reused buffer) uploads --size bytes to durachat's /api/uploads
     (the whole system as processes) and to `@tus/server` with `@tus/file-store` (Node, from
     npm in --tus-cache, outside the repository: `npm install @tus/server @tus/file-store`),
-    alternately, --rounds times each. Gateway RSS is sampled every 0.1 s: its growth during
-    the upload must stay flat (no whole-file buffering).
+    alternately, --rounds times each; after each durachat upload the bench waits until the
+    upload service has read it back and completed it (reported apart, not in the MB/s), so
+    neither server's run shares the machine with that. Gateway RSS is sampled every 0.1 s:
+    its growth during the upload must stay flat (no whole-file buffering).
 [2] Hand-off: with the fake Gemini (tests/fakes/gemini.py) behind the upload service, the
     time from the last PATCH's answer to the upload object reporting its Gemini copy ACTIVE
     (hand-off, Gemini's processing of --processing s, polls by the object's alarm).
@@ -166,9 +168,20 @@ def part_throughput(bench: BenchRun, args: argparse.Namespace) -> dict:
     assert system.gateway is not None and system.upload is not None and system.nats is not None
     services = {"gateway": system.gateway.pid, "upload": system.upload.pid, "nats": system.nats.process.pid}
 
+    finishing: list[float] = []
+
     async def durachat():
         async with httpx.AsyncClient(timeout=300) as client:
-            return await tus_upload(client, system.base_url + "/api/uploads", args.size, args.chunk)
+            url, seconds = await tus_upload(client, system.base_url + "/api/uploads", args.size, args.chunk)
+            # The upload service then reads the file back to check it (off the measured time,
+            # but not during the next server's run): wait for it to be complete.
+            stored = time.perf_counter()
+            while not (await client.get(url, headers={"Range": "bytes=0-0"})).headers.get("etag"):
+                if time.perf_counter() - stored > 300:
+                    raise SystemExit("the upload was not complete 300 s after its last byte")
+                await asyncio.sleep(0.05)
+            finishing.append(time.perf_counter() - stored)
+            return url, seconds
 
     async def tusd():
         async with httpx.AsyncClient(timeout=300) as client:
@@ -190,8 +203,11 @@ def part_throughput(bench: BenchRun, args: argparse.Namespace) -> dict:
     ratio = mbs["durachat"] / mbs["tus-node"]
     print(f"  durachat / tus-node: {ratio:.2f}x (target >= {TARGET_RATIO}x) {verdict(ratio >= TARGET_RATIO)}; "
           f"gateway RSS growth {growth:.1f} MiB (target <= {TARGET_RSS_MIB}) {verdict(growth <= TARGET_RSS_MIB)}")
+    print(f"  durachat's read-back check after the last byte (not in the MB/s): "
+          f"{', '.join(fmt(f, 2) for f in finishing)} s")
     system.stop()
-    return {"mb_per_s": mbs, "ratio": ratio, "gateway_rss_growth_mib": growth, "runs": runs}
+    return {"mb_per_s": mbs, "ratio": ratio, "gateway_rss_growth_mib": growth, "runs": runs,
+            "seconds_to_complete": finishing}
 
 
 def part_handoff(bench: BenchRun, args: argparse.Namespace) -> dict:

@@ -20,6 +20,7 @@ from pydantic import Field, TypeAdapter
 
 from contracts.client import ObjectClient
 from contracts.common import Command, Contract, ErrorReply
+from contracts.keys import subject_token
 
 UPLOAD = "upload"
 BUCKET = "uploads"
@@ -55,6 +56,26 @@ def fence_subject(upload_id: str, bucket: str = BUCKET) -> str:
     epoch), the last one "closed" once the upload takes no more bytes. No object's nuid
     is ever `<upload id>.w`, so no object store client reads it as chunks."""
     return f"$O.{bucket}.C.{upload_id}.w"
+
+
+def progress_subject(room: str) -> str:
+    """Where the gateway storing an upload's bytes says how far it got, for the sockets of
+    the upload's room (core NATS, not persisted: `UploadProgress`)."""
+    return f"out.{UPLOAD}.{subject_token(room)}"
+
+
+class UploadProgress(Contract):
+    """An upload of a room on its way: sent at most every few hundred ms while its bytes
+    are stored, and once they all are (`status` "stored")."""
+
+    type: Literal["upload_progress"] = "upload_progress"
+    id: UploadId
+    room: str
+    name: str
+    mime: str
+    received: int = Field(ge=0)
+    total: int = Field(ge=0)
+    status: Literal["receiving", "stored"]
 
 
 # --- commands: gateway -> cmd.upload.<upload id> ------------------------------------------------
@@ -202,6 +223,7 @@ class UploadView(Contract):
     gemini_uri: str | None = None
     gemini_expires_at: float | None = None
     gemini_reason: str | None = None
+    gemini_started_at: float | None = Field(None, description="when the hand-off of this copy began")
 
 
 UploadReply = Annotated[UploadView | ErrorReply, Field(discriminator="type")]

@@ -20,15 +20,16 @@ log = logging.getLogger(__name__)
 
 
 async def attached_files(
-    nc: NATS, ask: Ask, timeout: float, gemini: bool = False, wait: float = 20.0
+    nc: NATS, ask: Ask, timeout: float, gemini: bool = False, wait: float = 20.0, need: bool = True
 ) -> tuple[FileRef, ...]:
     """The question's attachments that are finished uploads of its room. With `gemini`, each
-    with its Gemini copy's URI: a copy is asked for if there is none usable (expired, say),
-    and awaited up to `wait` seconds in all; a file without one is only named."""
+    with its Gemini copy's URI: a copy is asked for if there is none usable (expired, say;
+    not with `need` False: asked for already), and awaited up to `wait` seconds in all; a
+    file without one is only named."""
     client = UploadClient(nc, timeout=timeout)
     views = []
     for upload_id in ask.attachments:
-        view = await client.send(upload_id, NeedGeminiCopy() if gemini else GetUpload())
+        view = await client.send(upload_id, NeedGeminiCopy() if gemini and need else GetUpload())
         if isinstance(view, ErrorReply) or view.status not in ("stored", "complete") or view.room != ask.room:
             log.warning("reply %s: attachment %s is not usable: %s", ask.reply_id, upload_id, view)
             continue
@@ -37,9 +38,19 @@ async def attached_files(
         views = await _copies(client, views, wait)
     return tuple(
         FileRef(name=v.name, mime=v.mime, size=v.length,
-                uri=v.gemini_uri if gemini and v.gemini_state == "ACTIVE" else None)
+                uri=v.gemini_uri if gemini and v.gemini_state == "ACTIVE" else None, upload_id=v.id)
         for v in views
     )
+
+
+async def copies_lost(nc: NATS, files: tuple[FileRef, ...], timeout: float) -> None:
+    """Gemini said it has no copy of `files` any more: each is handed to it again from our
+    store (the next `attached_files` waits for the new copies)."""
+    client = UploadClient(nc, timeout=timeout)
+    for file in files:
+        reply = await client.send(file.upload_id, NeedGeminiCopy(lost=True))
+        if isinstance(reply, ErrorReply):
+            log.warning("upload %s: a new Gemini copy was not asked for: %s", file.upload_id, reply.message)
 
 
 async def _copies(client: UploadClient, views: list[UploadView], wait: float) -> list[UploadView]:

@@ -46,6 +46,7 @@ class FileRef:
     mime: str
     size: int
     uri: str | None = None  # the Gemini file's URI, once ACTIVE
+    upload_id: str = ""  # the upload it is
 
     def described(self) -> str:
         return f"{self.name or 'a file'} ({self.mime}, {self.size:,} bytes)"
@@ -80,10 +81,21 @@ class Chunk:
 class ProviderError(Exception):
     """The provider could not give a (whole) reply; `message` says why to chat users."""
 
-    def __init__(self, reason: ProviderFailure, message: str) -> None:
+    def __init__(self, reason: ProviderFailure, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.status = status  # the provider's HTTP status, when it answered with one
+
+    def lost_files(self, files: tuple[FileRef, ...]) -> tuple[FileRef, ...]:
+        """The files of the prompt the provider says it has no copy of any more: a 403 for a
+        prompt with Gemini files (its copy expired, 48 h after upload). The one its message
+        names, else all of them."""
+        sent = tuple(f for f in files if f.uri is not None)
+        if self.status != 403 or not sent:
+            return ()
+        named = tuple(f for f in sent if f.uri and f.uri.rsplit("/", 1)[-1] in self.message)
+        return named or sent
 
 
 class Provider(Protocol):
@@ -159,6 +171,7 @@ def _api_failure(exc: genai_errors.APIError) -> ProviderError:
         return ProviderError(
             "bad_request",
             f"The AI provider refused the request (HTTP {code} {status}: {detail}).",
+            status=code,
         )
     return ProviderError(
         "server", f"The AI provider had a server error (HTTP {code} {status}); try again later."

@@ -27,8 +27,8 @@ from contracts.room import (
     RoomClient,
     StartAiReply,
 )
-from services.context.attachments import attached_files, with_files
-from services.context.provider import Provider, ProviderError, Usage
+from services.context.attachments import attached_files, copies_lost, with_files
+from services.context.provider import FileRef, Provider, ProviderError, Usage
 from services.context.window import fit_window, generation_for
 from services.ratelimit.client import QuotaRefused, charge_ai_request, charge_ai_tokens
 from services.runtime import logs, metrics, tracing
@@ -173,6 +173,8 @@ class ReplyStreamer:
         except ProviderError as exc:
             await self._fail(ask, exc.reason, exc.message)
             return
+        asked_window = window
+        files: tuple[FileRef, ...] = ()
         if ask.attachments:
             files = await attached_files(
                 self.nc, ask, self.config.request_timeout, gemini=provider.name == "gemini"
@@ -192,37 +194,50 @@ class ReplyStreamer:
         failure: tuple[str, str] | None = None
         asked = time.perf_counter()
         first_chunk = True
-        try:
-            async with (
-                asyncio.timeout(self.config.max_duration),
-                aclosing(provider.stream(generation, window.turns)) as chunks,
-            ):
-                async for chunk in chunks:
-                    usage = chunk.usage or usage
-                    text = chunk.text
-                    if sender.length + len(text) > MAX_AI_REPLY_LENGTH:
-                        sender.push(text[: MAX_AI_REPLY_LENGTH - sender.length])
-                        failure = ("too_long", f"the reply passed {MAX_AI_REPLY_LENGTH:,} characters.")
-                        break
-                    if text:
-                        if first_chunk:
-                            first_chunk = False
-                            metrics.AI_FIRST_CHUNK_SECONDS.labels(generation.model).observe(
-                                time.perf_counter() - asked
-                            )
-                        sender.push(text)
-                    if sender.refused is not None:
-                        break
-        except ProviderError as exc:
-            failure = (exc.reason, exc.message)
-        except TimeoutError:
-            failure = ("timeout", f"the reply took longer than {self.config.max_duration:.0f} s.")
-        except asyncio.CancelledError:
-            # The service is stopping: store what came, say so in the room, then stop.
-            cancelled = True
-            if (task := asyncio.current_task()) is not None:
-                task.uncancel()  # the appends below must not be cancelled again
-            failure = ("unavailable", "the AI service restarted; ask again.")
+        for attempt in range(2):
+            try:
+                async with (
+                    asyncio.timeout(self.config.max_duration),
+                    aclosing(provider.stream(generation, window.turns)) as chunks,
+                ):
+                    async for chunk in chunks:
+                        usage = chunk.usage or usage
+                        text = chunk.text
+                        if sender.length + len(text) > MAX_AI_REPLY_LENGTH:
+                            sender.push(text[: MAX_AI_REPLY_LENGTH - sender.length])
+                            failure = ("too_long", f"the reply passed {MAX_AI_REPLY_LENGTH:,} characters.")
+                            break
+                        if text:
+                            if first_chunk:
+                                first_chunk = False
+                                metrics.AI_FIRST_CHUNK_SECONDS.labels(generation.model).observe(
+                                    time.perf_counter() - asked
+                                )
+                            sender.push(text)
+                        if sender.refused is not None:
+                            break
+            except ProviderError as exc:
+                lost = exc.lost_files(files) if attempt == 0 and first_chunk else ()
+                if lost:
+                    # Gemini's copy of a file expired before the question reached it: the
+                    # file goes to Gemini again from our store, the question once more.
+                    log.info("reply %s: Gemini lost %d file(s); handing them over again", ask.reply_id, len(lost))
+                    await copies_lost(self.nc, lost, self.config.request_timeout)
+                    files = await attached_files(
+                        self.nc, ask, self.config.request_timeout, gemini=True, need=False
+                    )
+                    window = with_files(asked_window, files)
+                    continue
+                failure = (exc.reason, exc.message)
+            except TimeoutError:
+                failure = ("timeout", f"the reply took longer than {self.config.max_duration:.0f} s.")
+            except asyncio.CancelledError:
+                # The service is stopping: store what came, say so in the room, then stop.
+                cancelled = True
+                if (task := asyncio.current_task()) is not None:
+                    task.uncancel()  # the appends below must not be cancelled again
+                failure = ("unavailable", "the AI service restarted; ask again.")
+            break
         await sender.flush()
         if failure is None and sender.refused is None and sender.sent == 0:
             failure = ("server", "the AI sent an empty reply.")

@@ -23,7 +23,7 @@ from pydantic import BaseModel, TypeAdapter
 from contracts.context import ContextCommand, ContextReply
 from contracts.ratelimit import LimiterReply, QuotaCommand, QuotaReply, TakeToken
 from contracts.room import RoomCommand, RoomReply, RoomUpdate
-from contracts.upload import UPLOAD, UploadCommand, UploadReply
+from contracts.upload import UPLOAD, UploadCommand, UploadProgress, UploadReply
 
 DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.json"
 REF = "#/components/schemas/{model}"
@@ -172,6 +172,21 @@ def build() -> dict[str, Any]:
         "summary": "Gateways fan a room's updates out to its sockets.",
         "messages": [{"$ref": f"#/channels/roomUpdates/messages/{n}"}
                      for n in channels["roomUpdates"]["messages"]],
+    }
+    channels["uploadProgress"] = {
+        "address": "out.upload.{key}",
+        "title": "a room's uploads on their way",
+        "description": "Published by the gateway storing an upload's bytes, at most every "
+        "250 ms and once every byte is stored (core NATS, not persisted); every gateway with "
+        "a socket in the room sends its sockets an `upload` frame.",
+        "parameters": {"key": {"description": "the room's name as a subject token"}},
+        "messages": {"UploadProgress": b.message(UploadProgress, headers=False)},
+    }
+    operations["receiveUploadProgress"] = {
+        "action": "receive",
+        "channel": {"$ref": "#/channels/uploadProgress"},
+        "summary": "Gateways pass a room's upload progress to its sockets.",
+        "messages": [{"$ref": "#/channels/uploadProgress/messages/UploadProgress"}],
     }
     b.schemas["Commit"] = COMMIT_SCHEMA
     b.messages["Commit"] = {

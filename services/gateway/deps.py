@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends
 from nats.aio.client import Client as NATS
@@ -17,6 +17,9 @@ from services.gateway.identity import Identities
 from services.gateway.ratelimit import IpRateLimiter
 from services.gateway.rooms import RoomFanouts
 from services.gateway.settings import GatewaySettings
+
+if TYPE_CHECKING:
+    from services.gateway.uploads import ProgressFanout
 
 
 @dataclass
@@ -33,6 +36,13 @@ class GatewayState:
     def identities(self) -> Identities:
         """Issues guest identities and verifies tokens (services/gateway/identity.py)."""
         return Identities.from_settings(self.settings)
+
+    @cached_property
+    def upload_progress(self) -> ProgressFanout:
+        """Upload progress for the sockets of a room (services/gateway/uploads.py)."""
+        from services.gateway.uploads import ProgressFanout
+
+        return ProgressFanout(self.nc)
 
 
 async def _gateway_state(connection: HTTPConnection) -> GatewayState:

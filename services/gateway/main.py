@@ -128,6 +128,7 @@ def main() -> None:
     settings = GatewaySettings()
     tracing.setup("gateway")  # only with an OTLP endpoint configured
     logs.configure("gateway")
+    uploads.keep_piece_buffers()
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -9,25 +9,37 @@ nothing. The upload object (services/upload) is told which ranges are stored and
 everything else; there are no locks: a request claims a write epoch before its first piece,
 which fences every earlier writer (its next piece is refused by the bucket: 409), and pieces
 a dead request stored without reporting them are found and recorded by the next HEAD or
-PATCH.
+PATCH. A gateway keeps a write session per upload it writes (`WriteSession`), so the next
+PATCH at the offset it reached goes on in the same epoch asking no one, and a PATCH answers
+once its pieces are acknowledged while their record is on its way (see the class).
+While a room's upload is stored, its progress goes to the room's sockets (`announce`,
+`ProgressFanout`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import hashlib
 import logging
 import secrets
 import tempfile
-from collections.abc import AsyncGenerator, AsyncIterator
+import time
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
 from contracts.common import Command, ErrorCode, ErrorReply
@@ -41,14 +53,17 @@ from contracts.upload import (
     RejectUpload,
     TerminateUpload,
     UploadClient,
+    UploadProgress,
     UploadView,
     is_upload_id,
+    progress_subject,
 )
 from services.gateway.identity import SESSION_COOKIE, Identities, InvalidToken, KeysUnavailable
-from services.gateway.protocol import FrameError
+from services.gateway.protocol import FrameError, encode
 from services.gateway.ratelimit import client_address
 from services.readstore import queries
 from services.readstore.store import ReadStoreError, open_read_store
+from services.runtime import metrics
 from services.settings import UploadRules
 from services.upload.checks import (
     CHECKSUM_ALGORITHMS,
@@ -79,7 +94,28 @@ TUS_EXTENSIONS = "creation,creation-with-upload,expiration,checksum,termination"
 OFFSET_STREAM = "application/offset+octet-stream"
 RECORD_EVERY = 16  # pieces per recorded range: ~16 MiB per command to the upload object
 READ_AHEAD = 2  # pieces of a body read while the one before is being stored
+PROGRESS_EVERY = 0.25  # seconds: at most one progress frame per upload this often
 SPOOL_IN_MEMORY = 8 * 1024 * 1024  # a checksummed body beyond this is spooled to disk
+
+
+M_TRIM_THRESHOLD = -1  # glibc mallopt parameters
+M_MMAP_THRESHOLD = -3
+KEEP_BELOW = 4 * 1024 * 1024  # allocations under this come from the heap, reused
+TRIM_ABOVE = 32 * 1024 * 1024  # free heap top returned to the OS past this
+
+
+def keep_piece_buffers() -> bool:
+    """Have glibc reuse the memory of pieces. By default each allocation from 128 KiB on
+    gets its own fresh mapping, unmapped when freed, so every piece (1 MiB) and nats-py's
+    copies of it in a publish touch new zeroed pages: page faults and clearing on every
+    byte, measured at a fifth of the gateway's CPU per uploaded byte. With the thresholds
+    fixed (glibc's own adaptive ones stop short of it), those buffers come from the heap
+    and are reused; the heap keeps at most TRIM_ABOVE free. False where libc is not glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, KEEP_BELOW) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_ABOVE))
+    except (OSError, AttributeError):
+        return False
 
 
 class TusError(Exception):
@@ -99,6 +135,12 @@ class Uploads:
     quotas: QuotaClient
     identities: Identities
     trusted_proxies: frozenset[str]
+    sessions: OrderedDict[str, WriteSession] = field(default_factory=OrderedDict)
+    # The ranges' sha256 is computed off the event loop (hashlib lets go of the GIL for large
+    # buffers), on one thread: each range's pieces are hashed in the order they were
+    # acknowledged, and its digest read after them.
+    hasher: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-sha256"))
 
 
 async def uploads_of(request: Request) -> Uploads:
@@ -193,6 +235,7 @@ def tus_headers(view: UploadView | None = None, **extra: Any) -> dict[str, str]:
 
 
 def refusal(exc: TusError) -> Response:
+    metrics.UPLOAD_REFUSALS.labels(status=str(exc.status)).inc()
     headers = {"Tus-Resumable": TUS_VERSION, **exc.headers}
     return Response(str(exc) + "\n", status_code=exc.status, headers=headers, media_type="text/plain")
 
@@ -234,6 +277,8 @@ async def opened(request: Request, uploads: Uploads, upload_id: str, *, reading:
     if not (may_read if reading else may_write)(identity, view):
         raise TusError(403, "This upload belongs to another user.")
     if view.status in GONE_STATUSES:
+        if (session := uploads.sessions.get(upload_id)) is not None:
+            drop_session(uploads, session)
         raise TusError(410, gone_reason(view))
     return view
 
@@ -242,6 +287,74 @@ def gone_reason(view: UploadView) -> str:
     if view.status == "rejected":
         return f"The upload was rejected: {view.reason}"
     return f"The upload was {view.status}."
+
+
+# --- progress to the room ------------------------------------------------------------------
+
+
+async def announce(nc: NATS, view: UploadView) -> None:
+    """Tell the sockets of the upload's room how far it got (best effort: core NATS)."""
+    assert view.room is not None
+    progress = UploadProgress(
+        id=view.id, room=view.room, name=view.name, mime=view.mime, received=view.offset,
+        total=view.length, status="stored" if view.offset == view.length else "receiving",
+    )
+    try:
+        await nc.publish(progress_subject(view.room), progress.model_dump_json().encode())
+    except Exception as exc:  # progress is not worth failing an upload for
+        log.info("progress of upload %s not sent: %r", view.id[:12], exc)
+
+
+def progress_frame(progress: UploadProgress) -> str:
+    """`{"upload": {...}}`: no name, message or timestamp, so the demo's client (and any
+    client that only knows the demo's frames) ignores it."""
+    return encode({"upload": {
+        "id": progress.id, "name": progress.name, "type": progress.mime,
+        "received": progress.received, "total": progress.total, "status": progress.status,
+    }})
+
+
+class ProgressFanout:
+    """Hands the upload progress of a room to this gateway's sockets in it: one
+    subscription per room while a socket is in it."""
+
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self.rooms: dict[str, dict[int, Callable[[str], None]]] = {}
+        self.subscriptions: dict[str, Subscription] = {}
+
+    async def attach(self, room: str, listener_id: int, deliver: Callable[[str], None]) -> None:
+        listeners = self.rooms.get(room)
+        if listeners is not None:
+            listeners[listener_id] = deliver
+            return
+        listeners = self.rooms[room] = {listener_id: deliver}
+
+        async def on_message(msg: Msg) -> None:
+            try:
+                frame = progress_frame(UploadProgress.model_validate_json(msg.data))
+            except ValidationError as exc:
+                log.error("dropped upload progress of room %s outside the contract: %s", room, exc)
+                return
+            for each in list(listeners.values()):
+                each(frame)
+
+        subscription = await self.nc.subscribe(progress_subject(room), cb=on_message)
+        if self.rooms.get(room) is listeners and listeners:
+            self.subscriptions[room] = subscription
+        else:  # every socket left while subscribing
+            await subscription.unsubscribe()
+
+    async def detach(self, room: str, listener_id: int) -> None:
+        listeners = self.rooms.get(room)
+        if listeners is None:
+            return
+        listeners.pop(listener_id, None)
+        if not listeners:
+            del self.rooms[room]
+            subscription = self.subscriptions.pop(room, None)
+            if subscription is not None:
+                await subscription.unsubscribe()
 
 
 # --- the pieces of a body -------------------------------------------------------------------
@@ -287,29 +400,108 @@ async def reconcile(uploads: Uploads, view: UploadView, attempts: int = 3) -> Up
 STALE = "Another request wrote to this upload meanwhile; HEAD it for the offset and resume."
 
 
-class Receiver:
-    """Stores one request body into an upload from `view.offset` on: claims a write epoch
-    (fencing every earlier writer) before its first piece, keeps a window of pieces in
-    flight (store.PieceWriter), and records what was acknowledged every RECORD_EVERY pieces
-    and at the end."""
+@dataclass(eq=False)
+class WriteSession:
+    """This gateway's hold on an upload it writes, kept across PATCHes: its write epoch,
+    where the bytes the bucket acknowledged end, and the record of them on its way to the
+    upload object. The next PATCH at that offset continues the epoch without asking anyone
+    (no GetUpload, no claim): had another request claimed the upload meanwhile, the bucket
+    refuses the first piece (409) and the session is dropped. A HEAD or PATCH of the upload
+    on this gateway waits for the record on its way first; one on another gateway finds the
+    unrecorded pieces in the bucket (`reconcile`)."""
 
-    def __init__(self, uploads: Uploads, view: UploadView, window: int = WINDOW) -> None:
+    view: UploadView
+    epoch: int = 0  # 0: none claimed yet
+    offset: int = 0
+    last_seq: int = 0
+    recording: asyncio.Future[UploadView] | None = None
+    busy: bool = False
+    used: float = 0.0
+    reported: float = float("-inf")  # when the room last heard of its progress (monotonic)
+
+    @classmethod
+    def of(cls, view: UploadView) -> WriteSession:
+        return cls(view, offset=view.offset, last_seq=view.last_seq, used=time.monotonic())
+
+    def usable(self, offset: int) -> bool:
+        """Whether a PATCH at `offset` may go on in this session."""
+        expired = self.view.expires_at is not None and self.view.expires_at <= time.time()
+        return not self.busy and self.offset == offset and not expired and not self.failed()
+
+    def failed(self) -> bool:
+        """Whether the last record failed (the next request looks at the upload again)."""
+        done = self.recording is not None and self.recording.done()
+        return done and (self.recording.cancelled() or self.recording.exception() is not None)  # type: ignore[union-attr]
+
+    async def settled(self) -> None:
+        """Wait for the record on its way (its failure is for whoever looks next)."""
+        if self.recording is not None:
+            await asyncio.gather(self.recording, return_exceptions=True)
+
+    def current(self) -> UploadView:
+        """The view as this session knows it: the acknowledged bytes count."""
+        if self.view.offset == self.offset:
+            return self.view
+        return self.view.model_copy(update={"offset": self.offset, "last_seq": self.last_seq})
+
+
+SESSIONS = 1024  # write sessions a gateway keeps (the least recently used go first)
+SESSION_IDLE = 600.0  # seconds an unused session is kept
+
+
+def session_of(uploads: Uploads, upload_id: str) -> WriteSession | None:
+    session = uploads.sessions.get(upload_id)
+    if session is not None and not session.busy and time.monotonic() - session.used > SESSION_IDLE:
+        uploads.sessions.pop(upload_id, None)
+        return None
+    return session
+
+
+def keep_session(uploads: Uploads, session: WriteSession) -> None:
+    session.used = time.monotonic()
+    uploads.sessions[session.view.id] = session
+    uploads.sessions.move_to_end(session.view.id)
+    while len(uploads.sessions) > SESSIONS:
+        uploads.sessions.popitem(last=False)
+
+
+def drop_session(uploads: Uploads, session: WriteSession) -> None:
+    if uploads.sessions.get(session.view.id) is session:
+        del uploads.sessions[session.view.id]
+
+
+async def settle_session(uploads: Uploads, upload_id: str) -> None:
+    """Before looking at an upload: the record this gateway has on its way, in (a request
+    writing it meanwhile is not waited for: a HEAD never waits for a PATCH)."""
+    session = session_of(uploads, upload_id)
+    if session is not None and not session.busy:
+        await session.settled()
+
+
+class Receiver:
+    """Stores one request body into an upload at its session's offset: claims a write epoch
+    (fencing every earlier writer) before its first piece unless the session holds one,
+    keeps a window of pieces in flight (store.PieceWriter), and records what was
+    acknowledged every RECORD_EVERY pieces and at the end, each record sent once the one
+    before was answered, without holding the pieces back meanwhile."""
+
+    def __init__(self, uploads: Uploads, session: WriteSession, window: int = WINDOW) -> None:
         self.uploads = uploads
-        self.view = view
+        self.session = session
+        self.view = session.view
         self.window = window
-        self.epoch = 0
         self.writer: PieceWriter | None = None
         self._claiming: asyncio.Future[int] | None = None
-        self.offset = view.offset  # where the next piece sent goes
-        self.stored_offset = view.offset  # the end of the acknowledged pieces
-        self.last_seq = view.last_seq
-        # The ranges' sha256 is computed off the event loop (hashlib lets go of the GIL), on
-        # one thread so the pieces are hashed in the order they were acknowledged.
-        self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-sha256")
+        self.offset = session.offset  # where the next piece sent goes
+        self.hasher = uploads.hasher
         self._start_range()
 
+    @property
+    def epoch(self) -> int:
+        return self.session.epoch
+
     def _start_range(self) -> None:
-        self.range_offset = self.stored_offset
+        self.range_offset = self.session.offset
         self.range_first = 0
         self.range_pieces = 0
         self.range_digest = hashlib.sha256()
@@ -318,22 +510,33 @@ class Receiver:
         self.range_first = self.range_first or piece.seq
         self.range_pieces += 1
         self.hasher.submit(self.range_digest.update, piece.data)
-        self.stored_offset = piece.offset + len(piece.data)
-        self.last_seq = piece.seq
+        self.session.offset = piece.offset + len(piece.data)
+        self.session.last_seq = piece.seq
+        metrics.UPLOAD_BYTES.inc(len(piece.data))
+        metrics.UPLOAD_PIECES.inc()
+        now = time.monotonic()
+        if self.view.room is not None and now - self.session.reported >= PROGRESS_EVERY \
+                and self.session.offset < self.view.length:
+            self.session.reported = now
+            done = asyncio.ensure_future(announce(self.uploads.bucket.nc, self.session.current()))
+            done.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
 
     def claim_early(self) -> None:
         """Claim the write epoch while the body's first piece is still on its way."""
+        if self.epoch:
+            return
         self._claiming = asyncio.ensure_future(self.uploads.bucket.claim(self.view.id))
         self._claiming.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
 
     async def _claim(self) -> PieceWriter:
-        try:
-            claiming = self._claiming or asyncio.ensure_future(self.uploads.bucket.claim(self.view.id))
-            self.epoch = await claiming
-        except StaleWriter:
-            raise TusError(409, STALE) from None
-        except PieceStoreError as exc:
-            raise TusError(503, f"Storing failed: {exc}") from None
+        if not self.epoch:
+            try:
+                claiming = self._claiming or asyncio.ensure_future(self.uploads.bucket.claim(self.view.id))
+                self.session.epoch = await claiming
+            except StaleWriter:
+                raise TusError(409, STALE) from None
+            except PieceStoreError as exc:
+                raise TusError(503, f"Storing failed: {exc}") from None
         writer = PieceWriter(self.uploads.bucket, self.view.id, self.epoch, self.window, on_stored=self._stored)
         await writer.__aenter__()
         self.writer = writer
@@ -354,7 +557,7 @@ class Receiver:
             await self._refused(exc)
         self.offset += len(piece)
         if self.range_pieces >= RECORD_EVERY:
-            await self.record()
+            await self.record(wait=False)
 
     async def next_piece(self, pieces: AsyncIterator[T]) -> T | None:
         """The body's next piece (None at its end); a refusal of a piece in flight while the
@@ -375,49 +578,72 @@ class Receiver:
         return following.result()
 
     async def finish(self) -> UploadView:
-        """Wait for the pieces in flight and record them."""
+        """Wait for the pieces in flight and record them: the whole chain of records when
+        the upload is then whole (a message may attach it next), else only the one before
+        (this one goes on its way while the client sends its next PATCH)."""
         if self.writer is not None:
             try:
                 await self.writer.drain()
             except (StaleWriter, PieceStoreError) as exc:
                 await self._refused(exc)
-        return await self.record()
+        view = await self.record(wait=self.session.offset == self.view.length)
+        if view.room is not None and view.offset == view.length and self.range_offset > self.view.offset:
+            await announce(self.uploads.bucket.nc, view)  # every byte is stored
+        return view
 
     async def close(self) -> None:
         if self._claiming is not None and not self._claiming.done():
             self._claiming.cancel()
         if self.writer is not None:
             await self.writer.__aexit__(None, None, None)
-        self.hasher.shutdown(wait=False)
 
     async def _refused(self, exc: Exception) -> None:
-        await self.record()  # what was acknowledged before the refusal is the file's
+        await self.record(wait=True)  # what was acknowledged before the refusal is the file's
         if isinstance(exc, StaleWriter):
+            view = await ask(self.uploads, self.view.id, GetUpload())
+            if view.status in GONE_STATUSES:  # closed by its expiry or termination
+                raise TusError(410, gone_reason(view)) from None
             raise TusError(409, STALE) from None
         raise TusError(507 if "maximum bytes" in str(exc) else 503, f"Storing failed: {exc}") from None
 
-    async def record(self) -> UploadView:
-        """Tell the upload object what this request stored since its last report."""
+    async def record(self, wait: bool) -> UploadView:
+        """Send the upload object what this request stored since its last record, after the
+        record before it was answered (so at most one is on its way); with `wait`, until
+        it is answered too. Raises the TusError of a record that failed."""
+        session = self.session
+        previous = session.recording
         if self.range_pieces:
-            offset, length = self.range_offset, self.stored_offset - self.range_offset
-            first_seq, last_seq, digest = self.range_first, self.last_seq, self.range_digest
-            self._start_range()  # pieces acknowledged from now on are the next range's
-            sha256 = await asyncio.get_running_loop().run_in_executor(self.hasher, digest.hexdigest)
             command = RecordRange(
-                offset=offset, length=length, first_seq=first_seq, last_seq=last_seq,
-                sha256=sha256, epoch=self.epoch,
+                offset=self.range_offset, length=session.offset - self.range_offset,
+                first_seq=self.range_first, last_seq=session.last_seq, sha256="0" * 64, epoch=self.epoch,
             )
-            reply = await self.uploads.client.send(self.view.id, command)
-            if isinstance(reply, UploadView):
-                self.view = reply
-            elif reply.code == ErrorCode.MISMATCH:
-                # a HEAD or PATCH found some of our pieces first: record from the bucket
-                self.view = await reconcile(self.uploads, await ask(self.uploads, self.view.id, GetUpload()))
-                if self.view.offset < command.offset + command.length:  # a newer writer's view won
-                    raise TusError(409, STALE, tus_headers(self.view))
-            else:
-                raise TusError(STATUS_OF.get(reply.code, 503), reply.message)
-        return self.view
+            # hashed once the range's pieces are (the hasher's queue keeps the order)
+            sha256 = asyncio.wrap_future(self.hasher.submit(self.range_digest.hexdigest))
+            self._start_range()  # pieces acknowledged from now on are the next range's
+            session.recording = asyncio.ensure_future(self._send_record(previous, command, sha256))
+            session.recording.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
+        if wait and session.recording is not None:
+            session.view = await session.recording
+        elif previous is not None:
+            session.view = await previous
+        return session.current()
+
+    async def _send_record(
+        self, previous: asyncio.Future[UploadView] | None, command: RecordRange, sha256: asyncio.Future[str]
+    ) -> UploadView:
+        if previous is not None:
+            await previous
+        command = command.model_copy(update={"sha256": await sha256})
+        reply = await self.uploads.client.send(self.view.id, command)
+        if isinstance(reply, UploadView):
+            return reply
+        if reply.code == ErrorCode.MISMATCH:
+            # a HEAD or PATCH found some of our pieces first: record from the bucket
+            view = await reconcile(self.uploads, await ask(self.uploads, self.view.id, GetUpload()))
+            if view.offset < command.offset + command.length:  # a newer writer's view won
+                raise TusError(409, STALE, tus_headers(view))
+            return view
+        raise TusError(STATUS_OF.get(reply.code, 503), reply.message)
 
 
 async def pieces_of(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[tuple[bytes, bool]]:
@@ -487,8 +713,10 @@ async def body_chunks(request: Request, cut: list[bool]) -> AsyncIterator[bytes]
         cut.append(True)
 
 
-async def receive_body(request: Request, uploads: Uploads, view: UploadView) -> UploadView:
-    """Store the request's body at the upload's offset (see the module docstring)."""
+async def receive_body(request: Request, uploads: Uploads, session: WriteSession) -> UploadView:
+    """Store the request's body at the session's offset (see the module docstring). The
+    session is kept for the next PATCH unless this one failed or finished the upload."""
+    view = session.current()
     remaining = view.length - view.offset
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -500,7 +728,8 @@ async def receive_body(request: Request, uploads: Uploads, view: UploadView) -> 
         checksum = parse_checksum(request.headers.get("upload-checksum"))
     except UnsupportedChecksum as exc:
         raise TusError(400, str(exc)) from None
-    receiver = Receiver(uploads, view)
+    session.busy = True
+    receiver = Receiver(uploads, session)
     if checksum is None and remaining > 0 and declared != "0":
         receiver.claim_early()
     cut: list[bool] = []
@@ -517,10 +746,18 @@ async def receive_body(request: Request, uploads: Uploads, view: UploadView) -> 
                     await receiver.store(piece)
                 too_long = too_long or past
         view = await receiver.finish()
+    except BaseException:
+        drop_session(uploads, session)
+        raise
     finally:
+        session.busy = False
         await receiver.close()
         if spool is not None:
             spool.close()
+    if view.offset < view.length:
+        keep_session(uploads, session)
+    else:
+        drop_session(uploads, session)
     if too_long:
         raise TusError(413, f"The body went past Upload-Length ({view.length}); bytes up to it were stored.", tus_headers(view))
     return view
@@ -615,7 +852,7 @@ async def create_upload(request: Request) -> Response:
         location = {"Location": f"/api/uploads/{upload_id}"}
         if body:
             try:
-                view = await receive_body(request, uploads, view)
+                view = await receive_body(request, uploads, WriteSession.of(view))
             except TusError as exc:  # the upload exists: say where, with the refusal
                 exc.headers.update(location)
                 raise
@@ -653,22 +890,27 @@ async def head_upload(upload_id: str, request: Request) -> Response:
     uploads = await uploads_of(request)
     try:
         check_version(request)
+        await settle_session(uploads, upload_id)
         view = await reconcile(uploads, await opened(request, uploads, upload_id))
         headers = tus_headers(view, Upload_Length=view.length)
         if view.metadata:
             headers["Upload-Metadata"] = encode_metadata(view.metadata)
         return Response(status_code=200, headers=headers)
     except TusError as exc:
+        metrics.UPLOAD_REFUSALS.labels(status=str(exc.status)).inc()
         return Response(status_code=exc.status, headers={"Tus-Resumable": TUS_VERSION, **exc.headers})
 
 
 @router.patch("/api/uploads/{upload_id}", summary="tus: bytes at the upload's offset")
 async def patch_upload(upload_id: str, request: Request) -> Response:
     uploads = await uploads_of(request)
+    started = time.perf_counter()
     try:
         return await patch(upload_id, request, uploads)
     except TusError as exc:
         return refusal(exc)
+    finally:
+        metrics.UPLOAD_PATCH_SECONDS.observe(time.perf_counter() - started)
 
 
 async def patch(upload_id: str, request: Request, uploads: Uploads) -> Response:
@@ -678,15 +920,25 @@ async def patch(upload_id: str, request: Request, uploads: Uploads) -> Response:
     raw_offset = request.headers.get("upload-offset")
     if raw_offset is None or not raw_offset.isdigit():
         raise TusError(400, "Upload-Offset must be given as a number of bytes.")
-    view = await reconcile(uploads, await opened(request, uploads, upload_id))
-    if int(raw_offset) != view.offset:
-        raise TusError(409, f"Upload-Offset {raw_offset} is not the upload's offset {view.offset}.",
-                       tus_headers(view))
-    if view.status != "receiving":
-        if int(request.headers.get("content-length") or "0"):
-            raise TusError(413, "The upload is complete: it takes no more bytes.", tus_headers(view))
-        return Response(status_code=204, headers=tus_headers(view))
-    view = await receive_body(request, uploads, view)
+    session = session_of(uploads, upload_id)
+    if session is not None and session.usable(int(raw_offset)):
+        # this gateway wrote the upload up to here: go on in the same epoch, asking no one
+        if not may_write(await request_identity(request, uploads), session.view):
+            raise TusError(403, "This upload belongs to another user.")
+    else:
+        if session is not None and not session.busy:
+            await session.settled()
+            drop_session(uploads, session)
+        view = await reconcile(uploads, await opened(request, uploads, upload_id))
+        if int(raw_offset) != view.offset:
+            raise TusError(409, f"Upload-Offset {raw_offset} is not the upload's offset {view.offset}.",
+                           tus_headers(view))
+        if view.status != "receiving":
+            if int(request.headers.get("content-length") or "0"):
+                raise TusError(413, "The upload is complete: it takes no more bytes.", tus_headers(view))
+            return Response(status_code=204, headers=tus_headers(view))
+        session = WriteSession.of(view)
+    view = await receive_body(request, uploads, session)
     return Response(status_code=204, headers=tus_headers(view))
 
 
@@ -695,7 +947,10 @@ async def delete_upload(upload_id: str, request: Request) -> Response:
     uploads = await uploads_of(request)
     try:
         check_version(request)
+        await settle_session(uploads, upload_id)
         await opened(request, uploads, upload_id)
+        if (session := uploads.sessions.get(upload_id)) is not None:
+            drop_session(uploads, session)
         await ask(uploads, upload_id, TerminateUpload())
         return Response(status_code=204, headers={"Tus-Resumable": TUS_VERSION})
     except TusError as exc:

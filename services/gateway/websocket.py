@@ -276,6 +276,12 @@ async def chat(
         request_timeout=settings.request_timeout,
     )
     fanout = await gateway.fanouts.attach(name, id(session), session.deliver)
+
+    def upload_progress(text: str) -> None:  # for sockets that joined (named themselves)
+        if session.name is not None:
+            session.send(text)
+
+    await gateway.upload_progress.attach(name, id(session), upload_progress)
     try:
         state = await gateway.rooms.send(name, GetRoom())
         if isinstance(state, ErrorReply):
@@ -300,6 +306,7 @@ async def chat(
     except WebSocketDisconnect:
         pass
     finally:
+        await gateway.upload_progress.detach(name, id(session))
         await gateway.fanouts.detach(name, id(session))
         if session.name is not None:
             await gateway.rooms.send(name, LeaveRoom(session_id=session.id))

@@ -1,5 +1,5 @@
-"""Comparing a read store with a fresh replay of the room stream, table by table and row
-by row, and listing its dead letters."""
+"""Comparing a read store with a fresh replay of the room and upload streams, table by table
+and row by row, and listing its dead letters."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from nats.aio.client import Client as NATS
 
 from services.readstore.projection import ROOM_STREAM, position
 from services.readstore.store import open_read_store
+from services.readstore.uploads import UPLOAD_STREAM
 from services.replay.rebuild import replay_into
 from services.replay.roomstream import Progress, last_sequence
 
-# Tables a replay does not reproduce: where the projector is, when migrations ran, and the
-# uploads table (projected from EVT_UPLOAD, which a replay of the room stream does not read).
-UNCOMPARED_TABLES = frozenset({"projector_positions", "d1_migrations", "uploads"})
+# Tables a replay does not reproduce: where the projector is, when migrations ran.
+UNCOMPARED_TABLES = frozenset({"projector_positions", "d1_migrations"})
 UNCOMPARED_COLUMNS = {"dead_letters": frozenset({"recorded_at"})}  # when, not what
 
 
@@ -145,11 +145,12 @@ async def check_store(
         live.execute("BEGIN")
         reached = position(live, ROOM_STREAM)
         stream_last = await last_sequence(nc)
+        uploads_upto = min(position(live, UPLOAD_STREAM), await last_sequence(nc, UPLOAD_STREAM))
         if started:
             started(reached)
         with tempfile.TemporaryDirectory(prefix="durachat-check-") as folder:
             upto = min(reached, stream_last)
-            replay, _ = await replay_into(nc, Path(folder) / "replay.db", upto, progress)
+            replay, _ = await replay_into(nc, Path(folder) / "replay.db", upto, progress, uploads_upto)
             try:
                 tables = [
                     compare_table(live, replay, t, limit) if t in _tables(live) else

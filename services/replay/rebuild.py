@@ -27,6 +27,7 @@ from services.readstore.projection import (
     recount_room_ai_usage,
 )
 from services.readstore.store import open_read_store
+from services.readstore.uploads import UPLOAD_STREAM, project_upload_commit
 from services.replay.roomstream import (
     Progress,
     ReplayError,
@@ -47,10 +48,12 @@ class Replayed:
 
 
 async def replay_into(
-    nc: NATS, path: Path, upto: int, progress: Progress | None = None
+    nc: NATS, path: Path, upto: int, progress: Progress | None = None, uploads_upto: int = 0
 ) -> tuple[sqlite3.Connection, Replayed]:
     """A new read store at `path` (migrated by `open_read_store`) holding every commit of
-    the room stream with a sequence <= `upto`, recorded at position `upto`.
+    the room stream with a sequence <= `upto`, recorded at position `upto`, and every
+    commit of the upload stream (EVT_UPLOAD: the `uploads` table) <= `uploads_upto`,
+    recorded at that.
 
     Commits are projected in transactions of COMMITS_PER_TRANSACTION, each recording the
     position it reached, as the projector does. Returns the open connection.
@@ -61,36 +64,9 @@ async def replay_into(
     conn = open_read_store(path)
     result = Replayed(path, upto)
     try:
-        batch: list[StoredMessage] = []
-
-        def flush(final: bool = False) -> None:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for msg in batch:
-                    result.dead_letters += project_commit(
-                        conn, ROOM_STREAM, msg.subject, msg.sequence, msg.data
-                    )
-                # The last transaction records `upto` even if the stream's last messages
-                # are gone (deleted): the projector goes on after it.
-                record_position(conn, ROOM_STREAM, upto if final else batch[-1].sequence)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            result.commits += len(batch)
-            if progress and batch:
-                progress(batch[-1].sequence)
-            batch.clear()
-
-        if upto > 0:
-            async with aclosing(direct_get(nc, ROOM_STREAM, 1)) as messages:
-                async for msg in messages:
-                    if msg.sequence > upto:
-                        break
-                    batch.append(msg)
-                    if len(batch) >= COMMITS_PER_TRANSACTION:
-                        flush()
-        flush(final=True)
+        await _replay_stream(conn, nc, ROOM_STREAM, upto, project_commit, result, progress)
+        if uploads_upto > 0:
+            await _replay_stream(conn, nc, UPLOAD_STREAM, uploads_upto, project_upload_commit, result, None)
         if progress:
             progress(upto)
     except BaseException:
@@ -98,6 +74,43 @@ async def replay_into(
         remove_database(path)
         raise
     return conn, result
+
+
+Project = Callable[[sqlite3.Connection, str, str, int, bytes], int]
+
+
+async def _replay_stream(
+    conn: sqlite3.Connection, nc: NATS, stream: str, upto: int, project: Project,
+    result: Replayed, progress: Progress | None,
+) -> None:
+    batch: list[StoredMessage] = []
+
+    def flush(final: bool = False) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for msg in batch:
+                result.dead_letters += project(conn, stream, msg.subject, msg.sequence, msg.data)
+            # The last transaction records `upto` even if the stream's last messages
+            # are gone (deleted): the projector goes on after it.
+            record_position(conn, stream, upto if final else batch[-1].sequence)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        result.commits += len(batch)
+        if progress and batch:
+            progress(batch[-1].sequence)
+        batch.clear()
+
+    if upto > 0:
+        async with aclosing(direct_get(nc, stream, 1)) as messages:
+            async for msg in messages:
+                if msg.sequence > upto:
+                    break
+                batch.append(msg)
+                if len(batch) >= COMMITS_PER_TRANSACTION:
+                    flush()
+    flush(final=True)
 
 
 def seal(conn: sqlite3.Connection) -> None:
@@ -162,14 +175,15 @@ async def rebuild_store(
     nc: NATS, db: Path, out: Path | None = None, swap: bool = True,
     progress: Progress | None = None, started: Callable[[int], None] | None = None,
 ) -> Replayed:
-    """Replay the whole room stream (up to its last sequence now) into a new file next to
+    """Replay the whole room and upload streams (up to their last sequences now) into a new file next to
     `db`, and swap it in unless `swap` is False. The running projector continues from the
     new file's recorded position."""
     out = Path(out) if out else rebuild_path(db)
     upto = await last_sequence(nc)
+    uploads_upto = await last_sequence(nc, UPLOAD_STREAM)
     if started:
         started(upto)
-    conn, result = await replay_into(nc, out, upto, progress)
+    conn, result = await replay_into(nc, out, upto, progress, uploads_upto)
     try:
         seal(conn)
     except BaseException:

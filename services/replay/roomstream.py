@@ -82,10 +82,10 @@ async def connected(url: str, where: str = ""):
             await nc.close()
 
 
-async def last_sequence(nc: NATS) -> int:
-    """The room stream's last sequence now (0 when the stream does not exist yet)."""
+async def last_sequence(nc: NATS, stream: str = ROOM_STREAM) -> int:
+    """The (room) stream's last sequence now (0 when the stream does not exist yet)."""
     try:
-        return (await nc.jetstream().stream_info(ROOM_STREAM)).state.last_seq
+        return (await nc.jetstream().stream_info(stream)).state.last_seq
     except nats.js.errors.NotFoundError:
         return 0
 

@@ -226,3 +226,21 @@ def serve_metrics(name: str) -> str | None:
     url = f"http://{host}:{server.server_port}/metrics"
     log.info("%s serves metrics at %s", name, url)
     return url
+
+
+# --- uploads (services/gateway/uploads.py, services/upload) ------------------------------------
+# No upload id, room or user in a label: statuses and outcomes only.
+UPLOAD_BYTES = Counter("durachat_upload_bytes_total", "Upload bytes the bucket acknowledged (gateway)")
+UPLOAD_PIECES = Counter("durachat_upload_pieces_total", "Upload pieces the bucket acknowledged (gateway)")
+UPLOAD_PATCH_SECONDS = Histogram(
+    "durachat_upload_patch_seconds", "tus PATCH requests, from routing to the answer (gateway)", buckets=SLOW
+)
+UPLOAD_REFUSALS = Counter(
+    "durachat_upload_refusals_total", "tus requests refused, by HTTP status (gateway)", ["status"]
+)
+UPLOAD_HANDOFFS = Counter(
+    "durachat_upload_handoffs_total", "Gemini hand-offs ended, by outcome: active or failed", ["outcome"]
+)
+UPLOAD_SECONDS_TO_ACTIVE = Histogram(
+    "durachat_upload_seconds_to_active", "From a hand-off's start to Gemini's copy ACTIVE", buckets=SLOW
+)

@@ -100,6 +100,7 @@ class Upload(Aggregate):
         self.gemini_poll_at: float | None = None
         self.gemini_polls = 0
         self.gemini_reason: str | None = None
+        self.gemini_started_at: float | None = None  # when this generation's hand-off began
 
     @property
     def gone(self) -> bool:
@@ -179,14 +180,16 @@ class Upload(Aggregate):
         if self.status != "complete":
             raise OffsetMismatch("The upload is not complete: nothing to hand to Gemini yet.")
 
-    def hand_off_started(self, file_id: str, upload_url: str) -> None:
+    def hand_off_started(self, file_id: str, upload_url: str, now: float | None = None) -> None:
         self._check_complete()
         if self.gemini_file == file_id and self.gemini_upload_url == upload_url:
             return
-        self._hand_off_started(file_id=file_id, upload_url=upload_url)
+        self._hand_off_started(file_id=file_id, upload_url=upload_url, at=now)
 
     @event("HandOffStarted")
-    def _hand_off_started(self, file_id: str, upload_url: str) -> None:
+    def _hand_off_started(self, file_id: str, upload_url: str, at: float | None = None) -> None:
+        # `at`: stored HandOffStarted events without it decode as None
+        self.gemini_started_at = at
         self.gemini_state = "uploading"
         self.gemini_file = file_id
         self.gemini_upload_url = upload_url

@@ -109,6 +109,7 @@ def view(state: Upload) -> UploadView:
         gemini_uri=state.gemini_uri,
         gemini_expires_at=state.gemini_expires_at,
         gemini_reason=state.gemini_reason,
+        gemini_started_at=getattr(state, "gemini_started_at", None),  # snapshots from before it
     )
 
 
@@ -195,7 +196,7 @@ def alarm_due(alarm: DueAlarm, state: Upload | None, ctx: Ctx) -> Outcome:
 @upload.handles(HandOffBegin)
 def hand_off_begin(command: HandOffBegin, state: Upload | None, ctx: Ctx) -> Outcome:
     state = existing(state, ctx)
-    state.hand_off_started(command.file_id, command.upload_url)
+    state.hand_off_started(command.file_id, command.upload_url, now=ctx.now())
     return Outcome(state, view(state))
 
 

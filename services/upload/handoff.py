@@ -32,6 +32,7 @@ from contracts.upload import (
     HandOffProgress,
     UploadView,
 )
+from services.runtime import metrics
 from services.runtime.kind import ObjectContext
 from services.upload.gemini import CHUNK, GeminiError, GeminiFile, SessionGone, gemini_file_id
 from services.upload.store import read_bytes
@@ -53,6 +54,8 @@ async def _tell(ctx: ObjectContext[Any], command: Command) -> UploadView | None:
     if isinstance(reply, ErrorReply):
         log.warning("upload %s refused %s: %s", ctx.key, type(command).__name__, reply.message)
         return None
+    if isinstance(command, HandOffFail):
+        metrics.UPLOAD_HANDOFFS.labels(outcome="failed").inc()
     return reply
 
 
@@ -63,8 +66,12 @@ async def _report(ctx: ObjectContext[Any], view: UploadView, file_id: str, file:
             await _tell(ctx, HandOffFail(reason=f"Gemini's copy differs (sha256 {theirs[:12]}…, ours {view.sha256[:12]}…)."))
             return
     state = file.state if file.state in ("PROCESSING", "ACTIVE", "FAILED") else "PROCESSING"
-    await _tell(ctx, GeminiReport(file_id=file_id, state=state, uri=file.uri, expires_at=expiry(file),
-                                  reason=file.error))
+    after = await _tell(ctx, GeminiReport(file_id=file_id, state=state, uri=file.uri, expires_at=expiry(file),
+                                          reason=file.error))
+    if after is not None and after.gemini_state != view.gemini_state and after.gemini_state in ("ACTIVE", "FAILED"):
+        metrics.UPLOAD_HANDOFFS.labels(outcome=after.gemini_state.lower()).inc()
+        if after.gemini_state == "ACTIVE" and after.gemini_started_at is not None:
+            metrics.UPLOAD_SECONDS_TO_ACTIVE.observe(max(0.0, ctx.now() - after.gemini_started_at))
 
 
 async def _retrying(ctx: ObjectContext[Any], call: Any) -> Any:

@@ -150,3 +150,32 @@ def test_pause_cancel_drop_and_paste(chromium: Browser, system: LocalSystem) -> 
     expect(page.locator('#messages [data-testid="preview"]')).to_have_count(1)
     expect(page.locator("#messages .attachment-label")).to_have_text(re.compile(r"dropped\.png · image/png"))
     page.context.close()
+
+
+def test_the_room_sees_another_members_upload_on_its_way(chromium: Browser, system: LocalSystem) -> None:
+    import httpx
+
+    room = f"up-{uuid.uuid4().hex[:12]}"
+    bob = open_room(chromium, system, "bob", room)
+    data = png(900, 900)  # ~2.3 MiB
+    meta = ",".join(f"{k} {base64.b64encode(v.encode()).decode()}"
+                    for k, v in {"filename": "carols.png", "filetype": "image/png", "room": room}.items())
+    tus = {"Tus-Resumable": "1.0.0"}
+    with httpx.Client(base_url=system.base_url, timeout=30) as client:  # carol, from another client
+        created = client.post("/api/uploads", headers={**tus, "Upload-Length": str(len(data)), "Upload-Metadata": meta})
+        assert created.status_code == 201, created.text
+        url = created.headers["location"]
+        first = MIB + 1000
+        done = client.patch(url, content=data[:first], headers={
+            **tus, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"})
+        assert done.status_code == 204, done.text
+        item = bob.get_by_test_id("room-upload")
+        expect(item).to_contain_text("carols.png")
+        expect(item).to_contain_text(re.compile(r"\d+% of 2\.\d MB · someone is uploading"))
+        done = client.patch(url, content=data[first:], headers={
+            **tus, "Content-Type": "application/offset+octet-stream", "Upload-Offset": str(first)})
+        assert done.status_code == 204, done.text
+    expect(item).to_have_attribute("data-state", "stored")
+    expect(item).to_contain_text("uploaded")
+    expect(bob.get_by_test_id("room-upload")).to_have_count(0, timeout=10_000)  # gone after a while
+    bob.context.close()

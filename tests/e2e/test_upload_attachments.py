@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from contracts.upload import PIECE_SIZE
+from services.gateway.uploads import PROGRESS_EVERY
 from services.localsystem import LocalSystem
 from tests.conftest import running
 from tests.e2e.chat_clients import ChatClient, joined
@@ -99,3 +102,38 @@ async def test_attachments_the_gateway_refuses(system: LocalSystem) -> None:
         error = await alice.recv_until(lambda f: "error" in f)
         assert why in error[-1]["error"], (frame, error[-1])
     await alice.close()
+
+
+async def test_the_room_sees_an_uploads_progress_at_a_bounded_rate(system: LocalSystem) -> None:
+    """Sockets in the upload's room get `{"upload": {...}}` frames (no name, message or
+    timestamp: the demo's client ignores them) as its bytes are stored: not one per piece,
+    at most one per PROGRESS_EVERY, the last one when every byte is stored."""
+    room = f"att-{uuid.uuid4().hex[:8]}"
+    (alice,) = await joined(system, room, "alice")
+    (other,) = await joined(system, f"att-{uuid.uuid4().hex[:8]}", "olga")
+    data = png(7 * PIECE_SIZE + 5)
+    upload_id = upload(system, room, data, name="big.png", finish=False)
+    started = time.monotonic()
+    async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as client:
+        for offset in range(0, len(data), 3 * PIECE_SIZE):  # three PATCHes
+            part = data[offset : offset + 3 * PIECE_SIZE]
+            done = await client.patch(f"/api/uploads/{upload_id}", content=part, headers={
+                **TUS, "Content-Type": "application/offset+octet-stream", "Upload-Offset": str(offset)})
+            assert done.status_code == 204, done.text
+    frames = await alice.recv_until(lambda f: f.get("upload", {}).get("status") == "stored", timeout=20)
+    elapsed = time.monotonic() - started
+    progress = [f for f in frames if "upload" in f]
+    assert progress and all(set(f) == {"upload"} for f in progress), progress
+    events = [f["upload"] for f in progress]
+    assert all(e["id"] == upload_id and e["name"] == "big.png" and e["type"] == "image/png"
+               and e["total"] == len(data) for e in events), events
+    received = [e["received"] for e in events]
+    assert received == sorted(received) and received[-1] == len(data), received
+    assert len(events) < 8, f"one frame per piece: {received}"  # 8 pieces
+    assert len(events) <= 2 + elapsed / PROGRESS_EVERY, (len(events), elapsed)
+    assert [e["status"] for e in events][:-1] == ["receiving"] * (len(events) - 1)
+    # A socket of another room hears nothing of it.
+    with pytest.raises(TimeoutError):
+        await other.recv_until(lambda f: "upload" in f, timeout=0.5)
+    await alice.close()
+    await other.close()

@@ -56,3 +56,26 @@ async def test_a_question_with_an_attachment_reaches_gemini_as_file_data(system:
     assert file_parts[0]["file_uri"].endswith(f"/files/dc-{upload_id[:32]}-0")
     assert file_parts[0]["mime_type"] == "image/png"
     await alice.close()
+
+
+async def test_a_copy_gemini_lost_mid_question_is_made_again_and_the_question_asked_once_more(
+    system: LocalSystem, gemini: FakeGemini
+) -> None:
+    """Gemini answers 403 for a `fileData` part whose copy it no longer has (48 h passed
+    sooner than its expiry said): the file is uploaded again from our store and the question
+    asked once more, with the new copy."""
+    room = f"g-{uuid.uuid4().hex[:8]}"
+    upload_id = upload(system, room, png(30_000), name="dog.png")
+    await eventually(lambda: gemini_state(system, upload_id) == "ACTIVE", timeout=30,
+                     what=lambda: f"the upload's Gemini copy ACTIVE (now {gemini_state(system, upload_id)})")
+    first = f"dc-{upload_id[:32]}-0"
+    gemini.files.expire(first)
+    (alice,) = await joined(system, room, "alice")
+    await alice.send({"message": "@ai and this one?", "attachments": [upload_id]})
+    answer = await alice.recv_until(lambda f: f.get("name") == "AI" and "kind" in f, timeout=60)
+    assert "and this one?" in answer[-1]["message"], answer[-1]
+    asked = [r for r in gemini.requests if r.kind == "stream" and "and this one?" in str(r.json)]
+    uris = [p["fileData"]["file_uri"] if "fileData" in p else p["file_data"]["file_uri"]
+            for r in asked for p in r.json["contents"][-1]["parts"] if "fileData" in p or "file_data" in p]
+    assert [u.rsplit("/", 1)[1] for u in uris] == [first, f"dc-{upload_id[:32]}-1"], uris
+    await alice.close()

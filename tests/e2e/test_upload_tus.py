@@ -15,6 +15,7 @@ from email.utils import parsedate_to_datetime
 import httpx
 import nats
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from contracts.upload import PIECE_SIZE, chunk_subject, object_stream
 from services.gateway.identity import PLACEHOLDER_SECRET, mint
@@ -389,3 +390,75 @@ def test_a_user_lists_their_uploads(client: httpx.Client) -> None:
     assert listed()[0]["state"] == "receiving" and listed()[0]["size"] == 1000
     assert client.get("/api/uploads").status_code == 403  # anonymous: nothing to list
     assert client.get("/api/uploads", headers={**erin}, params={"limit": 0}).status_code == 400
+
+
+def gateway_samples(client: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    got = client.get("/metrics")
+    assert got.status_code == 200
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(got.text) for s in family.samples}
+
+
+def test_upload_metrics_count_the_traffic(client: httpx.Client) -> None:
+    """Bytes and pieces stored, PATCH durations and refusals by status, after known traffic;
+    no label names an upload, a room or a user."""
+    before = gateway_samples(client)
+    data = png(2 * PIECE_SIZE + 10)  # three pieces
+    url = new_upload(client, len(data))
+    assert patch(client, url, 0, data[:PIECE_SIZE]).status_code == 204
+    assert patch(client, url, 0, b"again").status_code == 409  # the offset moved on
+    assert patch(client, url, PIECE_SIZE, data[PIECE_SIZE:]).status_code == 204
+    assert client.head(url + "0", headers=TUS).status_code == 404
+    after = gateway_samples(client)
+
+    def grew(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert grew("durachat_upload_bytes_total") == len(data)
+    assert grew("durachat_upload_pieces_total") == 3
+    assert grew("durachat_upload_patch_seconds_count") == 3
+    assert grew("durachat_upload_refusals_total", status="409") == 1
+    assert grew("durachat_upload_refusals_total", status="404") == 1
+    upload_id = url.rsplit("/", 1)[1]
+    names = {label for (name, labels) in after if name.startswith("durachat_upload") for label, _ in labels}
+    assert names <= {"status", "le"}, names
+    assert not any(upload_id in value for (_, labels) in after for _, value in labels)
+
+
+def test_replay_check_compares_and_rebuild_remakes_the_uploads_table(system: LocalSystem, client: httpx.Client) -> None:
+    import sqlite3
+    import subprocess
+    import sys
+
+    data = png(4000)
+    url = new_upload(client, len(data))
+    assert patch(client, url, 0, data).status_code == 204
+    upload_id = url.rsplit("/", 1)[1]
+
+    def row() -> tuple | None:
+        conn = sqlite3.connect(f"file:{system.read_db}?mode=ro", uri=True)
+        try:
+            return conn.execute("SELECT state, size, sha256 FROM uploads WHERE id = ?", (upload_id,)).fetchone()
+        finally:
+            conn.close()
+
+    eventually_blocking(lambda: (row() or ("",))[0] == "complete", what="the upload projected as complete")
+
+    def replay(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "services.replay", "--nats", nats_url(system),
+                               "--db", str(system.read_db), *args], capture_output=True, text=True, timeout=120)
+
+    healthy = replay("check")
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    conn = sqlite3.connect(system.read_db, timeout=10)
+    with conn:
+        conn.execute("UPDATE uploads SET state = 'rejected' WHERE id = ?", (upload_id,))
+    conn.close()
+    tampered = replay("check")
+    assert tampered.returncode == 1, tampered.stdout + tampered.stderr
+    assert "uploads" in tampered.stdout and "'rejected' / 'complete'" in tampered.stdout, tampered.stdout
+    rebuilt = replay("rebuild")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert row() == ("complete", len(data), hashlib.sha256(data).hexdigest())
+    assert replay("check").returncode == 0

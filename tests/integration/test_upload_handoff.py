@@ -9,6 +9,7 @@ import os
 import secrets
 
 import pytest
+from prometheus_client import REGISTRY
 
 from contracts.upload import (
     PIECE_SIZE,
@@ -182,3 +183,19 @@ async def test_a_hand_off_cut_by_a_crash_resumes_its_session(nats_server, nc, ge
 
 async def _complete(nc, upload_id: str) -> bool:
     return (await view_of(nc, upload_id)).status == "complete"
+
+
+async def test_hand_off_metrics_count_outcomes_and_time_to_active(service, nc, gemini: FakeGemini) -> None:
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    active_before = value("durachat_upload_handoffs_total", outcome="active")
+    failed_before = value("durachat_upload_handoffs_total", outcome="failed")
+    timed_before = value("durachat_upload_seconds_to_active_count")
+    upload_id = await stored_upload(nc, pdf(3 * PIECE_SIZE))
+    assert (await active(nc, upload_id)).gemini_state == "ACTIVE"
+    await eventually(lambda: value("durachat_upload_handoffs_total", outcome="active") == active_before + 1,
+                     what="the hand-off counted as active")
+    assert value("durachat_upload_seconds_to_active_count") == timed_before + 1
+    assert value("durachat_upload_seconds_to_active_sum") > 0
+    assert value("durachat_upload_handoffs_total", outcome="failed") == failed_before

@@ -790,6 +790,9 @@
       onReady();
     } else if (data.ai && typeof data.ai === "object") {
       handleAiEvent(data.ai);
+    } else if (data.upload && typeof data.upload === "object") {
+      // another member's upload on its way (uploads.js shows it)
+      if (window.durachatUploads && window.durachatUploads.progress) window.durachatUploads.progress(data.upload);
     } else if (typeof data.name === "string" && typeof data.message === "string") {
       if (data.kind === "ai") finishAiMessage(data);
       else if (data.kind === "system") systemNotice(data);

@@ -317,6 +317,57 @@
     }
   }
 
+  // ------------------------------------------------------------ others' uploads in the room
+
+  // {"upload": {id, name, type, received, total, status}} frames: files others are uploading
+  // to this room, shown under the tray until they are stored (ours are in the tray already).
+  const roomUploads = new Map(); // upload id -> li
+  let roomList = null;
+
+  function progress(event) {
+    if (!event || typeof event.id !== "string") return;
+    for (const item of items.values()) {
+      if (item.record.url.endsWith("/" + event.id)) return;
+    }
+    if (!roomList) {
+      roomList = document.createElement("ul");
+      roomList.className = "room-uploads";
+      roomList.dataset.testid = "room-uploads";
+      roomList.setAttribute("aria-label", "Files others are uploading");
+      tray.after(roomList);
+    }
+    let li = roomUploads.get(event.id);
+    if (!li) {
+      li = document.createElement("li");
+      li.className = "room-upload";
+      li.dataset.testid = "room-upload";
+      const name = document.createElement("span");
+      name.className = "upload-name";
+      const bar = document.createElement("progress");
+      const info = document.createElement("span");
+      info.className = "upload-info";
+      li.append(name, bar, info);
+      roomList.append(li);
+      roomUploads.set(event.id, li);
+    }
+    const [name, bar, info] = li.children;
+    const total = Number(event.total) || 0;
+    const received = Math.min(Number(event.received) || 0, total);
+    name.textContent = String(event.name || "a file");
+    bar.max = total || 1;
+    bar.value = received;
+    li.dataset.state = event.status === "stored" ? "stored" : "receiving";
+    const pct = total ? Math.floor((received * 100) / total) : 100;
+    info.textContent = event.status === "stored"
+      ? bytes(total) + " · uploaded"
+      : pct + "% of " + bytes(total) + " · someone is uploading";
+    if (event.status === "stored") {
+      setTimeout(() => {
+        if (roomUploads.get(event.id) === li) { roomUploads.delete(event.id); li.remove(); }
+      }, 5000);
+    }
+  }
+
   // ------------------------------------------------------------ input
 
   attachButton.addEventListener("click", () => input.click());
@@ -344,5 +395,5 @@
     for (const file of files) attach(file);
   });
 
-  window.durachatUploads = { attach, take, render, restore, items };
+  window.durachatUploads = { attach, take, render, restore, items, progress };
 })();
