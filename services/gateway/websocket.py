@@ -281,8 +281,8 @@ async def chat(
         if session.name is not None:
             session.send(text)
 
-    await gateway.upload_progress.attach(name, id(session), upload_progress)
     try:
+        await gateway.upload_progress.attach(name, id(session), upload_progress)
         state = await gateway.rooms.send(name, GetRoom())
         if isinstance(state, ErrorReply):
             session.send(protocol.error_frame(state.message))
