@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -73,6 +73,7 @@ class StoredMessage:
     subject: str
     time: str  # Nats-Time-Stamp: when the server stored it, RFC 3339 in UTC, up to ns
     data: bytes
+    headers: dict[str, str] = field(default_factory=dict)  # as stored, plus the Nats-* ones
 
 
 class DirectGetError(RuntimeError):
@@ -81,7 +82,7 @@ class DirectGetError(RuntimeError):
 
 async def direct_get(
     nc: NATS, stream: str, start: int = 1, *, subject: str | None = None, batch: int = LOAD_BATCH
-) -> AsyncIterator[StoredMessage]:
+) -> AsyncGenerator[StoredMessage, None]:
     """The messages of `stream` from sequence `start` on (only `subject`'s if given), in order,
     by batched direct gets (`$JS.API.DIRECT.GET`): no consumer is created on the server.
 
@@ -111,7 +112,7 @@ async def direct_get(
                 sequence = int(headers["Nats-Sequence"])
                 yield StoredMessage(
                     sequence, headers.get("Nats-Subject", subject or ""),
-                    headers.get("Nats-Time-Stamp", ""), msg.data,
+                    headers.get("Nats-Time-Stamp", ""), msg.data, headers,
                 )
                 pending = int(headers.get("Nats-Num-Pending", "0"))
                 start = sequence + 1

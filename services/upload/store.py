@@ -42,7 +42,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 
 from contracts.upload import BUCKET, chunk_subject, fence_subject, object_stream
-from services.runtime.eventstore import ensure_stream
+from services.runtime.eventstore import DirectGetError, direct_get, ensure_stream
 
 WRONG_LAST_SEQUENCE = 10071
 OFFSET_HEADER = "Upload-Offset"
@@ -183,38 +183,19 @@ class UploadBucket:
     async def pieces(self, upload_id: str, after_seq: int = 0) -> AsyncGenerator[Piece, None]:
         """The upload's pieces stored after `after_seq`, in order, by batched direct gets (no
         consumer). Use inside `contextlib.aclosing` when you may stop early."""
-        subject = self.subject(upload_id)
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
-        start = after_seq + 1
-        try:
-            while True:
-                request = {"seq": start, "batch": READ_BATCH, "next_by_subj": subject}
-                await self.nc.publish(
-                    f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(request).encode(), reply=inbox
-                )
-                got = pending = 0
-                while True:
-                    try:
-                        msg = await sub.next_msg(timeout=5)
-                    except nats.errors.TimeoutError:
-                        raise PieceStoreError(f"reading the pieces of {upload_id} timed out") from None
-                    headers = msg.headers or {}
-                    status = headers.get("Status")
-                    if status is not None:
-                        if status in ("204", "404"):
-                            break
-                        raise PieceStoreError(f"reading the pieces of {upload_id} failed: {headers}")
-                    seq = int(headers["Nats-Sequence"])
-                    yield Piece(seq, int(headers[OFFSET_HEADER]), msg.data,
+        stored = direct_get(
+            self.nc, self.stream, after_seq + 1, subject=self.subject(upload_id), batch=READ_BATCH
+        )
+        async with aclosing(stored) as messages:
+            try:
+                async for msg in messages:
+                    headers = msg.headers
+                    yield Piece(msg.sequence, int(headers[OFFSET_HEADER]), msg.data,
                                 int(headers.get(EPOCH_HEADER, 0)))
-                    pending = int(headers.get("Nats-Num-Pending", "0"))
-                    start = seq + 1
-                    got += 1
-                if got == 0 or pending == 0:
-                    return
-        finally:
-            await sub.unsubscribe()
+            except nats.errors.TimeoutError:
+                raise PieceStoreError(f"reading the pieces of {upload_id} timed out") from None
+            except DirectGetError as exc:
+                raise PieceStoreError(f"reading the pieces of {upload_id} failed: {exc}") from None
 
     async def publish_meta(
         self, upload_id: str, size: int, chunks: int, sha256: bytes, headers: dict[str, str]
