@@ -892,16 +892,7 @@
   function stop() {
     clearTimers();
     clearInterval(state.tickTimer);
-    const ws = state.ws;
-    state.ws = null;
-    if (ws) {
-      try {
-        ws.close(1000, "bye");
-      } catch (_) {
-        /* closed */
-      }
-    }
-    unsureInflight();
+    dropSocket();
     state.phase = "stopped";
   }
 
