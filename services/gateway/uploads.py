@@ -234,9 +234,12 @@ def tus_headers(view: UploadView | None = None, **extra: Any) -> dict[str, str]:
     return headers
 
 
-def refusal(exc: TusError) -> Response:
+def refusal(exc: TusError, body: bool = True) -> Response:
+    """The tus answer to a refused request: its status, and why (no body for a HEAD)."""
     metrics.UPLOAD_REFUSALS.labels(status=str(exc.status)).inc()
     headers = {"Tus-Resumable": TUS_VERSION, **exc.headers}
+    if not body:
+        return Response(status_code=exc.status, headers=headers)
     return Response(str(exc) + "\n", status_code=exc.status, headers=headers, media_type="text/plain")
 
 
@@ -897,8 +900,7 @@ async def head_upload(upload_id: str, request: Request) -> Response:
             headers["Upload-Metadata"] = encode_metadata(view.metadata)
         return Response(status_code=200, headers=headers)
     except TusError as exc:
-        metrics.UPLOAD_REFUSALS.labels(status=str(exc.status)).inc()
-        return Response(status_code=exc.status, headers={"Tus-Resumable": TUS_VERSION, **exc.headers})
+        return refusal(exc, body=False)
 
 
 @router.patch("/api/uploads/{upload_id}", summary="tus: bytes at the upload's offset")
