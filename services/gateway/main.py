@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from contracts.context import ContextClient
-from services.gateway import api, contexts, docs, errors, readmodels, session, uploads, websocket
+from services.gateway import api, contexts, docs, errors, httpbody, readmodels, session, uploads, websocket
 from services.gateway.deps import GatewayState
 from services.gateway.liveness import GatewayPresence
 from services.gateway.ratelimit import IpRateLimiter
@@ -133,6 +133,7 @@ def main() -> None:
         create_app(settings),
         host=settings.host,
         port=settings.port,
+        http=httpbody.http_protocol(),
         ws=settings.ws_protocol,
         ws_max_size=settings.ws_max_size,
         ws_per_message_deflate=settings.ws_per_message_deflate,

@@ -80,6 +80,7 @@ from services.upload.store import (
     PieceStoreError,
     PieceWriter,
     StaleWriter,
+    Buffers,
     Stored,
     UploadBucket,
     read_bytes,
@@ -94,6 +95,7 @@ TUS_EXTENSIONS = "creation,creation-with-upload,expiration,checksum,termination"
 OFFSET_STREAM = "application/offset+octet-stream"
 RECORD_EVERY = 16  # pieces per recorded range: ~16 MiB per command to the upload object
 READ_AHEAD = 2  # pieces of a body read while the one before is being stored
+FIRST_PIECE = 256 * 1024  # a PATCH's first piece: the bucket, idle since the last PATCH, starts sooner
 PROGRESS_EVERY = 0.25  # seconds: at most one progress frame per upload this often
 SPOOL_IN_MEMORY = 8 * 1024 * 1024  # a checksummed body beyond this is spooled to disk
 
@@ -481,6 +483,11 @@ async def settle_session(uploads: Uploads, upload_id: str) -> None:
         await session.settled()
 
 
+def hash_parts(digest: Any, parts: Buffers) -> None:
+    for part in parts:
+        digest.update(part)
+
+
 class Receiver:
     """Stores one request body into an upload at its session's offset: claims a write epoch
     (fencing every earlier writer) before its first piece unless the session holds one,
@@ -512,10 +519,10 @@ class Receiver:
     def _stored(self, piece: Stored) -> None:
         self.range_first = self.range_first or piece.seq
         self.range_pieces += 1
-        self.hasher.submit(self.range_digest.update, piece.data)
-        self.session.offset = piece.offset + len(piece.data)
+        self.hasher.submit(hash_parts, self.range_digest, piece.parts)
+        self.session.offset = piece.offset + piece.size
         self.session.last_seq = piece.seq
-        metrics.UPLOAD_BYTES.inc(len(piece.data))
+        metrics.UPLOAD_BYTES.inc(piece.size)
         metrics.UPLOAD_PIECES.inc()
         now = time.monotonic()
         if self.view.room is not None and now - self.session.reported >= PROGRESS_EVERY \
@@ -545,11 +552,12 @@ class Receiver:
         self.writer = writer
         return writer
 
-    async def store(self, piece: bytes) -> None:
+    async def store(self, piece: Buffers) -> None:
         view = self.view
+        size = sum(map(len, piece))
         if self.offset == 0:
             try:
-                sniff(view.mime, piece, whole=len(piece) == view.length)
+                sniff(view.mime, b"".join(piece), whole=size == view.length)
             except UploadRefused as exc:
                 await ask(self.uploads, view.id, RejectUpload(reason=str(exc)))
                 raise TusError(415, str(exc)) from None
@@ -558,7 +566,7 @@ class Receiver:
             await writer.put(self.offset, piece)
         except (StaleWriter, PieceStoreError) as exc:
             await self._refused(exc)
-        self.offset += len(piece)
+        self.offset += size
         if self.range_pieces >= RECORD_EVERY:
             await self.record(wait=False)
 
@@ -649,34 +657,42 @@ class Receiver:
         raise TusError(STATUS_OF.get(reply.code, 503), reply.message)
 
 
-async def pieces_of(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[tuple[bytes, bool]]:
-    """The body cut into pieces of PIECE_SIZE (the last may be shorter), with whether the
-    body went on past `limit` bytes (the piece is then cut at the limit). Each byte is
-    copied once (joining a piece's chunks)."""
-    parts: list[memoryview] = []
+async def pieces_of(
+    chunks: AsyncIterator[bytes], limit: int, first: int = PIECE_SIZE
+) -> AsyncIterator[tuple[Buffers, bool]]:
+    """The body cut into pieces of PIECE_SIZE (the first of `first` bytes, the last maybe
+    shorter), each as the chunks (or parts of chunks) it is made of, none copied; with whether
+    the body went on past `limit` bytes (the piece is then cut at the limit)."""
+    parts: list[bytes | memoryview] = []
     size = taken = 0
+    target = first
     async for block in chunks:
         if not block:
             continue
-        chunk = memoryview(block)
+        chunk: bytes | memoryview = block
         past = taken + len(chunk) > limit
         if past:
-            chunk = chunk[: limit - taken]
+            chunk = memoryview(block)[: limit - taken]
         taken += len(chunk)
-        while size + len(chunk) >= PIECE_SIZE:
-            need = PIECE_SIZE - size
-            parts.append(chunk[:need])
-            yield b"".join(parts), False
-            chunk = chunk[need:]
-            parts, size = [], 0
+        while size + len(chunk) >= target:
+            need = target - size
+            if need == len(chunk):
+                parts.append(chunk)
+                chunk = b""
+            else:
+                view = memoryview(chunk)
+                parts.append(view[:need])
+                chunk = view[need:]
+            yield tuple(parts), False
+            parts, size, target = [], 0, PIECE_SIZE
         if chunk:
             parts.append(chunk)
             size += len(chunk)
         if past:
-            yield b"".join(parts), True
+            yield tuple(parts), True
             return
     if parts:
-        yield b"".join(parts), False
+        yield tuple(parts), False
 
 
 T = TypeVar("T")
@@ -742,7 +758,7 @@ async def receive_body(request: Request, uploads: Uploads, session: WriteSession
         if checksum is not None:
             spool, chunks = await spooled(chunks, checksum, remaining, cut)
         too_long = False
-        async with aclosing(read_ahead(pieces_of(chunks, remaining))) as pieces:
+        async with aclosing(read_ahead(pieces_of(chunks, remaining, first=FIRST_PIECE))) as pieces:
             while (item := await receiver.next_piece(pieces)) is not None:
                 piece, past = item
                 if piece:

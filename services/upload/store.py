@@ -79,13 +79,25 @@ class Fence:
     closed: bool
 
 
+Buffers = tuple[bytes | memoryview, ...]  # a piece as the buffers it came in, sent as they are
+
+
+def buffers_of(data: bytes | Buffers) -> Buffers:
+    return (data,) if isinstance(data, bytes | memoryview) else data
+
+
 @dataclass(frozen=True)
 class Stored:
     """A piece the bucket acknowledged."""
 
     seq: int
     offset: int
-    data: bytes
+    parts: Buffers
+    size: int
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.parts)
 
 
 def meta_subject(name: str, bucket: str = BUCKET) -> str:
@@ -237,11 +249,49 @@ class UploadBucket:
             await self.js.purge_stream(self.stream, subject=meta_subject(upload_id, self.bucket))
 
 
-async def publish_piece(nc: NATS, subject: str, reply: str, headers: dict[str, str], data: bytes) -> None:
-    """One piece on its chunk subject, its ack to come on `reply`. (Queuing the HPUB's parts
-    on nats-py's private outbound buffer saves two copies of the piece, but ties us to
-    nats-py internals; through nc.publish until the client offers a vectored publish.)"""
-    await nc.publish(subject, data, reply=reply, headers=headers)
+def hpub_head(subject: str, reply: str, headers: dict[str, str], size: int) -> bytes:
+    """The HPUB line and header block of a message of `size` payload bytes (the headers are
+    ours: names and values without CR or LF)."""
+    block = "NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    return f"HPUB {subject} {reply} {len(block)} {len(block) + size}\r\n{block}".encode()
+
+
+def vectored(nc: NATS) -> bool:
+    """Whether pieces can go on this client's outbound buffer as buffers of their own
+    (nats-py's buffer and flusher, as of 2.16; tests/unit/test_upload_publish.py
+    fails when an upgrade moves them)."""
+    return all(hasattr(nc, name) for name in ("_pending", "_pending_data_size", "_max_pending_size",
+                                                  "_flush_pending", "_flush_queue"))
+
+
+async def publish_piece(
+    nc: NATS, subject: str, reply: str, headers: dict[str, str], parts: Buffers, size: int
+) -> None:
+    """One piece on its chunk subject, its ack to come on `reply`.
+
+    `nc.publish` takes one bytes and joins the HPUB line, the headers and it into another:
+    with the join of the body's chunks into a piece, three copies of every uploaded byte, on
+    the event loop the body is read by. Here the piece's buffers (the chunks the HTTP server
+    handed over) are queued on nats-py's outbound buffer as they are, after the head; the
+    flusher hands them to the transport's writelines, which under uvloop sends them with one
+    vectored write and no copy. While the
+    client is not connected (reconnecting, closed, draining), through `nc.publish`, which
+    knows what each of those allows."""
+    if not (nc.is_connected and vectored(nc)):
+        await nc.publish(subject, b"".join(parts), reply=reply, headers=headers)
+        return
+    head = hpub_head(subject, reply, headers, size)
+    pending = nc._pending
+    pending.append(head)
+    pending.extend(parts)
+    pending.append(b"\r\n")
+    nc._pending_data_size += len(head) + size + 2
+    nc.stats["out_msgs"] += 1
+    nc.stats["out_bytes"] += size
+    if nc._pending_data_size > nc._max_pending_size:
+        await nc._flush_pending(force_flush=True)  # as nc.publish does past the buffer's size
+    elif nc._flush_queue is not None and nc._flush_queue.empty():
+        await nc._flush_pending()
 
 
 class PieceWriter:
@@ -265,7 +315,7 @@ class PieceWriter:
         self.on_stored = on_stored or self.stored.append
         self.last_seq = 0
         self._subject = bucket.subject(upload_id)
-        self._inflight: deque[tuple[int, bytes, asyncio.Future[Msg]]] = deque()
+        self._inflight: deque[tuple[int, Buffers, int, asyncio.Future[Msg]]] = deque()
         self._futures: dict[str, asyncio.Future[Msg]] = {}
         self._inbox = ""
         self._sent = 0
@@ -307,13 +357,13 @@ class PieceWriter:
         """Where the ack of the n-th publish (the `attempt`-th of the piece at `offset`) goes."""
         return f"{self._inbox}.{n}"
 
-    async def _send(self, offset: int, data: bytes, attempt: int = 0) -> asyncio.Future[Msg]:
+    async def _send(self, offset: int, parts: Buffers, size: int, attempt: int = 0) -> asyncio.Future[Msg]:
         self._sent += 1
         future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
         self._futures[f"{self._inbox}.{self._sent}"] = future
         await publish_piece(
             self.bucket.nc, self._subject, self.reply_subject(self._sent, offset, attempt),
-            self.bucket.piece_headers(self.upload_id, offset, self.epoch), data,
+            self.bucket.piece_headers(self.upload_id, offset, self.epoch), parts, size,
         )
         return future
 
@@ -331,11 +381,17 @@ class PieceWriter:
                 task.cancel()
         self._raise_if_failed()
 
-    async def put(self, offset: int, data: bytes) -> None:
-        """Send a piece (after waiting for room in the window)."""
+    async def put(self, offset: int, data: bytes | Buffers) -> None:
+        """Send a piece, one bytes or the buffers it came in (after waiting for room in the
+        window). The buffers must not change until the piece is acknowledged."""
         self._raise_if_failed()
-        await self._until(self._slots.acquire())
-        self._inflight.append((offset, data, await self._send(offset, data)))
+        if self._slots.locked():
+            await self._until(self._slots.acquire())
+        else:
+            await self._slots.acquire()  # room in the window: no wait, no task
+        parts = buffers_of(data)
+        size = sum(map(len, parts))
+        self._inflight.append((offset, parts, size, await self._send(offset, parts, size)))
         self._idle.clear()
         self._more.set()
 
@@ -357,7 +413,7 @@ class PieceWriter:
             self.failure.set_exception(exc)
 
     async def _take(self) -> None:
-        offset, data, future = self._inflight[0]
+        offset, parts, size, future = self._inflight[0]
         for attempt in range(3):
             try:
                 msg = await asyncio.wait_for(future, self.ack_timeout)
@@ -367,14 +423,14 @@ class PieceWriter:
                 # answered as a duplicate with the stored piece's sequence.
                 if attempt == 2:
                     raise PieceStoreError(f"storing a piece of {self.upload_id} timed out") from None
-                future = await self._send(offset, data, attempt + 1)
+                future = await self._send(offset, parts, size, attempt + 1)
         self._inflight.popleft()
         seq = self._seq_of(msg)
         if seq <= self.last_seq:
             # A retry stored after a later piece: the chain of this epoch ends here.
             raise PieceStoreError(f"a piece of {self.upload_id} was stored out of order")
         self.last_seq = seq
-        self.on_stored(Stored(seq, offset, data))
+        self.on_stored(Stored(seq, offset, parts, size))
 
     def _seq_of(self, msg: Msg) -> int:
         if (msg.headers or {}).get("Status") == "503":

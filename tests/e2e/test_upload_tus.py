@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from contracts.upload import PIECE_SIZE, chunk_subject, object_stream
 from services.gateway.identity import PLACEHOLDER_SECRET, mint
+from services.gateway.uploads import FIRST_PIECE
 from services.localsystem import LocalSystem
 from tests.conftest import running
 from tests.support import eventually_blocking
@@ -403,7 +404,8 @@ def test_upload_metrics_count_the_traffic(client: httpx.Client) -> None:
     """Bytes and pieces stored, PATCH durations and refusals by status, after known traffic;
     no label names an upload, a room or a user."""
     before = gateway_samples(client)
-    data = png(2 * PIECE_SIZE + 10)  # three pieces
+    data = png(2 * PIECE_SIZE + 10)
+    assert FIRST_PIECE < PIECE_SIZE  # so each PATCH below is two pieces: FIRST_PIECE bytes, then the rest
     url = new_upload(client, len(data))
     assert patch(client, url, 0, data[:PIECE_SIZE]).status_code == 204
     assert patch(client, url, 0, b"again").status_code == 409  # the offset moved on
@@ -416,7 +418,7 @@ def test_upload_metrics_count_the_traffic(client: httpx.Client) -> None:
         return after.get(key, 0.0) - before.get(key, 0.0)
 
     assert grew("durachat_upload_bytes_total") == len(data)
-    assert grew("durachat_upload_pieces_total") == 3
+    assert grew("durachat_upload_pieces_total") == 4
     assert grew("durachat_upload_patch_seconds_count") == 3
     assert grew("durachat_upload_refusals_total", status="409") == 1
     assert grew("durachat_upload_refusals_total", status="404") == 1

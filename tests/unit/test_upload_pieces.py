@@ -1,5 +1,6 @@
-"""A request body cut into pieces: every piece PIECE_SIZE but the last, every byte once, and
-a body going past the upload's length cut at it."""
+"""A request body cut into pieces: every piece PIECE_SIZE but the last, every byte once, none
+copied (a piece is the chunks it is made of), and a body going past the upload's length cut
+at it."""
 
 from __future__ import annotations
 
@@ -20,7 +21,23 @@ async def chunked(data: bytes, sizes: list[int]):
 
 
 async def cut(data: bytes, sizes: list[int], limit: int) -> list[tuple[bytes, bool]]:
-    return [p async for p in pieces_of(chunked(data, sizes), limit)]
+    return [(b"".join(parts), past) async for parts, past in pieces_of(chunked(data, sizes), limit)]
+
+
+async def test_pieces_are_the_chunks_themselves_not_copies() -> None:
+    data = os.urandom(2 * PIECE_SIZE + 777)
+    chunks = [data[i : i + 300_000] for i in range(0, len(data), 300_000)]
+
+    async def body():
+        for chunk in chunks:
+            yield chunk
+
+    pieces = [parts async for parts, _ in pieces_of(body(), len(data))]
+    for parts in pieces:
+        for part in parts:
+            whole = part.obj if isinstance(part, memoryview) else part
+            assert any(whole is chunk for chunk in chunks)
+    assert [sum(map(len, parts)) for parts in pieces] == [PIECE_SIZE, PIECE_SIZE, 777]
 
 
 async def test_pieces_are_whole_and_in_order() -> None:
