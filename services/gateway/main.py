@@ -15,7 +15,17 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from contracts.context import ContextClient
-from services.gateway import api, contexts, docs, errors, httpbody, readmodels, session, uploads, websocket
+from services.gateway import (
+    api,
+    contexts,
+    docs,
+    errors,
+    httpbody,
+    readmodels,
+    session,
+    uploads,
+    websocket,
+)
 from services.gateway.deps import GatewayState
 from services.gateway.liveness import GatewayPresence
 from services.gateway.ratelimit import IpRateLimiter

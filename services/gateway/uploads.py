@@ -77,10 +77,10 @@ from services.upload.checks import (
 )
 from services.upload.store import (
     WINDOW,
+    Buffers,
     PieceStoreError,
     PieceWriter,
     StaleWriter,
-    Buffers,
     Stored,
     UploadBucket,
     read_bytes,

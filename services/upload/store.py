@@ -281,7 +281,7 @@ async def publish_piece(
         await nc.publish(subject, b"".join(parts), reply=reply, headers=headers)
         return
     head = hpub_head(subject, reply, headers, size)
-    pending = nc._pending
+    pending: list[Any] = nc._pending  # nats-py keeps bytes there; writelines takes any buffer
     pending.append(head)
     pending.extend(parts)
     pending.append(b"\r\n")
