@@ -17,9 +17,9 @@ import nats
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from contracts.upload import PIECE_SIZE, chunk_subject, object_stream
+from contracts.upload import PIECE_SIZE, GetUpload, UploadClient, UploadView, chunk_subject, object_stream
 from services.gateway.identity import PLACEHOLDER_SECRET, mint
-from services.gateway.uploads import FIRST_PIECE
+from services.gateway.uploads import FIRST_PIECE, RECORD_EVERY
 from services.localsystem import LocalSystem
 from tests.conftest import running
 from tests.support import eventually_blocking
@@ -124,6 +124,32 @@ def test_a_file_in_several_patches_with_head_between(system: LocalSystem, client
     sha = hashlib.sha256(data).hexdigest()
     eventually_blocking(lambda: client.get(url, headers={"Range": "bytes=0-0"}).headers.get("etag") == f'"{sha}"')
     assert asyncio.run(read_object(nats_url(system), url.rsplit("/", 1)[1])) == data
+
+
+def test_one_long_patch_is_recorded_in_several_ranges_each_hashed_right(system: LocalSystem, client: httpx.Client) -> None:
+    """A PATCH longer than RECORD_EVERY pieces is recorded range by range while pieces are
+    still in flight (each piece hashed as it is sent): the upload object checks each range's
+    sha256 against the bytes it reads back before it completes the upload."""
+    data = png(FIRST_PIECE + (RECORD_EVERY + 3) * PIECE_SIZE + 99)
+    url = create(client, len(data)).headers["location"]
+    response = patch(client, url, 0, data)
+    assert response.status_code == 204 and response.headers["upload-offset"] == str(len(data))
+    sha = hashlib.sha256(data).hexdigest()
+    eventually_blocking(lambda: client.get(url, headers={"Range": "bytes=0-0"}).headers.get("etag") == f'"{sha}"',
+                        what="the upload completed: every range's sha256 matched")
+    view = asyncio.run(upload_view(nats_url(system), url.rsplit("/", 1)[1]))
+    assert len(view.ranges) >= 2, view.ranges
+    assert client.get(url).content == data
+
+
+async def upload_view(nats_url: str, upload_id: str) -> UploadView:
+    nc = await nats.connect(nats_url)
+    try:
+        view = await UploadClient(nc, timeout=10).send(upload_id, GetUpload())
+        assert isinstance(view, UploadView), view
+        return view
+    finally:
+        await nc.close()
 
 
 async def read_object(nats_url: str, name: str) -> bytes:
