@@ -139,8 +139,7 @@ class Uploads:
     trusted_proxies: frozenset[str]
     sessions: OrderedDict[str, WriteSession] = field(default_factory=OrderedDict)
     # The ranges' sha256 is computed off the event loop (hashlib lets go of the GIL for large
-    # buffers), on one thread: each range's pieces are hashed in the order they were
-    # acknowledged, and its digest read after them.
+    # buffers), on one thread: pieces are hashed in the order they are sent (Receiver).
     hasher: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="upload-sha256"))
 
