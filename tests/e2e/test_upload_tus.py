@@ -17,7 +17,14 @@ import nats
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from contracts.upload import PIECE_SIZE, GetUpload, UploadClient, UploadView, chunk_subject, object_stream
+from contracts.upload import (
+    PIECE_SIZE,
+    GetUpload,
+    UploadClient,
+    UploadView,
+    chunk_subject,
+    object_stream,
+)
 from services.gateway.identity import PLACEHOLDER_SECRET, mint
 from services.gateway.uploads import FIRST_PIECE, RECORD_EVERY
 from services.localsystem import LocalSystem
