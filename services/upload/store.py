@@ -258,7 +258,7 @@ def hpub_head(subject: str, reply: str, headers: dict[str, str], size: int) -> b
 
 def vectored(nc: NATS) -> bool:
     """Whether pieces can go on this client's outbound buffer as buffers of their own
-    (nats-py's buffer and flusher, as of 2.16; tests/unit/test_upload_publish.py
+    (nats-py's buffer and flusher, as of 2.16; a test in tests/integration/test_upload_store.py
     fails when an upgrade moves them)."""
     return all(hasattr(nc, name) for name in ("_pending", "_pending_data_size", "_max_pending_size",
                                                   "_flush_pending", "_flush_queue"))
@@ -274,9 +274,8 @@ async def publish_piece(
     the event loop the body is read by. Here the piece's buffers (the chunks the HTTP server
     handed over) are queued on nats-py's outbound buffer as they are, after the head; the
     flusher hands them to the transport's writelines, which under uvloop sends them with one
-    vectored write and no copy. While the
-    client is not connected (reconnecting, closed, draining), through `nc.publish`, which
-    knows what each of those allows."""
+    vectored write and no copy. While the client is not connected (reconnecting, closed,
+    draining), through `nc.publish`, which knows what each of those allows."""
     if not (nc.is_connected and vectored(nc)):
         await nc.publish(subject, b"".join(parts), reply=reply, headers=headers)
         return
