@@ -212,7 +212,8 @@ def part_throughput(bench: BenchRun, args: argparse.Namespace) -> dict:
     print(table(rows, ["server", "MB/s median", "best", "each round", "RSS growth MiB", "CPU (of one core)"]))
     ratio = mbs["durachat"] / mbs["tus-node"]
     print(f"  durachat / tus-node (medians): {ratio:.2f}x (target >= {TARGET_RATIO}x) {verdict(ratio >= TARGET_RATIO)}; "
-          f"best against best {best['durachat'] / best['tus-node']:.2f}x; "
+          f"best against best (memory still mapped) {best['durachat'] / best['tus-node']:.2f}x "
+          f"{verdict(best['durachat'] >= TARGET_RATIO * best['tus-node'])}; "
           f"gateway RSS growth {growth:.1f} MiB (target <= {TARGET_RSS_MIB}) {verdict(growth <= TARGET_RSS_MIB)}")
     print(f"  durachat's read-back check after the last byte (not in the MB/s): "
           f"{', '.join(fmt(f, 2) for f in finishing)} s")
