@@ -281,8 +281,7 @@ async def opened(request: Request, uploads: Uploads, upload_id: str, *, reading:
     if not (may_read if reading else may_write)(identity, view):
         raise TusError(403, "This upload belongs to another user.")
     if view.status in GONE_STATUSES:
-        if (session := uploads.sessions.get(upload_id)) is not None:
-            drop_session(uploads, session)
+        uploads.sessions.pop(upload_id, None)  # this gateway's session of it, if any
         raise TusError(410, gone_reason(view))
     return view
 
@@ -983,8 +982,7 @@ async def delete_upload(upload_id: str, request: Request) -> Response:
         check_version(request)
         await settle_session(uploads, upload_id)
         await opened(request, uploads, upload_id)
-        if (session := uploads.sessions.get(upload_id)) is not None:
-            drop_session(uploads, session)
+        uploads.sessions.pop(upload_id, None)
         await ask(uploads, upload_id, TerminateUpload())
         return Response(status_code=204, headers={"Tus-Resumable": TUS_VERSION})
     except TusError as exc:
