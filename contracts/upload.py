@@ -34,6 +34,7 @@ UploadId = Annotated[str, Field(pattern=UPLOAD_ID.pattern)]
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 UploadStatus = Literal["receiving", "stored", "complete", "rejected", "expired", "deleted"]
 GONE_STATUSES = ("rejected", "expired", "deleted")
+READABLE_STATUSES = ("stored", "complete")  # every byte stored: the file can be read
 
 
 def is_upload_id(text: str) -> bool:
@@ -211,9 +212,12 @@ class UploadView(Contract):
     sha256: str | None = Field(None, description="of the whole file, once complete")
     reason: str | None = Field(None, description="why it was rejected")
     ranges: list[tuple[int, int]] = Field(
-        default_factory=list, description="(offset, first piece sequence) of each accepted range"
+        default_factory=list,
+        description="(offset, first piece sequence) of each accepted range, listed once the file "
+        "can be read (stored, complete): empty while receiving, so a view stays the same size "
+        "however many PATCHes an upload takes",
     )
-    epochs: list[int] = Field(default_factory=list, description="the write epoch of each range")
+    epochs: list[int] = Field(default_factory=list, description="the write epoch of each listed range")
     epoch: int = Field(0, description="the write epoch of the last accepted range")
     gemini_state: Literal["uploading", "PROCESSING", "ACTIVE", "FAILED"] | None = None
     gemini_generation: int = 0

@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 
 from contracts.common import ErrorReply
 from contracts.context import Ask
-from contracts.upload import GetUpload, NeedGeminiCopy, UploadClient, UploadView
+from contracts.upload import READABLE_STATUSES, GetUpload, NeedGeminiCopy, UploadClient, UploadView
 from services.context.provider import FileRef
 from services.context.window import Window
 
@@ -30,7 +30,7 @@ async def attached_files(
     views = []
     for upload_id in ask.attachments:
         view = await client.send(upload_id, NeedGeminiCopy() if gemini and need else GetUpload())
-        if isinstance(view, ErrorReply) or view.status not in ("stored", "complete") or view.room != ask.room:
+        if isinstance(view, ErrorReply) or view.status not in READABLE_STATUSES or view.room != ask.room:
             log.warning("reply %s: attachment %s is not usable: %s", ask.reply_id, upload_id, view)
             continue
         views.append(view)

@@ -47,6 +47,7 @@ from contracts.ratelimit import ChargeUploadBytes, QuotaClient, UploadBytesUsage
 from contracts.upload import (
     GONE_STATUSES,
     PIECE_SIZE,
+    READABLE_STATUSES,
     CreateUpload,
     GetUpload,
     RecordRange,
@@ -1005,7 +1006,7 @@ async def get_upload(upload_id: str, request: Request) -> Response:
     uploads = await uploads_of(request)
     try:
         view = await opened(request, uploads, upload_id, reading=True)
-        if view.status not in ("stored", "complete"):
+        if view.status not in READABLE_STATUSES:
             raise TusError(409, f"The upload is not finished: {view.offset} of {view.length} bytes.")
         start, end = byte_range(request.headers.get("range"), view.length)
     except TusError as exc:
@@ -1074,5 +1075,5 @@ async def attachable(gateway: Any, room: str, upload_ids: tuple[str, ...]) -> No
             raise FrameError(f"Attachment {upload_id[:12]}…: {reply.message}")
         if reply.room != room:
             raise FrameError(f"Attachment {upload_id[:12]}… was not uploaded to this room.")
-        if reply.status not in ("stored", "complete"):
+        if reply.status not in READABLE_STATUSES:
             raise FrameError(f"Attachment {reply.name or upload_id[:12]} is not finished uploading.")

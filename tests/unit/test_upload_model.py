@@ -107,3 +107,22 @@ def test_range_accepted_events_stored_before_epochs_still_decode() -> None:
         replayed = event.mutate(replayed)
     assert replayed is not None and (replayed.offset, replayed.epoch) == (40, 0)
     assert replayed.ranges == [[0, 40, 1, 2, SHA, 0]]
+
+
+def test_a_receiving_uploads_view_stays_the_same_size_however_many_ranges_it_has() -> None:
+    """Every PATCH's record and every HEAD is answered with the upload's view: listing each
+    range there made a PATCH slower the more PATCHes came before it. The ranges are what
+    reading the file needs, so the view lists them once every byte is stored."""
+    ctx = upload.context(UID, UploadDeps(bucket=None, uploads=None, ttl=60), ManualClocks(wall=1000.0).clock)  # type: ignore[arg-type]
+    state, _ = upload.decide(CreateUpload(length=1000, mime="image/png"), None, ctx)
+    sizes = []
+    for i in range(500):
+        state, reply = upload.decide(
+            RecordRange(offset=i, length=1, first_seq=i + 1, last_seq=i + 1, sha256=SHA), state, ctx)
+        assert isinstance(reply, UploadView) and reply.status == "receiving" and reply.offset == i + 1
+        sizes.append(len(reply.model_dump_json()))
+    assert sizes[-1] - sizes[0] <= 8, (sizes[0], sizes[-1])  # the digits of offset and last_seq
+    state, stored = upload.decide(
+        RecordRange(offset=500, length=500, first_seq=501, last_seq=501, sha256=SHA), state, ctx)
+    assert isinstance(stored, UploadView) and stored.status == "stored"
+    assert stored.ranges == [(i, i + 1) for i in range(501)] and stored.epochs == [0] * 501
