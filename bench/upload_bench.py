@@ -17,6 +17,9 @@ Node tus server, and the time from an upload's last byte to its Gemini copy bein
 [2] Hand-off: with the fake Gemini (tests/fakes/gemini.py) behind the upload service, the
     time from the last PATCH's answer to the upload object reporting its Gemini copy ACTIVE
     (hand-off, Gemini's processing of --processing s, polls by the object's alarm).
+[3] PATCH cost: --patches small PATCHes (--patch-size bytes) to one upload, one at a time,
+    to each server with the same client: ms per PATCH over the first and the last of them
+    (an upload's PATCH must not cost more for the PATCHes before it).
 
 Every process started here is stopped by PID; temp dirs only. Figures are noisy while other
 work runs on the machine (see busy_before_start_percent).
@@ -69,7 +72,7 @@ http.createServer((req, res) => tus.handle(req, res)).listen(Number(port), "127.
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = arguments("bench.upload_bench", __doc__, quick="128 MiB uploads, 5 hand-offs of 5 MiB")
-    p.add_argument("--parts", default="1,2", help="comma-separated subset of 1,2")
+    p.add_argument("--parts", default="1,2,3", help="comma-separated subset of 1,2,3")
     p.add_argument("--size", type=int, help="bytes per upload in [1] (default 1 GiB, quick 128 MiB)")
     p.add_argument("--chunk", type=int, default=8 * MIB, help="bytes per PATCH (both servers)")
     p.add_argument("--rounds", type=int, default=4, help="uploads per server in [1], alternating (medians compared)")
@@ -78,10 +81,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--handoffs", type=int, help="uploads handed to Gemini in [2] (default 20, quick 5)")
     p.add_argument("--handoff-size", type=int, help="bytes each (default 20 MiB, quick 5 MiB)")
     p.add_argument("--processing", type=float, default=0.5, help="seconds the fake Gemini processes a file")
+    p.add_argument("--patches", type=int, help="PATCHes to one upload in [3] (default 4000, quick 1000)")
+    p.add_argument("--patch-size", type=int, default=4096, help="bytes per PATCH in [3]")
     args = p.parse_args(argv)
     args.size = args.size or (128 * MIB if args.quick else 1024 * MIB)
     args.handoffs = args.handoffs or (5 if args.quick else 20)
     args.handoff_size = args.handoff_size or (5 * MIB if args.quick else 20 * MIB)
+    args.patches = args.patches or (1000 if args.quick else 4000)
     return args
 
 
@@ -152,21 +158,27 @@ def measured(pid: int, pids: dict[str, int], run) -> dict:
     return figures
 
 
-def part_throughput(bench: BenchRun, args: argparse.Namespace) -> dict:
+def start_tus_node(bench: BenchRun, args: argparse.Namespace, files_dir: str) -> tuple[subprocess.Popen, int]:
+    """`@tus/server` with `@tus/file-store` on a free port, its files in the bench's temp dir."""
     cache = args.tus_cache.resolve()
     if not (cache / "node_modules/@tus/server").exists():
         raise SystemExit(f"no @tus/server in {cache}: run `npm install @tus/server @tus/file-store` there")
-    system = LocalSystem(bench.tmp / "system", extra_env={"DURACHAT_UPLOAD_MAX_SIZE": str(args.size * 2)})
-    bench.on_exit(system.stop, system.logs)
-    system.start()
     script = bench.tmp / "tus-server.mjs"
     script.write_text(NODE_SERVER % {"cache": cache})
     port = free_port("127.0.0.1")
-    files = bench.tmp / "tus-files"
+    files = bench.tmp / files_dir
     files.mkdir()
     node = subprocess.Popen(["node", str(script), str(port), str(files)], stdout=subprocess.PIPE, text=True)
     bench.on_exit(lambda: (node.terminate(), node.wait(10)))
     assert node.stdout is not None and node.stdout.readline().strip() == "listening"
+    return node, port
+
+
+def part_throughput(bench: BenchRun, args: argparse.Namespace) -> dict:
+    system = LocalSystem(bench.tmp / "system", extra_env={"DURACHAT_UPLOAD_MAX_SIZE": str(args.size * 2)})
+    bench.on_exit(system.stop, system.logs)
+    system.start()
+    node, port = start_tus_node(bench, args, "tus-files")
     assert system.gateway is not None and system.upload is not None and system.nats is not None
     services = {"gateway": system.gateway.pid, "upload": system.upload.pid, "nats": system.nats.process.pid}
 
@@ -267,6 +279,53 @@ def part_handoff(bench: BenchRun, args: argparse.Namespace) -> dict:
     return {"seconds_to_active": stats}
 
 
+def part_patches(bench: BenchRun, args: argparse.Namespace) -> dict:
+    """What one PATCH costs, and whether it grows with the PATCHes before it: one upload of
+    --patches PATCHes of --patch-size bytes to each server, the same client, one at a time."""
+    system = LocalSystem(bench.tmp / "patches")
+    bench.on_exit(system.stop, system.logs)
+    system.start()
+    node, port = start_tus_node(bench, args, "tus-patch-files")
+    size, count = args.patch_size, args.patches
+
+    async def run(create_url: str) -> list[float]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            created = await client.post(create_url, headers={
+                **TUS, "Upload-Length": str(size * count),
+                "Upload-Metadata": metadata(filename="bench.png", filetype="image/png")})
+            assert created.status_code == 201, created.text
+            url = urljoin(create_url, created.headers["location"])
+            times = []
+            for i in range(count):
+                started = time.perf_counter()
+                response = await client.patch(url, content=BLOCK[:size], headers={
+                    **TUS, "Content-Type": "application/offset+octet-stream", "Upload-Offset": str(i * size)})
+                times.append(time.perf_counter() - started)
+                assert response.status_code == 204, (response.status_code, response.text)
+            return times
+
+    window = max(1, min(500, count // 4))
+    results = {"durachat": asyncio.run(run(system.base_url + "/api/uploads")),
+               "tus-node": asyncio.run(run(f"http://127.0.0.1:{port}/files"))}
+    rows, report = [], {}
+    for name, times in results.items():
+        first, last = percentiles(times[:window]), percentiles(times[-window:])
+        report[name] = {"first": first, "last": last}
+        rows.append([name, fmt(first["p50"] * 1e3, 2), fmt(first["p99"] * 1e3, 2),
+                     fmt(last["p50"] * 1e3, 2), fmt(last["p99"] * 1e3, 2)])
+    print(f"\n[3] {count} PATCHes of {size / 1024:.0f} KiB to one upload, one at a time: ms per PATCH, "
+          f"the first {window} and the last {window}")
+    print(table(rows, ["server", "first p50", "first p99", "last p50", "last p99"]))
+    growth = report["durachat"]["last"]["p50"] / report["durachat"]["first"]["p50"]
+    print(f"  durachat's last / first p50: {growth:.2f}x (a PATCH should not cost more for the PATCHes "
+          f"before it); against tus-node (last p50): "
+          f"{report['durachat']['last']['p50'] / report['tus-node']['last']['p50']:.2f}x")
+    system.stop()
+    node.terminate()
+    node.wait(10)
+    return {"ms_per_patch": report, "durachat_growth": growth}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     parts = set(args.parts.split(","))
@@ -276,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.report["throughput"] = part_throughput(bench, args)
         if "2" in parts:
             bench.report["handoff"] = part_handoff(bench, args)
+        if "3" in parts:
+            bench.report["patches"] = part_patches(bench, args)
     return bench.status
 
 
