@@ -8,6 +8,7 @@ free ports. Every process is stopped by the PID this object started.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import signal
@@ -341,11 +342,13 @@ class LocalSystem:
 
     def healthy(self) -> bool:
         """Whether the gateway says it is ready (/readyz: NATS connected, every partition owned,
-        the read store readable)."""
+        the read store readable). Its answer, not any 200: whatever else took the port (the
+        gateway then exits, which `wait_healthy` sees) does not pass for it."""
         try:
             with urllib.request.urlopen(self.base_url + "/readyz", timeout=1) as response:
-                return bool(response.status == 200)
-        except OSError:
+                body = json.loads(response.read())
+                return response.status == 200 and isinstance(body, dict) and body.get("status") == "ready"
+        except (OSError, ValueError):
             return False
 
     def wait_healthy(self, timeout: float) -> None:

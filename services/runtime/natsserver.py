@@ -52,10 +52,23 @@ def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
     return preexec
 
 
+_HANDED_OUT: set[int] = set()  # ports free_port gave this process: none is given twice
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, and one this process was not given before. The kernel
+    hands a port let go back out again (2000 calls: 126 repeats), and a caller binds its port
+    later: a LocalSystem picks the gateway's port, then each service's metrics port, and once
+    a metrics server took the gateway's port (the gateway could not bind, and /readyz was
+    answered by Prometheus)."""
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise OSError(f"no port on {host} that this process was not given already")
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
