@@ -9,7 +9,6 @@ import asyncio
 import itertools
 import json
 import math
-import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
@@ -27,6 +26,7 @@ from services.context.provider import (
     Usage,
     make_provider,
 )
+from services.runtime.natsserver import free_port
 from tests.fakes.gemini import Block, Cut, Fail, FakeGemini, Held, Reply, Stall
 
 API_KEY = "test-key-123"
@@ -74,13 +74,6 @@ async def collect(stream: AsyncIterator[Chunk]) -> tuple[list[Chunk], ProviderEr
 
 def texts(chunks: list[Chunk]) -> list[str]:
     return [chunk.text for chunk in chunks if chunk.text]
-
-
-def closed_port() -> int:
-    """A local port nothing listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # --- a reply, and what the server was sent ---------------------------------------------------
@@ -274,7 +267,7 @@ async def test_no_first_chunk_in_time_times_out(fake):
 
 
 async def test_a_server_not_listening_is_a_network_failure():
-    provider = GeminiProvider(API_KEY, f"http://127.0.0.1:{closed_port()}")
+    provider = GeminiProvider(API_KEY, f"http://127.0.0.1:{free_port()}")  # nothing listens there
     try:
         chunks, error = await collect(provider.stream(FLASH, QUESTION))
         assert chunks == []
