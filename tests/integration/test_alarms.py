@@ -141,7 +141,10 @@ class Running:
 
 
 def reminders(kind: str) -> type[ObjectClient]:
-    return client_for(kind, TypeAdapter(ReminderState))
+    # An object may answer any command with an error (the runtime's "try again" while a failed
+    # batch is rebuilt): in the contract, so the client retries it. Without it a GetReminder
+    # sharing a batch with a failing alarm came back as "replied outside its contract".
+    return client_for(kind, TypeAdapter(ReminderState | ErrorReply))
 
 
 async def alarms_settled(nc, kind: str) -> bool:
